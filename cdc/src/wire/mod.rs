@@ -1,0 +1,9 @@
+//! The replication protocol on the wire.
+
+mod connection;
+mod params;
+
+pub use connection::{
+    PG_EPOCH_OFFSET_MICROS, QueryResult, ReplicationConnection, StreamMessage, now_pg_micros,
+};
+pub use params::{ConnectParams, Endpoint};

@@ -1,0 +1,217 @@
+//! The configuration structs and their defaults.
+//!
+//! The doc comment on each field is the user documentation of that setting;
+//! `lily.toml` at the root of this crate repeats every key with its default.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole of Lily's configuration: one section per table of `lily.toml`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LilyConfig {
+    /// `[postgres]`: the metastore database.
+    pub postgres: PostgresConfig,
+    /// `[replication]`: the logical replication stream and its batching.
+    pub replication: ReplicationConfig,
+    /// `[lake]`: the Delta Lake the changes are written to.
+    pub lake: LakeConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+}
+
+/// `[postgres]`: the PostgreSQL database that holds the metastore.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Connection string of the metastore, URL or key=value form (libpq
+    /// syntax), e.g. `postgres://user:secret@db.example:5432/lily` or
+    /// `host=db.example user=lily dbname=lily`.
+    ///
+    /// Default `"postgres://postgres@127.0.0.1:5432/lily"`.
+    pub url: String,
+    /// Role that tenant-scoped API sessions switch to (`SET ROLE`) so that
+    /// row-level security applies. A PostgreSQL identifier: 1-63 characters
+    /// of a-z, 0-9 and `_`, not starting with a digit.
+    ///
+    /// Default `"lily_tenant"`.
+    pub tenant_role: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/lily".to_owned(),
+            tenant_role: "lily_tenant".to_owned(),
+        }
+    }
+}
+
+/// `[replication]`: the logical replication stream read from PostgreSQL and
+/// how its changes are cut into Arrow batches.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Name of the logical replication slot Lily creates and reads: 1-63
+    /// characters of a-z, 0-9 and `_`.
+    ///
+    /// Default `"lily"`.
+    pub slot: String,
+    /// Name of the publication listing the metastore tables to stream: 1-63
+    /// characters of a-z, 0-9 and `_`, not starting with a digit.
+    ///
+    /// Default `"lily_metastore"`.
+    pub publication: String,
+    /// A batch is closed once it holds this many rows. Must be at least 1.
+    ///
+    /// Default `8192`.
+    pub batch_max_rows: usize,
+    /// A batch is closed once its column data reaches this many bytes. Must
+    /// be at least 1024.
+    ///
+    /// Default `8388608` (8 MiB).
+    pub batch_max_bytes: usize,
+    /// A batch is closed at the latest this many milliseconds after its first
+    /// row. A batch also closes at a commit when no more data is waiting, so
+    /// this only bounds latency under a steady stream. `0` closes every batch
+    /// as soon as no more data is immediately available.
+    ///
+    /// Default `20`.
+    pub batch_max_wait_ms: u64,
+    /// Interval in milliseconds between standby status updates sent to the
+    /// server (they confirm the flushed position so WAL can be recycled).
+    /// Must be at least 1.
+    ///
+    /// Default `1000`.
+    pub status_interval_ms: u64,
+    /// Interval in milliseconds between logical heartbeat messages written to
+    /// the WAL, so that an idle database never pins WAL behind the slot. Must
+    /// be at least 1.
+    ///
+    /// Default `10000`.
+    pub heartbeat_interval_ms: u64,
+    /// Number of batches in flight between the replication reader and the
+    /// sinks; when it is full the reader waits (backpressure). Must be at
+    /// least 1.
+    ///
+    /// Default `16`.
+    pub channel_capacity: usize,
+    /// Bytes of WAL retained by the slot beyond which the replication-lag
+    /// alert metric is raised.
+    ///
+    /// Default `1073741824` (1 GiB).
+    pub max_lag_bytes: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            slot: "lily".to_owned(),
+            publication: "lily_metastore".to_owned(),
+            batch_max_rows: 8192,
+            batch_max_bytes: 8 * 1024 * 1024,
+            batch_max_wait_ms: 20,
+            status_interval_ms: 1000,
+            heartbeat_interval_ms: 10_000,
+            channel_capacity: 16,
+            max_lag_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[lake]`: the Delta Lake the change batches are written to.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    /// Root of the Delta Lake: a local folder or an object-store URL
+    /// (`s3://`, `gs://`, `az://`, `file://`).
+    ///
+    /// Default `"./.lily/lake"`.
+    pub root: String,
+    /// The lake writer commits buffered rows at least this often, in
+    /// milliseconds. Must be at least 1.
+    ///
+    /// Default `500`.
+    pub flush_interval_ms: u64,
+    /// The lake writer commits as soon as this many rows are buffered. Must
+    /// be at least 1.
+    ///
+    /// Default `200000`.
+    pub flush_max_rows: usize,
+    /// Extra object-store options (credentials, endpoint, region, ...),
+    /// passed through as-is to the object store, e.g. `aws_region =
+    /// "eu-west-1"`. From the environment:
+    /// `LILY_LAKE__STORAGE_OPTIONS__AWS_REGION=eu-west-1` (the key is
+    /// lower-cased).
+    ///
+    /// Default: empty.
+    pub storage_options: BTreeMap<String, String>,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        Self {
+            root: "./.lily/lake".to_owned(),
+            flush_interval_ms: 500,
+            flush_max_rows: 200_000,
+            storage_options: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address (IP and port) the Prometheus endpoint listens on, e.g.
+    /// `"0.0.0.0:9187"` or `"[::1]:9187"`; an empty string disables it.
+    ///
+    /// Default `"127.0.0.1:9187"`.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9187".to_owned(),
+        }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Output format of log lines: `"text"` or `"json"`.
+    ///
+    /// Default `"text"`.
+    pub format: LogFormat,
+    /// Which log lines are kept: a `tracing` `EnvFilter` directive such as
+    /// `"info"` or `"warn,lily_cdc=debug"`.
+    ///
+    /// Default `"info"`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Output format of log lines.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (`"text"`).
+    #[default]
+    Text,
+    /// One JSON object per line (`"json"`).
+    Json,
+}

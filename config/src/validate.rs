@@ -1,0 +1,124 @@
+//! Checks run after loading: values the types accept but Lily does not.
+
+use std::net::SocketAddr;
+
+use crate::{ConfigError, LilyConfig};
+
+impl LilyConfig {
+    /// Checks the values the types accept but Lily does not; the error names
+    /// the first offending key and says what is allowed.
+    ///
+    /// [`LilyConfig::load`] and friends call this; call it yourself after
+    /// building or changing a config in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let pg = &self.postgres;
+        if !is_identifier(&pg.tenant_role) {
+            return Err(invalid_str(
+                "postgres.tenant_role",
+                &pg.tenant_role,
+                "a role name is 1-63 characters of a-z, 0-9 and _, not starting with a digit",
+            ));
+        }
+
+        let repl = &self.replication;
+        if !is_slot_name(&repl.slot) {
+            return Err(invalid_str(
+                "replication.slot",
+                &repl.slot,
+                "a slot name is 1-63 characters of a-z, 0-9 and _",
+            ));
+        }
+        if !is_identifier(&repl.publication) {
+            return Err(invalid_str(
+                "replication.publication",
+                &repl.publication,
+                "a publication name is 1-63 characters of a-z, 0-9 and _, not starting with a digit",
+            ));
+        }
+        at_least("replication.batch_max_rows", repl.batch_max_rows as u64, 1)?;
+        at_least(
+            "replication.batch_max_bytes",
+            repl.batch_max_bytes as u64,
+            1024,
+        )?;
+        at_least("replication.status_interval_ms", repl.status_interval_ms, 1)?;
+        at_least(
+            "replication.heartbeat_interval_ms",
+            repl.heartbeat_interval_ms,
+            1,
+        )?;
+        at_least(
+            "replication.channel_capacity",
+            repl.channel_capacity as u64,
+            1,
+        )?;
+
+        let lake = &self.lake;
+        if lake.root.trim().is_empty() {
+            return Err(invalid_str(
+                "lake.root",
+                &lake.root,
+                "give a local folder such as \"./.lily/lake\" or an object-store URL such as \"s3://bucket/lake\"",
+            ));
+        }
+        if lake.root.contains("://")
+            && let Err(err) = url::Url::parse(&lake.root)
+        {
+            return Err(invalid_str(
+                "lake.root",
+                &lake.root,
+                &format!(
+                    "it looks like a URL but is not a valid one ({err}); \
+                     use a form such as \"s3://bucket/path\" or \"file:///absolute/path\""
+                ),
+            ));
+        }
+        at_least("lake.flush_interval_ms", lake.flush_interval_ms, 1)?;
+        at_least("lake.flush_max_rows", lake.flush_max_rows as u64, 1)?;
+
+        let listen = &self.metrics.listen;
+        if !listen.is_empty() && listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid_str(
+                "metrics.listen",
+                listen,
+                "give an IP address and port such as \"127.0.0.1:9187\" or \"[::]:9187\", \
+                 or an empty string to disable the endpoint",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// PostgreSQL replication slot names: lower-case letters, digits and
+/// underscores, at most 63 (NAMEDATALEN - 1) characters.
+fn is_slot_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// An identifier that needs no quoting in SQL and folds to itself: like a
+/// slot name, but not starting with a digit.
+fn is_identifier(name: &str) -> bool {
+    is_slot_name(name) && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
+    if value >= min {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        key: key.to_owned(),
+        value: value.to_string(),
+        message: format!("it must be at least {min}"),
+    })
+}
+
+fn invalid_str(key: &str, value: &str, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        value: toml::Value::String(value.to_owned()).to_string(),
+        message: message.to_owned(),
+    }
+}

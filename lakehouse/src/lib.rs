@@ -1,0 +1,18 @@
+//! The Delta Lake cold store: where every change is kept for audit and time
+//! travel, as the Delta table `audit/changes` under the lake root.
+//!
+//! The lake root is a local folder or an object-store URL ([`LakeLocation`]).
+//! [`AuditSink`] appends change batches idempotently; [`maintenance`]
+//! compacts and cleans the table.
+
+mod audit_schema;
+mod error;
+mod location;
+pub mod maintenance;
+mod row_json;
+mod sink;
+
+pub use audit_schema::{AUDIT_TABLE, audit_schema};
+pub use error::LakeError;
+pub use location::LakeLocation;
+pub use sink::AuditSink;

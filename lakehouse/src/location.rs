@@ -1,0 +1,71 @@
+//! Where the lake lives: a local folder or an object-store URL.
+
+use std::collections::HashMap;
+
+use url::Url;
+
+use crate::error::LakeError;
+
+/// The lake root, resolved to a URL, and its object-store options.
+#[derive(Debug, Clone)]
+pub struct LakeLocation {
+    root: Url,
+    storage_options: HashMap<String, String>,
+}
+
+impl LakeLocation {
+    /// Resolves `root`: a URL with a scheme (`file://`, `s3://`, `memory://`, ...)
+    /// is used as is; anything else is a local folder, created if missing.
+    pub fn parse(root: &str, storage_options: HashMap<String, String>) -> Result<Self, LakeError> {
+        let err = |message: String| LakeError::Location { root: root.to_string(), message };
+        let mut url = if root.contains("://") {
+            Url::parse(root).map_err(|e| err(e.to_string()))?
+        } else {
+            std::fs::create_dir_all(root).map_err(|e| err(format!("cannot create the folder: {e}")))?;
+            let abs = std::fs::canonicalize(root).map_err(|e| err(e.to_string()))?;
+            Url::from_directory_path(&abs).map_err(|_| err("not an absolute path".into()))?
+        };
+        if !url.path().ends_with('/') {
+            url.set_path(&format!("{}/", url.path()));
+        }
+        Ok(LakeLocation { root: url, storage_options })
+    }
+
+    /// URL of the table at `relative` (e.g. `audit/changes`) under the root.
+    pub fn table_url(&self, relative: &str) -> Result<Url, LakeError> {
+        self.root.join(&format!("{}/", relative.trim_matches('/'))).map_err(|e| LakeError::Location {
+            root: self.root.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Object-store options (credentials, endpoint, region).
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.storage_options
+    }
+
+    /// Opens the table at `relative`; a location without a table yet opens as
+    /// an empty table (`version()` is `None`) that the first write creates.
+    pub async fn open_table(&self, relative: &str) -> Result<deltalake::DeltaTable, LakeError> {
+        let url = self.table_url(relative)?;
+        deltalake::DeltaTable::try_from_url_with_storage_options(url.clone(), self.storage_options.clone())
+            .await
+            .map_err(|source| LakeError::Delta { table: url.to_string(), source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_become_file_urls_and_urls_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = LakeLocation::parse(dir.path().join("lake").to_str().unwrap(), HashMap::new()).unwrap();
+        let url = loc.table_url("audit/changes").unwrap();
+        assert_eq!(url.scheme(), "file");
+        assert!(url.path().ends_with("/lake/audit/changes/"));
+        let loc = LakeLocation::parse("s3://bucket/lake", HashMap::new()).unwrap();
+        assert_eq!(loc.table_url("audit/changes").unwrap().as_str(), "s3://bucket/lake/audit/changes/");
+    }
+}

@@ -1,0 +1,184 @@
+//! The `lily` command.
+
+mod demo;
+mod lake;
+mod pipeline;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lily_config::{LilyConfig, LogFormat};
+use lily_metastore::{SetupError, SetupOptions, SetupReport};
+use tokio::sync::watch;
+use tracing::info;
+
+/// Lily: the real-time metadata plane.
+#[derive(Debug, Parser)]
+#[command(name = "lily", version, about)]
+struct Cli {
+    /// Configuration file (TOML). Every setting can also be set with LILY_<SECTION>__<KEY>.
+    #[arg(long, short, global = true, env = "LILY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format; overrides log.format.
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the server, apply migrations, create the publication and the replication slot.
+    Setup,
+    /// Run the pipeline: stream metastore changes to every sink until Ctrl-C.
+    Run,
+    /// Run everything on this machine: a private PostgreSQL, a sample estate, a local Delta store.
+    Demo {
+        /// Folder for the demo's PostgreSQL cluster, lake and config.
+        #[arg(long, default_value = ".lily")]
+        dir: PathBuf,
+    },
+    /// Delta Lake maintenance.
+    Lake {
+        #[command(subcommand)]
+        command: LakeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LakeCommand {
+    /// Compact the small files of the audit table.
+    Optimize {
+        /// Target file size in bytes (Delta's default when absent).
+        #[arg(long)]
+        target_size: Option<u64>,
+    },
+    /// Delete files that no version within the retention period needs.
+    Vacuum {
+        /// Keep files needed by versions younger than this.
+        #[arg(long, default_value_t = 168)]
+        retention_hours: u64,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(&config.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<LilyConfig> {
+    let mut config = LilyConfig::load(cli.config.as_deref())?;
+    if let Some(f) = &cli.log_format {
+        config.log.format = if f == "json" { LogFormat::Json } else { LogFormat::Text };
+    }
+    Ok(config)
+}
+
+async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
+    match command {
+        Command::Setup => {
+            let report = setup(&config).await?;
+            print_setup(&report, &config);
+            Ok(())
+        }
+        Command::Run => run(config).await,
+        Command::Demo { dir } => demo::run(&dir, None).await,
+        Command::Lake { command: LakeCommand::Optimize { target_size } } => lake::optimize(&config, target_size).await,
+        Command::Lake { command: LakeCommand::Vacuum { retention_hours, dry_run } } => {
+            lake::vacuum(&config, retention_hours, dry_run).await
+        }
+    }
+}
+
+/// `lily setup` against the configured server.
+async fn setup(config: &LilyConfig) -> anyhow::Result<SetupReport> {
+    let pg = tokio_postgres::Config::from_str(&config.postgres.url).context("postgres.url")?;
+    let target = describe_target(&pg);
+    let (mut client, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|source| SetupError::Connect { target, source })?;
+    let conn_task = tokio::spawn(connection);
+    let opts = SetupOptions {
+        slot: config.replication.slot.clone(),
+        publication: config.replication.publication.clone(),
+        tenant_role: config.postgres.tenant_role.clone(),
+    };
+    let report = lily_metastore::setup(&mut client, &opts).await?;
+    drop(client);
+    let _ = conn_task.await;
+    Ok(report)
+}
+
+fn describe_target(pg: &tokio_postgres::Config) -> String {
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+fn print_setup(report: &SetupReport, config: &LilyConfig) {
+    match report.migrations_applied.as_slice() {
+        [] => println!("migrations: up to date"),
+        v => println!("migrations: applied {v:?}"),
+    }
+    println!(
+        "publication {}: {} ({} tables)",
+        config.replication.publication,
+        if report.publication_created { "created" } else { "up to date" },
+        report.published_tables.len()
+    );
+    println!(
+        "replication slot {}: {}",
+        config.replication.slot,
+        if report.slot_created { "created" } else { "exists" }
+    );
+}
+
+async fn run(config: LilyConfig) -> anyhow::Result<()> {
+    telemetry::init_metrics(&config.metrics.listen)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        info!("stopping: finishing in-flight batches");
+        let _ = shutdown_tx.send(true);
+    });
+    pipeline::run(&config, Vec::new, shutdown_rx).await
+}

@@ -1,0 +1,156 @@
+//! `lily run`: the reader, the sinks, and the checkpoint between them.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lily_cdc::wire::ConnectParams;
+use lily_cdc::{AckTracker, CdcError, ChangeBatch, ChangeReader, ReaderConfig, StartPlan};
+use lily_config::LilyConfig;
+use lily_lakehouse::{AuditSink, LakeLocation};
+use lily_sinks::{FlushPolicy, Sink, SinkRunner};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+/// A sink with its flush policy.
+pub struct SinkSpec {
+    /// The sink.
+    pub sink: Box<dyn Sink>,
+    /// When it flushes.
+    pub policy: FlushPolicy,
+}
+
+/// The reader's settings from the config.
+pub fn reader_config(config: &LilyConfig) -> ReaderConfig {
+    let r = &config.replication;
+    ReaderConfig {
+        slot: r.slot.clone(),
+        publication: r.publication.clone(),
+        batch_max_rows: r.batch_max_rows,
+        batch_max_bytes: r.batch_max_bytes,
+        batch_max_wait: Duration::from_millis(r.batch_max_wait_ms),
+        status_interval: Duration::from_millis(r.status_interval_ms),
+        heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms),
+        max_lag_bytes: r.max_lag_bytes,
+    }
+}
+
+/// The lake location from the config.
+pub fn lake_location(config: &LilyConfig) -> anyhow::Result<LakeLocation> {
+    let options = config.lake.storage_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    Ok(LakeLocation::parse(&config.lake.root, options)?)
+}
+
+/// The sinks every pipeline has: the Delta audit store.
+pub async fn default_sinks(config: &LilyConfig) -> anyhow::Result<Vec<SinkSpec>> {
+    let location = lake_location(config)?;
+    let audit = AuditSink::open(&location).await.context("opening the audit table")?;
+    Ok(vec![SinkSpec {
+        sink: Box::new(audit),
+        policy: FlushPolicy {
+            max_rows: config.lake.flush_max_rows,
+            max_wait: Duration::from_millis(config.lake.flush_interval_ms),
+        },
+    }])
+}
+
+fn retryable(e: &CdcError) -> bool {
+    match e {
+        CdcError::Io { .. } => true,
+        // Connection exceptions, operator intervention, and "slot in use"
+        // (the previous walsender has not noticed its client is gone yet).
+        other => other
+            .sqlstate()
+            .is_some_and(|s| s.starts_with("08") || s.starts_with("57") || s == "55006"),
+    }
+}
+
+/// Runs the pipeline until `shutdown` turns true; reconnects after transient failures.
+/// `extra_sinks` adds sinks to the default ones (the demo's console).
+pub async fn run(
+    config: &LilyConfig,
+    extra_sinks: impl Fn() -> Vec<SinkSpec>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let mut sinks = default_sinks(config).await?;
+        sinks.extend(extra_sinks());
+        match run_once(config, sinks, shutdown.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let transient = e.downcast_ref::<CdcError>().is_some_and(retryable);
+                if !transient || *shutdown.borrow() {
+                    return Err(e);
+                }
+                metrics::counter!("lily_errors_total", "stage" => "cdc", "kind" => "reconnect").increment(1);
+                warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting");
+                let mut sd = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = sd.changed() => return Ok(()),
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn run_once(config: &LilyConfig, mut sinks: Vec<SinkSpec>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let pg = tokio_postgres::Config::from_str(&config.postgres.url).context("postgres.url")?;
+    let (client, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|source| CdcError::Sql { context: "connecting to the metastore".into(), source })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!(error = %e, "metastore connection closed");
+        }
+    });
+    let params = ConnectParams::from_config(&pg)?;
+    let acks = AckTracker::new();
+    let (tx, mut rx) = mpsc::channel::<Arc<ChangeBatch>>(config.replication.channel_capacity);
+    let reader = ChangeReader::new(params, Arc::new(client), reader_config(config), acks.clone(), tx);
+    let plan = reader.plan().await?;
+    for spec in &mut sinks {
+        spec.sink.healthcheck().await.with_context(|| format!("sink {} failed its health check", spec.sink.name()))?;
+        if let StartPlan::Snapshot { discard: Some(lsn) } = plan {
+            spec.sink.discard_snapshot(lsn).await?;
+        }
+    }
+    info!(plan = ?plan, sinks = sinks.len(), "pipeline starting");
+
+    // Fan out: every sink gets every batch through its own bounded queue,
+    // so the slowest sink sets the pace (backpressure, not buffering).
+    let (abort_tx, abort_rx) = watch::channel(false);
+    let mut inputs = Vec::new();
+    let mut tasks = Vec::new();
+    for spec in sinks {
+        let (sink_tx, sink_rx) = mpsc::channel(config.replication.channel_capacity);
+        let ack = acks.register_sink(spec.sink.name());
+        let runner = SinkRunner::new(spec.sink, ack, spec.policy);
+        tasks.push(tokio::spawn(runner.run(sink_rx, abort_rx.clone())));
+        inputs.push(sink_tx);
+    }
+    let fanout = tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            for input in &inputs {
+                if input.send(batch.clone()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+
+    let result = reader.run(plan, shutdown).await;
+    if let Err(e) = &result {
+        error!(error = %e, "reader stopped");
+        let _ = abort_tx.send(true);
+    }
+    let _ = fanout.await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    result.map_err(Into::into)
+}

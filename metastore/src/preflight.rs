@@ -1,0 +1,78 @@
+//! Checks that the server can feed Lily before anything is created.
+
+use tokio_postgres::Client;
+
+use crate::error::{Problem, SetupError};
+
+/// Every problem that would stop logical replication, each with its fix.
+/// `slot` is not counted against the slot limit when it already exists.
+pub async fn preflight(client: &Client, slot: &str) -> Result<Vec<Problem>, SetupError> {
+    let q = |sql: &'static str| async move {
+        client.query_one(sql, &[]).await.map_err(SetupError::sql(format!("running check {sql:?}")))
+    };
+    let mut problems = Vec::new();
+
+    let version: i32 = q("SELECT current_setting('server_version_num')::int").await?.get(0);
+    if version < 150_000 {
+        problems.push(Problem {
+            what: format!("PostgreSQL {} is too old; Lily needs 15 or newer", version / 10_000),
+            fix: "upgrade the server to PostgreSQL 15+".into(),
+        });
+    }
+
+    let wal_level: String = q("SHOW wal_level").await?.get(0);
+    if wal_level != "logical" {
+        problems.push(Problem {
+            what: format!("wal_level is '{wal_level}'; logical replication needs 'logical'"),
+            fix: "run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL \
+                  (on a managed service, enable logical replication in its parameter group)"
+                .into(),
+        });
+    }
+
+    let role = q("SELECT current_user::text, rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user").await?;
+    let (user, replication, superuser): (String, bool, bool) = (role.get(0), role.get(1), role.get(2));
+    if !replication && !superuser {
+        problems.push(Problem {
+            what: format!("role {user} lacks the REPLICATION attribute"),
+            fix: format!("run ALTER ROLE \"{user}\" WITH REPLICATION; as a superuser"),
+        });
+    }
+
+    let create: bool = q("SELECT has_database_privilege(current_user, current_database(), 'CREATE')").await?.get(0);
+    if !create {
+        problems.push(Problem {
+            what: format!("role {user} cannot create schemas in this database"),
+            fix: format!("run GRANT CREATE ON DATABASE <db> TO \"{user}\"; or use the database owner"),
+        });
+    }
+
+    let slots = client
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int, \
+                    (SELECT count(*)::int FROM pg_replication_slots), \
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot],
+        )
+        .await
+        .map_err(SetupError::sql("counting replication slots"))?;
+    let (max_slots, used, ours): (i32, i32, bool) = (slots.get(0), slots.get(1), slots.get(2));
+    if !ours && used >= max_slots {
+        problems.push(Problem {
+            what: format!("all {max_slots} replication slots are in use (max_replication_slots)"),
+            fix: "drop an unused slot with SELECT pg_drop_replication_slot('<name>'), or raise \
+                  max_replication_slots and restart PostgreSQL"
+                .into(),
+        });
+    }
+
+    let senders = q("SELECT current_setting('max_wal_senders')::int, (SELECT count(*)::int FROM pg_stat_replication)").await?;
+    let (max_senders, active): (i32, i32) = (senders.get(0), senders.get(1));
+    if active >= max_senders {
+        problems.push(Problem {
+            what: format!("all {max_senders} WAL senders are busy (max_wal_senders)"),
+            fix: "raise max_wal_senders and restart PostgreSQL".into(),
+        });
+    }
+    Ok(problems)
+}

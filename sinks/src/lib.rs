@@ -1,0 +1,70 @@
+//! Where changes leave Lily: the [`Sink`] trait, its acknowledgement
+//! contract, and the [`SinkRunner`] that drives a sink.
+//!
+//! # The contract
+//! Delivery is at least once. A sink receives change batches in stream order
+//! through [`Sink::write`], may buffer them, and makes everything written
+//! durable in [`Sink::flush`]. Only after `flush` returns does the runner tell
+//! the checkpoint that those batches are safe; the replication slot never
+//! moves past data some sink could still lose. After a crash the same changes
+//! arrive again, so every sink must be idempotent: each row carries its
+//! [`Position`](lily_cdc::Position) (commit LSN, place in the transaction),
+//! which only grows.
+
+mod console;
+mod null;
+mod runner;
+
+use std::sync::Arc;
+
+use lily_cdc::{ChangeBatch, Lsn};
+
+pub use console::ConsoleSink;
+pub use null::NullSink;
+pub use runner::{FlushPolicy, SinkRunner};
+
+/// Why a sink could not take or store changes.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The destination is unreachable or overloaded; retrying later may work.
+    #[error("{sink} is unavailable: {message}")]
+    Unavailable {
+        /// Sink name.
+        sink: String,
+        /// What failed.
+        message: String,
+    },
+    /// The destination refused the data itself; retrying will not help.
+    #[error("{sink} rejected the data: {message}")]
+    Rejected {
+        /// Sink name.
+        sink: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A destination of change batches.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync {
+    /// Name used in logs and metrics.
+    fn name(&self) -> &str;
+
+    /// Takes a batch. It may only be buffered: nothing is acknowledged until `flush`.
+    async fn write(&mut self, batch: Arc<ChangeBatch>) -> Result<(), SinkError>;
+
+    /// Makes everything written so far durable.
+    async fn flush(&mut self) -> Result<(), SinkError>;
+
+    /// Rows written but not yet flushed.
+    fn buffered_rows(&self) -> usize;
+
+    /// Removes rows of a snapshot taken at `snapshot_lsn` that never
+    /// completed, before a new snapshot is delivered.
+    async fn discard_snapshot(&mut self, snapshot_lsn: Lsn) -> Result<(), SinkError>;
+
+    /// Checks that the destination is reachable and usable.
+    async fn healthcheck(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}

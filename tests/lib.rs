@@ -1,0 +1,279 @@
+//! The integration-test harness: a private PostgreSQL cluster per test, the
+//! `lily` binary as a child process, Delta tables read back with DataFusion,
+//! and polling with deadlines instead of sleeps.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use arrow::array::RecordBatch;
+use deltalake::datafusion::prelude::SessionContext;
+use lily_config::LilyConfig;
+use lily_embedded::{ClusterBuilder, PgCluster};
+
+/// Database the tests use.
+pub const DB: &str = "lily";
+
+/// A private cluster with a `lily` database, a lake folder and a config pointing at both.
+pub struct TestEnv {
+    /// The cluster (stopped on drop).
+    pub cluster: PgCluster,
+    /// Config for `lily` pointing at this environment.
+    pub config: LilyConfig,
+    /// Scratch folder (lake, logs), removed on drop.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    /// A logical-replication cluster with the metastore set up.
+    pub async fn new() -> anyhow::Result<Self> {
+        Self::with_settings(&[]).await
+    }
+
+    /// Same, with extra postgresql.conf settings; runs `lily setup` unless wal_level is not logical.
+    pub async fn with_settings(settings: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("lily-test-").tempdir()?;
+        let mut builder = ClusterBuilder::new(dir.path().join("pg")).setting("wal_sender_timeout", "10s");
+        for (k, v) in settings {
+            builder = builder.setting(k, v);
+        }
+        let cluster = builder.start().await.context("starting PostgreSQL")?;
+        cluster.create_database(DB).await?;
+        let mut config = LilyConfig::default();
+        config.postgres.url = cluster.url(DB);
+        config.lake.root = dir.path().join("lake").display().to_string();
+        config.metrics.listen = String::new();
+        config.replication.status_interval_ms = 200;
+        config.lake.flush_interval_ms = 200;
+        let env = TestEnv { cluster, config, dir };
+        if !settings.iter().any(|(k, v)| *k == "wal_level" && *v != "logical") {
+            env.setup().await?;
+        }
+        Ok(env)
+    }
+
+    /// Runs `lily setup` in process.
+    pub async fn setup(&self) -> anyhow::Result<lily_metastore::SetupReport> {
+        let mut client = self.cluster.connect(DB).await?;
+        let opts = lily_metastore::SetupOptions {
+            slot: self.config.replication.slot.clone(),
+            publication: self.config.replication.publication.clone(),
+            tenant_role: self.config.postgres.tenant_role.clone(),
+        };
+        Ok(lily_metastore::setup(&mut client, &opts).await?)
+    }
+
+    /// A connection to the test database as the superuser.
+    pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        Ok(self.cluster.connect(DB).await?)
+    }
+
+    /// Environment variables that make `lily` use this environment.
+    pub fn lily_env(&self) -> Vec<(String, String)> {
+        let c = &self.config;
+        vec![
+            ("LILY_POSTGRES__URL".into(), c.postgres.url.clone()),
+            ("LILY_LAKE__ROOT".into(), c.lake.root.clone()),
+            ("LILY_LAKE__FLUSH_INTERVAL_MS".into(), c.lake.flush_interval_ms.to_string()),
+            ("LILY_METRICS__LISTEN".into(), c.metrics.listen.clone()),
+            ("LILY_REPLICATION__STATUS_INTERVAL_MS".into(), c.replication.status_interval_ms.to_string()),
+            ("LILY_REPLICATION__HEARTBEAT_INTERVAL_MS".into(), c.replication.heartbeat_interval_ms.to_string()),
+        ]
+    }
+
+    /// Starts `lily <args>` against this environment; its output goes to a log file.
+    pub fn spawn_lily(&self, args: &[&str]) -> anyhow::Result<LilyProcess> {
+        let log = self.dir.path().join(format!("lily-{}.log", rand::random::<u32>()));
+        LilyProcess::spawn(args, &self.lily_env(), &log)
+    }
+
+    /// Reads the audit table with DataFusion: the result of `sql` over table `audit`.
+    pub async fn query_audit(&self, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
+        query_delta(&Path::new(&self.config.lake.root).join(lily_lakehouse::AUDIT_TABLE), sql).await
+    }
+
+    /// Rows in the audit table (0 before it exists).
+    pub async fn audit_count(&self, filter: &str) -> anyhow::Result<i64> {
+        let table = Path::new(&self.config.lake.root).join(lily_lakehouse::AUDIT_TABLE);
+        if !table.join("_delta_log").exists() {
+            return Ok(0);
+        }
+        let where_ = if filter.is_empty() { String::new() } else { format!("WHERE {filter}") };
+        let b = self.query_audit(&format!("SELECT count(*) FROM audit {where_}")).await?;
+        Ok(first_i64(&b))
+    }
+}
+
+/// The first value of the first column, as i64.
+pub fn first_i64(batches: &[RecordBatch]) -> i64 {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+    batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .map(|b| b.column(0).as_primitive::<Int64Type>())
+        .filter(|a| !a.is_null(0))
+        .map(|a| a.value(0))
+        .unwrap_or(0)
+}
+
+/// Runs `sql` against the Delta table at `path`, registered as `audit`.
+pub async fn query_delta(path: &Path, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
+    let url = url_for(path)?;
+    let table = deltalake::open_table(url).await.context("opening the Delta table")?;
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state())?;
+    ctx.register_table("audit", table.table_provider().await?)?;
+    Ok(ctx.sql(sql).await?.collect().await?)
+}
+
+fn url_for(path: &Path) -> anyhow::Result<url::Url> {
+    let abs = std::fs::canonicalize(path).with_context(|| format!("{} does not exist", path.display()))?;
+    url::Url::from_directory_path(abs).map_err(|_| anyhow::anyhow!("bad path"))
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Path of the `lily` binary: `LILY_BIN`, or beside the test executable's folder.
+pub fn lily_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("LILY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/it-<hash> → target/<profile>/lily
+    exe.parent().and_then(Path::parent).map(|d| d.join("lily")).unwrap_or_else(|| PathBuf::from("lily"))
+}
+
+/// A `lily` child process.
+pub struct LilyProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl LilyProcess {
+    /// Starts `lily` with `args` and `env`, output to `log`.
+    pub fn spawn(args: &[&str], env: &[(String, String)], log: &Path) -> anyhow::Result<Self> {
+        let bin = lily_bin();
+        if !bin.exists() {
+            bail!("{} not found: build it first (cargo build -p lily) or set LILY_BIN", bin.display());
+        }
+        let out = std::fs::File::create(log)?;
+        let child = Command::new(&bin)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(LilyProcess { child, log: log.to_path_buf() })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// SIGKILL and reap: a crash.
+    pub fn crash(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub async fn stop(mut self) -> anyhow::Result<i32> {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(60)).await
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code().unwrap_or(-1));
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("lily did not exit within {timeout:?}; output:\n{}", self.output());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Peak resident memory (VmHWM) in bytes, while it runs.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+}
+
+impl Drop for LilyProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `lily <args>` to completion; returns (exit code, output).
+pub fn run_lily(args: &[&str], env: &[(String, String)]) -> anyhow::Result<(i32, String)> {
+    let out = Command::new(lily_bin())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .context("running lily")?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.code().unwrap_or(-1), text))
+}
+
+/// The Python interpreter of the test venv (DuckDB with its delta extension).
+pub fn test_python() -> anyhow::Result<PathBuf> {
+    let p = std::env::var("LILY_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        PathBuf::from(home).join(".cache/lily/venv/bin/python")
+    });
+    if !p.exists() {
+        bail!("{} not found: run scripts/bootstrap to create the test venv with DuckDB", p.display());
+    }
+    Ok(p)
+}
