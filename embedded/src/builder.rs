@@ -106,8 +106,13 @@ impl ClusterBuilder {
             }
             match server.start(false) {
                 Ok(()) => break,
-                Err(e) if self.port.is_none() && attempt < PORT_RETRIES && server.port_taken(&e) => {
-                    warn!(port = server.port, "port taken while starting PostgreSQL; trying another");
+                Err(e)
+                    if self.port.is_none() && attempt < PORT_RETRIES && server.port_taken(&e) =>
+                {
+                    warn!(
+                        port = server.port,
+                        "port taken while starting PostgreSQL; trying another"
+                    );
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -124,9 +129,7 @@ fn check_base_path(base: &Path) -> Result<(), ClusterError> {
         dir: base.to_path_buf(),
         reason,
     };
-    let text = base
-        .to_str()
-        .ok_or_else(|| bad("not valid UTF-8".into()))?;
+    let text = base.to_str().ok_or_else(|| bad("not valid UTF-8".into()))?;
     // pg_ctl wraps -D and -l in double quotes for /bin/sh, where these keep a meaning.
     if text.contains(['"', '$', '`', '\\', '\n', '\r']) {
         return Err(bad(

@@ -276,7 +276,10 @@ mod tests {
         );
 
         cluster.create_database("lily_test").await.expect("create");
-        cluster.create_database("lily_test").await.expect("create again");
+        cluster
+            .create_database("lily_test")
+            .await
+            .expect("create again");
 
         cluster
             .set_settings(&[("max_wal_senders", "25")])

@@ -80,8 +80,8 @@ pub(crate) fn write(
 /// Adds the include line to `data/postgresql.conf` unless it is already there.
 pub(crate) fn ensure_included(data: &Path) -> Result<(), ClusterError> {
     let path = data.join("postgresql.conf");
-    let current =
-        fs::read_to_string(&path).map_err(ClusterError::io(format!("reading {}", path.display())))?;
+    let current = fs::read_to_string(&path)
+        .map_err(ClusterError::io(format!("reading {}", path.display())))?;
     if current.lines().any(|line| line.trim() == INCLUDE) {
         return Ok(());
     }

@@ -46,11 +46,7 @@ impl Pg {
         }
         // SAFETY: geteuid has no preconditions and cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
-        let run_as = if root {
-            Some(postgres_user()?)
-        } else {
-            None
-        };
+        let run_as = if root { Some(postgres_user()?) } else { None };
         Ok(Pg { bin, run_as })
     }
 
@@ -157,7 +153,15 @@ pub(crate) fn run(mut cmd: Command) -> Result<String, ClusterError> {
 fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
-        .map(|part| part.to_string_lossy())
+        .map(|part| {
+            let part = part.to_string_lossy();
+            // Quote multi-word arguments (pg_ctl -o) so the line can be pasted into a shell.
+            if part.contains(char::is_whitespace) {
+                format!("\"{part}\"")
+            } else {
+                part.into_owned()
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -48,6 +48,15 @@ impl LakeLocation {
     /// an empty table (`version()` is `None`) that the first write creates.
     pub async fn open_table(&self, relative: &str) -> Result<deltalake::DeltaTable, LakeError> {
         let url = self.table_url(relative)?;
+        if url.scheme() == "file"
+            && let Ok(path) = url.to_file_path()
+        {
+            // delta-rs reports a missing local folder as an error, not as "no table yet".
+            std::fs::create_dir_all(&path).map_err(|e| LakeError::Location {
+                root: self.root.to_string(),
+                message: format!("cannot create {}: {e}", path.display()),
+            })?;
+        }
         deltalake::DeltaTable::try_from_url_with_storage_options(url.clone(), self.storage_options.clone())
             .await
             .map_err(|source| LakeError::Delta { table: url.to_string(), source })

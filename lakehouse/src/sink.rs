@@ -17,7 +17,7 @@ use lily_cdc::{ChangeBatch, Lsn, Position};
 use lily_sinks::{Sink, SinkError};
 use tracing::{debug, info};
 
-use crate::audit_schema::{AUDIT_TABLE, to_audit_rows};
+use crate::audit_schema::{AUDIT_TABLE, audit_schema, to_audit_rows};
 use crate::error::LakeError;
 use crate::location::LakeLocation;
 
@@ -45,7 +45,10 @@ fn unavailable(e: impl std::fmt::Display) -> SinkError {
 impl AuditSink {
     /// Opens (or prepares to create) `audit/changes` under `location` and reads its watermark.
     pub async fn open(location: &LakeLocation) -> Result<Self, LakeError> {
-        let table = location.open_table(AUDIT_TABLE).await?;
+        let mut table = location.open_table(AUDIT_TABLE).await?;
+        if table.version().is_none() {
+            table = create_table(table).await?;
+        }
         let watermark = read_watermark(&table).await?;
         info!(table = %table.table_url(), watermark = ?watermark, "audit table opened");
         Ok(AuditSink { table, watermark, pending: Vec::new(), pending_rows: 0, pending_last: None, stale: false })
@@ -66,6 +69,21 @@ impl AuditSink {
         self.watermark = read_watermark(&self.table).await?;
         Ok(())
     }
+}
+
+/// Creates the audit table with its schema and partitioning, so readers find
+/// it (empty) even before the first change.
+async fn create_table(table: DeltaTable) -> Result<DeltaTable, LakeError> {
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+    let url = table.table_url().to_string();
+    let schema: deltalake::kernel::StructType = audit_schema().as_ref().try_into_kernel()?;
+    table
+        .create()
+        .with_columns(schema.fields().cloned())
+        .with_partition_columns(["tenant_id", "day"])
+        .with_comment("Every change to the Lily metastore, one row per row change")
+        .await
+        .map_err(|source| LakeError::Delta { table: url, source })
 }
 
 async fn read_watermark(table: &DeltaTable) -> Result<Option<Position>, LakeError> {
@@ -130,7 +148,7 @@ impl Sink for AuditSink {
             .await;
         match result {
             Ok(table) => {
-                debug!(rows = self.pending_rows, version = ?table.version(), "audit rows committed");
+                info!(rows = self.pending_rows, version = ?table.version(), through = ?last, "audit rows committed");
                 self.table = table;
                 self.watermark = Some(last);
                 self.pending.clear();

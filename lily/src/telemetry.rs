@@ -5,10 +5,14 @@ use lily_config::{LogConfig, LogFormat};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing_subscriber::EnvFilter;
 
+/// Libraries whose info-level chatter (every Delta snapshot, every notice)
+/// drowns Lily's own events; `RUST_LOG` can still turn them up.
+const QUIET: &str = "buoyant_kernel=warn,deltalake_core=warn,deltalake=warn,tokio_postgres=warn";
+
 /// Starts logging to standard error; `RUST_LOG` overrides the configured level.
 pub fn init_logging(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.level))
+        .or_else(|_| EnvFilter::try_new(format!("{QUIET},{}", config.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.format {

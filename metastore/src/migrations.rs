@@ -51,7 +51,7 @@ pub async fn apply_migrations(client: &mut Client, tenant_role: &str) -> Result<
     for m in MIGRATIONS {
         let tx = client.transaction().await.map_err(SetupError::sql("starting a migration"))?;
         // One setup at a time: a second one waits here, then finds the work done.
-        tx.execute("SELECT pg_advisory_xact_lock(7_141_592)", &[])
+        tx.execute("SELECT pg_advisory_xact_lock(7141592)", &[])
             .await
             .map_err(SetupError::sql("locking migrations"))?;
         let row = tx
