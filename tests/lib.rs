@@ -182,7 +182,6 @@ impl LilyProcess {
         let child = Command::new(&bin)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -276,4 +275,93 @@ pub fn test_python() -> anyhow::Result<PathBuf> {
         bail!("{} not found: run scripts/bootstrap to create the test venv with DuckDB", p.display());
     }
     Ok(p)
+}
+
+/// A change reader running in this process, its batches collected.
+pub struct ReaderHandle {
+    /// Batches as the reader closes them.
+    pub batches: tokio::sync::mpsc::Receiver<std::sync::Arc<lily_cdc::ChangeBatch>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<lily_cdc::Result<()>>,
+}
+
+impl ReaderHandle {
+    /// Starts a reader of `slot` over `publication` (no sinks: every position is confirmable).
+    pub async fn start(env: &TestEnv, slot: &str, publication: &str) -> anyhow::Result<Self> {
+        let params = lily_cdc::wire::ConnectParams::parse(&env.config.postgres.url)?;
+        let client = std::sync::Arc::new(env.client().await?);
+        let config = lily_cdc::ReaderConfig {
+            slot: slot.into(),
+            publication: publication.into(),
+            heartbeat_interval: Duration::ZERO,
+            status_interval: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let (tx, batches) = tokio::sync::mpsc::channel(64);
+        let reader = lily_cdc::ChangeReader::new(params, client, config, lily_cdc::AckTracker::new(), tx);
+        let plan = reader.plan().await?;
+        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(reader.run(plan, rx));
+        Ok(ReaderHandle { batches, shutdown, task })
+    }
+
+    /// Collects batches of `table` until `rows` rows arrived.
+    pub async fn collect(&mut self, table: &str, rows: usize, timeout: Duration) -> anyhow::Result<Vec<RecordBatch>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        let mut n = 0;
+        while n < rows {
+            match tokio::time::timeout_at(deadline, self.batches.recv()).await {
+                Ok(Some(b)) => {
+                    if b.table.qualified_name() == table {
+                        n += b.num_rows();
+                        out.push(b.records.clone());
+                    }
+                }
+                Ok(None) => bail!("the reader stopped after {n} of {rows} rows of {table}"),
+                Err(_) => bail!("timed out with {n} of {rows} rows of {table}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stops the reader and returns its result.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        drop(self.batches);
+        self.task.await??;
+        Ok(())
+    }
+}
+
+/// Waits until the slot's snapshot is delivered and it streams.
+pub async fn wait_streaming(env: &TestEnv, slot: &str) -> anyhow::Result<()> {
+    let client = env.client().await?;
+    wait_for("the snapshot to complete", Duration::from_secs(60), || async {
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM lily.replication_state s JOIN pg_replication_slots r ON r.slot_name = s.slot_name \
+                 WHERE s.slot_name = $1 AND s.snapshot_done AND r.active",
+                &[&slot],
+            )
+            .await?;
+        Ok(row.map(|_| ()))
+    })
+    .await
+}
+
+/// Runs `sql` (naming the table `{table}`) over the Delta table at `table_dir`
+/// with DuckDB's delta extension, an independent reader; returns the rows.
+pub fn duckdb_query(table_dir: &Path, sql: &str) -> anyhow::Result<Vec<Vec<serde_json::Value>>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/delta_query.py");
+    let out = Command::new(test_python()?)
+        .arg(script)
+        .arg(table_dir)
+        .arg(sql)
+        .output()
+        .context("running DuckDB")?;
+    if !out.status.success() {
+        bail!("DuckDB failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
 }

@@ -1,1 +1,5 @@
+//! Integration tests: real PostgreSQL clusters, the real `lily` binary, real Delta tables.
 
+mod cdc_types;
+mod crash;
+mod handoff;
