@@ -365,3 +365,23 @@ pub fn duckdb_query(table_dir: &Path, sql: &str) -> anyhow::Result<Vec<Vec<serde
     }
     Ok(serde_json::from_slice(&out.stdout)?)
 }
+
+/// A free loopback TCP port.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// GET `path` from `addr` over plain HTTP/1.0; returns the body of a 200 answer.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("GET {path}: {head}");
+    }
+    Ok(body.to_string())
+}

@@ -29,7 +29,7 @@ const EDITS: &[(&str, &str)] = &[
 ];
 
 /// Runs the demo in `dir` until Ctrl-C.
-pub async fn run(dir: &Path, metrics_listen: Option<String>) -> anyhow::Result<()> {
+pub async fn run(dir: &Path, base: LilyConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir)?;
     println!("Lily demo in {}", dir.display());
@@ -38,12 +38,11 @@ pub async fn run(dir: &Path, metrics_listen: Option<String>) -> anyhow::Result<(
     cluster.create_database(DATABASE).await?;
     println!("  PostgreSQL listening on 127.0.0.1:{}", cluster.port());
 
-    let mut config = LilyConfig::default();
+    // Everything but where PostgreSQL and the lake are comes from the usual
+    // config (file and LILY_* variables).
+    let mut config = base;
     config.postgres.url = cluster.url(DATABASE);
     config.lake.root = dir.join("lake").display().to_string();
-    if let Some(listen) = metrics_listen {
-        config.metrics.listen = listen;
-    }
     let config_path = dir.join("lily.toml");
     std::fs::write(&config_path, config.to_toml()).with_context(|| format!("writing {}", config_path.display()))?;
     crate::telemetry::init_metrics(&config.metrics.listen)?;

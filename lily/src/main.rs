@@ -109,7 +109,7 @@ async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run => run(config).await,
-        Command::Demo { dir } => demo::run(&dir, None).await,
+        Command::Demo { dir } => demo::run(&dir, config).await,
         Command::Lake { command: LakeCommand::Optimize { target_size } } => lake::optimize(&config, target_size).await,
         Command::Lake { command: LakeCommand::Vacuum { retention_hours, dry_run } } => {
             lake::vacuum(&config, retention_hours, dry_run).await

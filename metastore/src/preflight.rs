@@ -66,6 +66,26 @@ pub async fn preflight(client: &Client, slot: &str) -> Result<Vec<Problem>, Setu
         });
     }
 
+    let foreign = client
+        .query_opt(
+            "SELECT database::text, plugin::text FROM pg_replication_slots \
+             WHERE slot_name = $1 AND (database IS DISTINCT FROM current_database() OR plugin IS DISTINCT FROM 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .map_err(SetupError::sql("inspecting the replication slot"))?;
+    if let Some(row) = foreign {
+        let (db, plugin): (Option<String>, Option<String>) = (row.get(0), row.get(1));
+        problems.push(Problem {
+            what: format!(
+                "replication slot {slot} already exists for database {} with plugin {} (slot names are cluster-wide)",
+                db.unwrap_or_else(|| "(physical)".into()),
+                plugin.unwrap_or_else(|| "(none)".into())
+            ),
+            fix: "choose another name with replication.slot (LILY_REPLICATION__SLOT), or drop that slot".into(),
+        });
+    }
+
     let senders = q("SELECT current_setting('max_wal_senders')::int, (SELECT count(*)::int FROM pg_stat_replication)").await?;
     let (max_senders, active): (i32, i32) = (senders.get(0), senders.get(1));
     if active >= max_senders {

@@ -1,5 +1,11 @@
 //! Integration tests: real PostgreSQL clusters, the real `lily` binary, real Delta tables.
 
+mod big_transaction;
 mod cdc_types;
 mod crash;
+mod demo;
 mod handoff;
+mod heartbeat;
+mod observability;
+mod setup_errors;
+mod tenancy;
