@@ -35,7 +35,8 @@ impl TestEnv {
     /// Same, with extra postgresql.conf settings; runs `lily setup` unless wal_level is not logical.
     pub async fn with_settings(settings: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("lily-test-").tempdir()?;
-        let mut builder = ClusterBuilder::new(dir.path().join("pg")).setting("wal_sender_timeout", "10s");
+        let mut builder =
+            ClusterBuilder::new(dir.path().join("pg")).setting("wal_sender_timeout", "10s");
         for (k, v) in settings {
             builder = builder.setting(k, v);
         }
@@ -47,8 +48,15 @@ impl TestEnv {
         config.metrics.listen = String::new();
         config.replication.status_interval_ms = 200;
         config.lake.flush_interval_ms = 200;
-        let env = TestEnv { cluster, config, dir };
-        if !settings.iter().any(|(k, v)| *k == "wal_level" && *v != "logical") {
+        let env = TestEnv {
+            cluster,
+            config,
+            dir,
+        };
+        if !settings
+            .iter()
+            .any(|(k, v)| *k == "wal_level" && *v != "logical")
+        {
             env.setup().await?;
         }
         Ok(env)
@@ -76,22 +84,38 @@ impl TestEnv {
         vec![
             ("LILY_POSTGRES__URL".into(), c.postgres.url.clone()),
             ("LILY_LAKE__ROOT".into(), c.lake.root.clone()),
-            ("LILY_LAKE__FLUSH_INTERVAL_MS".into(), c.lake.flush_interval_ms.to_string()),
+            (
+                "LILY_LAKE__FLUSH_INTERVAL_MS".into(),
+                c.lake.flush_interval_ms.to_string(),
+            ),
             ("LILY_METRICS__LISTEN".into(), c.metrics.listen.clone()),
-            ("LILY_REPLICATION__STATUS_INTERVAL_MS".into(), c.replication.status_interval_ms.to_string()),
-            ("LILY_REPLICATION__HEARTBEAT_INTERVAL_MS".into(), c.replication.heartbeat_interval_ms.to_string()),
+            (
+                "LILY_REPLICATION__STATUS_INTERVAL_MS".into(),
+                c.replication.status_interval_ms.to_string(),
+            ),
+            (
+                "LILY_REPLICATION__HEARTBEAT_INTERVAL_MS".into(),
+                c.replication.heartbeat_interval_ms.to_string(),
+            ),
         ]
     }
 
     /// Starts `lily <args>` against this environment; its output goes to a log file.
     pub fn spawn_lily(&self, args: &[&str]) -> anyhow::Result<LilyProcess> {
-        let log = self.dir.path().join(format!("lily-{}.log", rand::random::<u32>()));
+        let log = self
+            .dir
+            .path()
+            .join(format!("lily-{}.log", rand::random::<u32>()));
         LilyProcess::spawn(args, &self.lily_env(), &log)
     }
 
     /// Reads the audit table with DataFusion: the result of `sql` over table `audit`.
     pub async fn query_audit(&self, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
-        query_delta(&Path::new(&self.config.lake.root).join(lily_lakehouse::AUDIT_TABLE), sql).await
+        query_delta(
+            &Path::new(&self.config.lake.root).join(lily_lakehouse::AUDIT_TABLE),
+            sql,
+        )
+        .await
     }
 
     /// Rows in the audit table (0 before it exists).
@@ -100,8 +124,14 @@ impl TestEnv {
         if !table.join("_delta_log").exists() {
             return Ok(0);
         }
-        let where_ = if filter.is_empty() { String::new() } else { format!("WHERE {filter}") };
-        let b = self.query_audit(&format!("SELECT count(*) FROM audit {where_}")).await?;
+        let where_ = if filter.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {filter}")
+        };
+        let b = self
+            .query_audit(&format!("SELECT count(*) FROM audit {where_}"))
+            .await?;
         Ok(first_i64(&b))
     }
 }
@@ -122,7 +152,9 @@ pub fn first_i64(batches: &[RecordBatch]) -> i64 {
 /// Runs `sql` against the Delta table at `path`, registered as `audit`.
 pub async fn query_delta(path: &Path, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
     let url = url_for(path)?;
-    let table = deltalake::open_table(url).await.context("opening the Delta table")?;
+    let table = deltalake::open_table(url)
+        .await
+        .context("opening the Delta table")?;
     let ctx = SessionContext::new();
     table.update_datafusion_session(&ctx.state())?;
     ctx.register_table("audit", table.table_provider().await?)?;
@@ -130,7 +162,8 @@ pub async fn query_delta(path: &Path, sql: &str) -> anyhow::Result<Vec<RecordBat
 }
 
 fn url_for(path: &Path) -> anyhow::Result<url::Url> {
-    let abs = std::fs::canonicalize(path).with_context(|| format!("{} does not exist", path.display()))?;
+    let abs = std::fs::canonicalize(path)
+        .with_context(|| format!("{} does not exist", path.display()))?;
     url::Url::from_directory_path(abs).map_err(|_| anyhow::anyhow!("bad path"))
 }
 
@@ -162,7 +195,10 @@ pub fn lily_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/it-<hash> → target/<profile>/lily
-    exe.parent().and_then(Path::parent).map(|d| d.join("lily")).unwrap_or_else(|| PathBuf::from("lily"))
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("lily"))
+        .unwrap_or_else(|| PathBuf::from("lily"))
 }
 
 /// A `lily` child process.
@@ -176,7 +212,10 @@ impl LilyProcess {
     pub fn spawn(args: &[&str], env: &[(String, String)], log: &Path) -> anyhow::Result<Self> {
         let bin = lily_bin();
         if !bin.exists() {
-            bail!("{} not found: build it first (cargo build -p lily) or set LILY_BIN", bin.display());
+            bail!(
+                "{} not found: build it first (cargo build -p lily) or set LILY_BIN",
+                bin.display()
+            );
         }
         let out = std::fs::File::create(log)?;
         let child = Command::new(&bin)
@@ -187,7 +226,10 @@ impl LilyProcess {
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(LilyProcess { child, log: log.to_path_buf() })
+        Ok(LilyProcess {
+            child,
+            log: log.to_path_buf(),
+        })
     }
 
     /// Its process id.
@@ -229,7 +271,10 @@ impl LilyProcess {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                bail!("lily did not exit within {timeout:?}; output:\n{}", self.output());
+                bail!(
+                    "lily did not exit within {timeout:?}; output:\n{}",
+                    self.output()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -261,18 +306,27 @@ pub fn run_lily(args: &[&str], env: &[(String, String)]) -> anyhow::Result<(i32,
         .stdin(Stdio::null())
         .output()
         .context("running lily")?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok((out.status.code().unwrap_or(-1), text))
 }
 
 /// The Python interpreter of the test venv (DuckDB with its delta extension).
 pub fn test_python() -> anyhow::Result<PathBuf> {
-    let p = std::env::var("LILY_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        PathBuf::from(home).join(".cache/lily/venv/bin/python")
-    });
+    let p = std::env::var("LILY_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            PathBuf::from(home).join(".cache/lily/venv/bin/python")
+        });
     if !p.exists() {
-        bail!("{} not found: run scripts/bootstrap to create the test venv with DuckDB", p.display());
+        bail!(
+            "{} not found: run scripts/bootstrap to create the test venv with DuckDB",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -298,15 +352,25 @@ impl ReaderHandle {
             ..Default::default()
         };
         let (tx, batches) = tokio::sync::mpsc::channel(64);
-        let reader = lily_cdc::ChangeReader::new(params, client, config, lily_cdc::AckTracker::new(), tx);
+        let reader =
+            lily_cdc::ChangeReader::new(params, client, config, lily_cdc::AckTracker::new(), tx);
         let plan = reader.plan().await?;
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(reader.run(plan, rx));
-        Ok(ReaderHandle { batches, shutdown, task })
+        Ok(ReaderHandle {
+            batches,
+            shutdown,
+            task,
+        })
     }
 
     /// Collects batches of `table` until `rows` rows arrived.
-    pub async fn collect(&mut self, table: &str, rows: usize, timeout: Duration) -> anyhow::Result<Vec<RecordBatch>> {
+    pub async fn collect(
+        &mut self,
+        table: &str,
+        rows: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<RecordBatch>> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut out = Vec::new();
         let mut n = 0;
@@ -368,7 +432,9 @@ pub fn duckdb_query(table_dir: &Path, sql: &str) -> anyhow::Result<Vec<Vec<serde
 
 /// A free loopback TCP port.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// GET `path` from `addr` over plain HTTP/1.0; returns the body of a 200 answer.

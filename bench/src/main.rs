@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use lily_cdc::wire::ConnectParams;
-use lily_cdc::{AckTracker, ChangeBatch, ChangeReader, Lsn, ReaderConfig, SnapshotState, StartPlan};
+use lily_cdc::{
+    AckTracker, ChangeBatch, ChangeReader, Lsn, ReaderConfig, SnapshotState, StartPlan,
+};
 use lily_embedded::{ClusterBuilder, PgCluster};
 use lily_lakehouse::{AuditSink, LakeLocation};
 use lily_sinks::{FlushPolicy, NullSink, Sink, SinkError, SinkRunner};
@@ -65,21 +67,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tenant_role: "lily_tenant".into(),
     };
     lily_metastore::setup(&mut client, &opts).await?;
-    client.batch_execute("INSERT INTO metastore.tenants (tenant_id, name) VALUES ('bench', 'Bench')").await?;
+    client
+        .batch_execute("INSERT INTO metastore.tenants (tenant_id, name) VALUES ('bench', 'Bench')")
+        .await?;
 
     // Slots first, then the backlog: every slot sees exactly the same changes.
     let mut slots = Vec::new();
     for r in 0..args.rounds {
         for kind in ["recv", "ours"] {
             let name = format!("{kind}_{r}");
-            client.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&name]).await?;
-            SnapshotState { snapshot_lsn: None, done: true }.save(&client, &name).await?;
+            client
+                .execute(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&name],
+                )
+                .await?;
+            SnapshotState {
+                snapshot_lsn: None,
+                done: true,
+            }
+            .save(&client, &name)
+            .await?;
             slots.push(name);
         }
     }
-    client.execute("SELECT pg_create_logical_replication_slot('lake', 'pgoutput')", &[]).await?;
-    SnapshotState { snapshot_lsn: None, done: true }.save(&client, "lake").await?;
-    println!("loading a backlog of {} rows in transactions of {} ...", args.rows, args.tx_rows);
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot('lake', 'pgoutput')",
+            &[],
+        )
+        .await?;
+    SnapshotState {
+        snapshot_lsn: None,
+        done: true,
+    }
+    .save(&client, "lake")
+    .await?;
+    println!(
+        "loading a backlog of {} rows in transactions of {} ...",
+        args.rows, args.tx_rows
+    );
     let mut start = 1;
     while start <= args.rows {
         let end = (start + args.tx_rows - 1).min(args.rows);
@@ -94,7 +121,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await?;
         start = end + 1;
     }
-    let end_lsn: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    let end_lsn: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
     let end: Lsn = end_lsn.parse()?;
     client.execute("CHECKPOINT", &[]).await?;
 
@@ -104,11 +134,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for r in 0..args.rounds {
         let t = recvlogical(&cluster, &format!("recv_{r}"), &end_lsn)?;
         let rows_per_s = args.rows as f64 / t.as_secs_f64();
-        println!("  pg_recvlogical  round {r}: {:>8.2} s  {:>10.0} rows/s", t.as_secs_f64(), rows_per_s);
+        println!(
+            "  pg_recvlogical  round {r}: {:>8.2} s  {:>10.0} rows/s",
+            t.as_secs_f64(),
+            rows_per_s
+        );
         theirs.push(rows_per_s);
-        let (t, rows) = drain(&cluster, &format!("ours_{r}"), end, Box::new(NullSink::default())).await?;
+        let (t, rows) = drain(
+            &cluster,
+            &format!("ours_{r}"),
+            end,
+            Box::new(NullSink::default()),
+        )
+        .await?;
         let rows_per_s = rows as f64 / t.as_secs_f64();
-        println!("  lily reader     round {r}: {:>8.2} s  {:>10.0} rows/s  ({rows} rows into Arrow batches)", t.as_secs_f64(), rows_per_s);
+        println!(
+            "  lily reader     round {r}: {:>8.2} s  {:>10.0} rows/s  ({rows} rows into Arrow batches)",
+            t.as_secs_f64(),
+            rows_per_s
+        );
         ours.push(rows_per_s);
     }
     let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
@@ -122,14 +166,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let location = LakeLocation::parse(lake_dir.to_str().unwrap_or_default(), Default::default())?;
     let audit = AuditSink::open(&location).await?;
     let (t, rows) = drain(&cluster, "lake", end, Box::new(audit)).await?;
-    println!("  {rows} rows in {:.2} s: {:.0} rows/s into Delta", t.as_secs_f64(), rows as f64 / t.as_secs_f64());
+    println!(
+        "  {rows} rows in {:.2} s: {:.0} rows/s into Delta",
+        t.as_secs_f64(),
+        rows as f64 / t.as_secs_f64()
+    );
 
-    println!("\n== commit-to-Delta-commit latency at a steady {} changes/s for {} s ==", args.rate, args.seconds);
+    println!(
+        "\n== commit-to-Delta-commit latency at a steady {} changes/s for {} s ==",
+        args.rate, args.seconds
+    );
     let (p50, p99, n) = steady_latency(&cluster, &location, args.rate, args.seconds).await?;
-    println!("  {n} changes: p50 {:.1} ms, p99 {:.1} ms", p50 * 1e3, p99 * 1e3);
+    println!(
+        "  {n} changes: p50 {:.1} ms, p99 {:.1} ms",
+        p50 * 1e3,
+        p99 * 1e3
+    );
 
     if !args.skip_memory {
-        println!("\n== peak RSS of `lily run` over one transaction of {} rows ==", args.rows);
+        println!(
+            "\n== peak RSS of `lily run` over one transaction of {} rows ==",
+            args.rows
+        );
         let peak = one_transaction_rss(&cluster, dir.path().join("lake-rss"), args.rows).await?;
         println!("  peak RSS {} MiB   (target < 512 MiB)", peak >> 20);
     }
@@ -139,8 +197,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn recvlogical(cluster: &PgCluster, slot: &str, end: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let status = std::process::Command::new("pg_recvlogical")
-        .args(["-d", &cluster.url(DB), "--slot", slot, "--start", "--endpos", end, "-f", "/dev/null", "--no-loop"])
-        .args(["-o", "proto_version=1", "-o", "publication_names=lily_metastore", "-o", "binary=true", "-o", "messages=true"])
+        .args([
+            "-d",
+            &cluster.url(DB),
+            "--slot",
+            slot,
+            "--start",
+            "--endpos",
+            end,
+            "-f",
+            "/dev/null",
+            "--no-loop",
+        ])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=lily_metastore",
+            "-o",
+            "binary=true",
+            "-o",
+            "messages=true",
+        ])
         .status()
         .context("running pg_recvlogical (Debian package postgresql-client-15)")?;
     if !status.success() {
@@ -150,7 +228,12 @@ fn recvlogical(cluster: &PgCluster, slot: &str, end: &str) -> anyhow::Result<Dur
 }
 
 /// Streams `slot` into `sink` until everything up to `end` is confirmed.
-async fn drain(cluster: &PgCluster, slot: &str, end: Lsn, sink: Box<dyn Sink>) -> anyhow::Result<(Duration, u64)> {
+async fn drain(
+    cluster: &PgCluster,
+    slot: &str,
+    end: Lsn,
+    sink: Box<dyn Sink>,
+) -> anyhow::Result<(Duration, u64)> {
     let params = ConnectParams::parse(&cluster.url(DB))?;
     let client = Arc::new(cluster.connect(DB).await?);
     let config = ReaderConfig {
@@ -176,7 +259,10 @@ async fn drain(cluster: &PgCluster, slot: &str, end: Lsn, sink: Box<dyn Sink>) -
     let runner = SinkRunner::new(
         sink,
         acks.register_sink("bench"),
-        FlushPolicy { max_rows: 200_000, max_wait: Duration::from_millis(500) },
+        FlushPolicy {
+            max_rows: 200_000,
+            max_wait: Duration::from_millis(500),
+        },
     );
     let sink_task = tokio::spawn(runner.run(sink_rx, abort_rx));
     let reader = ChangeReader::new(params, client, config, acks.clone(), tx);
@@ -206,7 +292,10 @@ struct LatencyProbe {
 }
 
 fn now_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
 }
 
 #[async_trait::async_trait]
@@ -217,7 +306,11 @@ impl Sink for LatencyProbe {
     async fn write(&mut self, batch: Arc<ChangeBatch>) -> Result<(), SinkError> {
         use arrow::array::AsArray;
         if let Some(t) = batch.records.column_by_name(lily_cdc::batch::COMMIT_TIME) {
-            self.pending.extend(t.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().values().iter());
+            self.pending.extend(
+                t.as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                    .values()
+                    .iter(),
+            );
         }
         self.inner.write(batch).await
     }
@@ -236,15 +329,38 @@ impl Sink for LatencyProbe {
     }
 }
 
-async fn steady_latency(cluster: &PgCluster, location: &LakeLocation, rate: u64, seconds: u64) -> anyhow::Result<(f64, f64, usize)> {
+async fn steady_latency(
+    cluster: &PgCluster,
+    location: &LakeLocation,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<(f64, f64, usize)> {
     let client = cluster.connect(DB).await?;
-    client.execute("SELECT pg_create_logical_replication_slot('latency', 'pgoutput')", &[]).await?;
-    SnapshotState { snapshot_lsn: None, done: true }.save(&client, "latency").await?;
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot('latency', 'pgoutput')",
+            &[],
+        )
+        .await?;
+    SnapshotState {
+        snapshot_lsn: None,
+        done: true,
+    }
+    .save(&client, "latency")
+    .await?;
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let probe = LatencyProbe { inner: Box::new(AuditSink::open(location).await?), pending: Vec::new(), latencies: latencies.clone() };
+    let probe = LatencyProbe {
+        inner: Box::new(AuditSink::open(location).await?),
+        pending: Vec::new(),
+        latencies: latencies.clone(),
+    };
     let defaults = lily_config::LilyConfig::default();
     let params = ConnectParams::parse(&cluster.url(DB))?;
-    let config = ReaderConfig { slot: "latency".into(), heartbeat_interval: Duration::ZERO, ..Default::default() };
+    let config = ReaderConfig {
+        slot: "latency".into(),
+        heartbeat_interval: Duration::ZERO,
+        ..Default::default()
+    };
     let acks = AckTracker::new();
     let (tx, rx) = mpsc::channel(16);
     let (abort_tx, abort_rx) = watch::channel(false);
@@ -252,8 +368,16 @@ async fn steady_latency(cluster: &PgCluster, location: &LakeLocation, rate: u64,
         max_rows: defaults.lake.flush_max_rows,
         max_wait: Duration::from_millis(defaults.lake.flush_interval_ms),
     };
-    let sink_task = tokio::spawn(SinkRunner::new(Box::new(probe), acks.register_sink("lake"), policy).run(rx, abort_rx));
-    let reader = ChangeReader::new(params, Arc::new(cluster.connect(DB).await?), config, acks.clone(), tx);
+    let sink_task = tokio::spawn(
+        SinkRunner::new(Box::new(probe), acks.register_sink("lake"), policy).run(rx, abort_rx),
+    );
+    let reader = ChangeReader::new(
+        params,
+        Arc::new(cluster.connect(DB).await?),
+        config,
+        acks.clone(),
+        tx,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let task = tokio::spawn(reader.run(StartPlan::Resume { from: Lsn::ZERO }, stop_rx));
 
@@ -267,9 +391,14 @@ async fn steady_latency(cluster: &PgCluster, location: &LakeLocation, rate: u64,
     for i in 0..ticks as i64 {
         tick.tick().await;
         let start = 1 + (i * per_tx) % 900_000;
-        client.execute(&update, &[&start, &(start + per_tx - 1), &i]).await?;
+        client
+            .execute(&update, &[&start, &(start + per_tx - 1), &i])
+            .await?;
     }
-    let end: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    let end: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
     let end: Lsn = end.parse()?;
     while acks.confirmed() < end {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -280,13 +409,20 @@ async fn steady_latency(cluster: &PgCluster, location: &LakeLocation, rate: u64,
     let _ = sink_task.await;
     let mut l = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
     l.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    let pct = |p: f64| {
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
     Ok((pct(0.50), pct(0.99), l.len()))
 }
 
 async fn one_transaction_rss(cluster: &PgCluster, lake: PathBuf, rows: i64) -> anyhow::Result<u64> {
     let client = cluster.connect(DB).await?;
-    let lily = std::env::current_exe()?.parent().map(|d| d.join("lily")).context("no folder")?;
+    let lily = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("lily"))
+        .context("no folder")?;
     let mut child = std::process::Command::new(&lily)
         .arg("run")
         .env("LILY_POSTGRES__URL", cluster.url(DB))
@@ -313,14 +449,19 @@ async fn one_transaction_rss(cluster: &PgCluster, lake: PathBuf, rows: i64) -> a
             &[&rows],
         )
         .await?;
-    let end: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    let end: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
     let mut peak = 0u64;
     loop {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
-            if let Some(kb) = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()) {
-                peak = peak.max(kb * 1024);
-            }
-        }
+        let kb = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            });
+        peak = peak.max(kb.unwrap_or(0) * 1024);
         let confirmed: bool = client
             .query_one("SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = 'rss'", &[&end])
             .await?

@@ -9,7 +9,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, ListBuilder, RecordBatch, StringBuilder, StructArray, TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder};
+use arrow::array::{
+    ArrayRef, ListBuilder, RecordBatch, StringBuilder, StructArray, TimestampMicrosecondBuilder,
+    UInt32Builder, UInt64Builder,
+};
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
@@ -117,12 +120,20 @@ impl TableSchema {
         let mut fields = vec![
             Field::new(OP, DataType::Utf8, false),
             Field::new(COMMIT_LSN, DataType::UInt64, false),
-            Field::new(COMMIT_TIME, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new(
+                COMMIT_TIME,
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
             Field::new(XID, DataType::UInt32, false),
             Field::new(SEQ, DataType::UInt64, false),
         ];
         fields.extend(row_fields.iter().cloned());
-        fields.push(Field::new(BEFORE, DataType::Struct(Fields::from(row_fields)), true));
+        fields.push(Field::new(
+            BEFORE,
+            DataType::Struct(Fields::from(row_fields)),
+            true,
+        ));
         fields.push(Field::new(
             UNCHANGED_TOAST,
             DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
@@ -206,8 +217,16 @@ pub struct TableBatchBuilder {
 impl TableBatchBuilder {
     /// An empty builder for `table`.
     pub fn new(table: Arc<TableSchema>) -> Self {
-        let row = table.columns.iter().map(|c| ColumnBuilder::new(&c.kind)).collect();
-        let before = table.columns.iter().map(|c| ColumnBuilder::new(&c.kind)).collect();
+        let row = table
+            .columns
+            .iter()
+            .map(|c| ColumnBuilder::new(&c.kind))
+            .collect();
+        let before = table
+            .columns
+            .iter()
+            .map(|c| ColumnBuilder::new(&c.kind))
+            .collect();
         TableBatchBuilder {
             table,
             op: StringBuilder::new(),
@@ -249,7 +268,12 @@ impl TableBatchBuilder {
 
     /// Appends one change. `row` is the new row (or the old one for deletes),
     /// `before` the old values when the server sent them.
-    pub fn append(&mut self, meta: ChangeMeta, row: Option<&[TupleValue<'_>]>, before: Option<&[TupleValue<'_>]>) -> Result<()> {
+    pub fn append(
+        &mut self,
+        meta: ChangeMeta,
+        row: Option<&[TupleValue<'_>]>,
+        before: Option<&[TupleValue<'_>]>,
+    ) -> Result<()> {
         let ncols = self.table.columns.len();
         for t in [row, before].into_iter().flatten() {
             if t.len() != ncols {
@@ -265,7 +289,9 @@ impl TableBatchBuilder {
                 for (i, v) in values.iter().enumerate() {
                     self.append_value(i, *v, false)?;
                     if *v == TupleValue::UnchangedToast {
-                        self.toast.values().append_value(&self.table.columns[i].name);
+                        self.toast
+                            .values()
+                            .append_value(&self.table.columns[i].name);
                     }
                 }
             }
@@ -303,7 +329,11 @@ impl TableBatchBuilder {
         if let TupleValue::Binary(b) | TupleValue::Text(b) = v {
             self.bytes += b.len();
         }
-        let col = if before { &mut self.before[i] } else { &mut self.row[i] };
+        let col = if before {
+            &mut self.before[i]
+        } else {
+            &mut self.row[i]
+        };
         col.append(v).map_err(|message| CdcError::Value {
             table: self.table.qualified_name(),
             column: self.table.columns[i].name.clone(),
@@ -325,12 +355,19 @@ impl TableBatchBuilder {
             Arc::new(self.seq.finish()),
         ];
         columns.extend(self.row.iter_mut().map(ColumnBuilder::finish));
-        let before_children: Vec<ArrayRef> = self.before.iter_mut().map(ColumnBuilder::finish).collect();
-        let DataType::Struct(before_fields) = self.table.arrow.field(columns.len()).data_type().clone() else {
+        let before_children: Vec<ArrayRef> =
+            self.before.iter_mut().map(ColumnBuilder::finish).collect();
+        let DataType::Struct(before_fields) =
+            self.table.arrow.field(columns.len()).data_type().clone()
+        else {
             unreachable!("the before-image column is a struct")
         };
         let nulls = NullBuffer::from(std::mem::take(&mut self.before_valid));
-        columns.push(Arc::new(StructArray::try_new(before_fields, before_children, Some(nulls))?));
+        columns.push(Arc::new(StructArray::try_new(
+            before_fields,
+            before_children,
+            Some(nulls),
+        )?));
         columns.push(Arc::new(self.toast.finish()));
         let records = RecordBatch::try_new(self.table.arrow.clone(), columns)?;
         let batch = ChangeBatch {
@@ -347,4 +384,3 @@ impl TableBatchBuilder {
         Ok(Some(batch))
     }
 }
-

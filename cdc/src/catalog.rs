@@ -16,7 +16,9 @@ pub async fn published_tables(client: &Client, publication: &str) -> Result<Vec<
             &[&publication],
         )
         .await
-        .map_err(CdcError::sql(format!("listing the tables of publication {publication}")))?;
+        .map_err(CdcError::sql(format!(
+            "listing the tables of publication {publication}"
+        )))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 

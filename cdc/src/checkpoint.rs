@@ -71,7 +71,10 @@ impl AckTracker {
     pub fn register_sink(&self, name: impl Into<String>) -> SinkAck {
         let mut s = self.lock();
         s.sinks.push((name.into(), 0));
-        SinkAck { tracker: self.clone(), index: s.sinks.len() - 1 }
+        SinkAck {
+            tracker: self.clone(),
+            index: s.sinks.len() - 1,
+        }
     }
 
     /// `lsn` may be confirmed once every sink is durable through `batch_seq`.
@@ -80,7 +83,11 @@ impl AckTracker {
         if s.pending.back().is_some_and(|p| p.lsn >= lsn) || s.confirmed >= lsn {
             return;
         }
-        s.pending.push_back(Pending { batch_seq, lsn, commit_micros });
+        s.pending.push_back(Pending {
+            batch_seq,
+            lsn,
+            commit_micros,
+        });
         Self::advance(&mut s);
         drop(s);
         self.changed.notify_waiters();
@@ -97,7 +104,12 @@ impl AckTracker {
     }
 
     fn advance(s: &mut State) {
-        let durable = s.sinks.iter().map(|(_, seq)| *seq).min().unwrap_or(u64::MAX);
+        let durable = s
+            .sinks
+            .iter()
+            .map(|(_, seq)| *seq)
+            .min()
+            .unwrap_or(u64::MAX);
         while s.pending.front().is_some_and(|p| p.batch_seq <= durable) {
             if let Some(p) = s.pending.pop_front() {
                 s.confirmed = p.lsn;
@@ -120,12 +132,22 @@ impl AckTracker {
     /// Commit time (µs since the Unix epoch) of the oldest transaction not yet
     /// confirmed, if any: how far behind the sinks are.
     pub fn oldest_unconfirmed_commit(&self) -> Option<i64> {
-        self.lock().pending.iter().map(|p| p.commit_micros).filter(|t| *t > 0).min()
+        self.lock()
+            .pending
+            .iter()
+            .map(|p| p.commit_micros)
+            .filter(|t| *t > 0)
+            .min()
     }
 
     /// The slowest sink's durable batch number.
     pub fn min_durable(&self) -> u64 {
-        self.lock().sinks.iter().map(|(_, seq)| *seq).min().unwrap_or(u64::MAX)
+        self.lock()
+            .sinks
+            .iter()
+            .map(|(_, seq)| *seq)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// Waits until every sink is durable through `batch_seq`.

@@ -35,11 +35,16 @@ enum Inner {
     Date(Date32Builder),
     Timestamp(TimestampMicrosecondBuilder),
     Binary(BinaryBuilder),
-    List { offsets: Vec<i32>, valid: Vec<bool>, values: Box<ColumnBuilder> },
+    List {
+        offsets: Vec<i32>,
+        valid: Vec<bool>,
+        values: Box<ColumnBuilder>,
+    },
 }
 
 fn be<const N: usize>(v: &[u8]) -> Result<[u8; N], String> {
-    v.try_into().map_err(|_| format!("expected {N} bytes, got {}", v.len()))
+    v.try_into()
+        .map_err(|_| format!("expected {N} bytes, got {}", v.len()))
 }
 
 fn utf8(v: &[u8]) -> Result<&str, String> {
@@ -62,11 +67,15 @@ impl ColumnBuilder {
             ValueKind::UInt32 => Inner::UInt32(UInt32Builder::new()),
             ValueKind::Float32 => Inner::Float32(Float32Builder::new()),
             ValueKind::Float64 => Inner::Float64(Float64Builder::new()),
-            ValueKind::Text | ValueKind::Json { .. } | ValueKind::Numeric => Inner::Utf8(StringBuilder::new()),
+            ValueKind::Text | ValueKind::Json { .. } | ValueKind::Numeric => {
+                Inner::Utf8(StringBuilder::new())
+            }
             ValueKind::Uuid => Inner::Uuid(FixedSizeBinaryBuilder::new(16)),
             ValueKind::Date => Inner::Date(Date32Builder::new()),
             ValueKind::Timestamp => Inner::Timestamp(TimestampMicrosecondBuilder::new()),
-            ValueKind::TimestampTz => Inner::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
+            ValueKind::TimestampTz => {
+                Inner::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
+            }
             ValueKind::Bytea | ValueKind::Raw => Inner::Binary(BinaryBuilder::new()),
             ValueKind::List(inner) => Inner::List {
                 offsets: vec![0],
@@ -74,7 +83,10 @@ impl ColumnBuilder {
                 values: Box::new(ColumnBuilder::new(inner)),
             },
         };
-        ColumnBuilder { kind: kind.clone(), inner }
+        ColumnBuilder {
+            kind: kind.clone(),
+            inner,
+        }
     }
 
     /// Appends SQL NULL.
@@ -131,14 +143,29 @@ impl ColumnBuilder {
             (Inner::Date(b), _) => {
                 let days = i32::from_be_bytes(be(v)?);
                 // ±infinity are i32::MAX/MIN: keep them at the ends of the range.
-                b.append_value(if days == i32::MAX || days == i32::MIN { days } else { days + PG_EPOCH_OFFSET_DAYS })
+                b.append_value(if days == i32::MAX || days == i32::MIN {
+                    days
+                } else {
+                    days + PG_EPOCH_OFFSET_DAYS
+                })
             }
             (Inner::Timestamp(b), _) => {
                 let micros = i64::from_be_bytes(be(v)?);
-                b.append_value(if micros == i64::MAX || micros == i64::MIN { micros } else { micros + PG_EPOCH_OFFSET_MICROS })
+                b.append_value(if micros == i64::MAX || micros == i64::MIN {
+                    micros
+                } else {
+                    micros + PG_EPOCH_OFFSET_MICROS
+                })
             }
             (Inner::Binary(b), _) => b.append_value(v),
-            (Inner::List { offsets, valid, values }, _) => {
+            (
+                Inner::List {
+                    offsets,
+                    valid,
+                    values,
+                },
+                _,
+            ) => {
                 let n = append_array(values, v)?;
                 let last = *offsets.last().unwrap_or(&0);
                 offsets.push(last + n as i32);
@@ -179,14 +206,23 @@ impl ColumnBuilder {
             Inner::Date(b) => Arc::new(b.finish()),
             Inner::Timestamp(b) => Arc::new(b.finish()),
             Inner::Binary(b) => Arc::new(b.finish()),
-            Inner::List { offsets, valid, values } => {
+            Inner::List {
+                offsets,
+                valid,
+                values,
+            } => {
                 let ValueKind::List(item) = &self.kind else {
                     unreachable!("list builder always has a list kind")
                 };
                 let offsets = OffsetBuffer::new(std::mem::replace(offsets, vec![0]).into());
                 let nulls = NullBuffer::from(std::mem::take(valid));
                 let nulls = (nulls.null_count() > 0).then_some(nulls);
-                Arc::new(ListArray::new(Arc::new(item.field("item")), offsets, values.finish(), nulls))
+                Arc::new(ListArray::new(
+                    Arc::new(item.field("item")),
+                    offsets,
+                    values.finish(),
+                    nulls,
+                ))
             }
         }
     }
@@ -228,7 +264,9 @@ fn append_array(values: &mut ColumnBuilder, v: &[u8]) -> Result<usize, String> {
 fn numeric_to_string(v: &[u8]) -> Result<String, String> {
     use std::fmt::Write;
     let word = |at: usize| -> Result<u16, String> {
-        v.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or_else(|| "truncated numeric".to_string())
+        v.get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| "truncated numeric".to_string())
     };
     let ndigits = word(0)? as usize;
     let weight = word(2)? as i16 as i32;
@@ -244,7 +282,13 @@ fn numeric_to_string(v: &[u8]) -> Result<String, String> {
     for i in 0..ndigits {
         digits.push(word(8 + i * 2)?);
     }
-    let digit = |k: i32| -> u16 { if k < 0 { 0 } else { digits.get(k as usize).copied().unwrap_or(0) } };
+    let digit = |k: i32| -> u16 {
+        if k < 0 {
+            0
+        } else {
+            digits.get(k as usize).copied().unwrap_or(0)
+        }
+    };
     let mut s = String::new();
     if sign == 0x4000 {
         s.push('-');
@@ -253,7 +297,11 @@ fn numeric_to_string(v: &[u8]) -> Result<String, String> {
         s.push('0');
     } else {
         for k in 0..=weight {
-            let _ = if k == 0 { write!(s, "{}", digit(k)) } else { write!(s, "{:04}", digit(k)) };
+            let _ = if k == 0 {
+                write!(s, "{}", digit(k))
+            } else {
+                write!(s, "{:04}", digit(k))
+            };
         }
     }
     if dscale > 0 {
@@ -288,11 +336,23 @@ mod tests {
 
     #[test]
     fn numeric_binary_becomes_decimal_text() {
-        assert_eq!(numeric_to_string(&numeric(2, 0, 0, 2, &[12, 3400])).unwrap(), "12.34");
-        assert_eq!(numeric_to_string(&numeric(1, -1, 0x4000, 4, &[5])).unwrap(), "-0.0005");
-        assert_eq!(numeric_to_string(&numeric(2, 1, 0, 0, &[1, 0])).unwrap(), "10000");
+        assert_eq!(
+            numeric_to_string(&numeric(2, 0, 0, 2, &[12, 3400])).unwrap(),
+            "12.34"
+        );
+        assert_eq!(
+            numeric_to_string(&numeric(1, -1, 0x4000, 4, &[5])).unwrap(),
+            "-0.0005"
+        );
+        assert_eq!(
+            numeric_to_string(&numeric(2, 1, 0, 0, &[1, 0])).unwrap(),
+            "10000"
+        );
         assert_eq!(numeric_to_string(&numeric(0, 0, 0, 0, &[])).unwrap(), "0");
-        assert_eq!(numeric_to_string(&numeric(0, 0, 0xC000, 0, &[])).unwrap(), "NaN");
+        assert_eq!(
+            numeric_to_string(&numeric(0, 0, 0xC000, 0, &[])).unwrap(),
+            "NaN"
+        );
     }
 
     #[test]

@@ -79,8 +79,14 @@ mod tests {
         row.push(9);
         row.extend_from_slice(&(-1i32).to_be_bytes());
         let mut values = Vec::new();
-        assert_eq!(read_row(&row[..6], &mut values).unwrap(), CopyRow::Incomplete);
-        assert_eq!(read_row(&row, &mut values).unwrap(), CopyRow::Row(row.len()));
+        assert_eq!(
+            read_row(&row[..6], &mut values).unwrap(),
+            CopyRow::Incomplete
+        );
+        assert_eq!(
+            read_row(&row, &mut values).unwrap(),
+            CopyRow::Row(row.len())
+        );
         assert_eq!(values, vec![TupleValue::Binary(&[9]), TupleValue::Null]);
         assert_eq!(read_row(&[0xff, 0xff], &mut values).unwrap(), CopyRow::End);
     }

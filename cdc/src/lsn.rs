@@ -70,8 +70,14 @@ mod tests {
 
     #[test]
     fn positions_order_by_commit_then_seq() {
-        let a = Position { commit_lsn: Lsn(10), seq: 5 };
-        let b = Position { commit_lsn: Lsn(11), seq: 0 };
+        let a = Position {
+            commit_lsn: Lsn(10),
+            seq: 5,
+        };
+        let b = Position {
+            commit_lsn: Lsn(11),
+            seq: 0,
+        };
         assert!(a < b);
     }
 }

@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::batch::{ChangeBatch, ChangeMeta, ChangeOp, TableBatchBuilder, TableSchema};
 use crate::catalog::{self, quote_ident};
@@ -144,8 +144,12 @@ impl ChangeReader {
         let state = SnapshotState::load(&self.sql, &self.config.slot).await?;
         let slot = self.slot.inspect(&self.sql).await?;
         Ok(match (slot, state.done) {
-            (Some(info), true) => StartPlan::Resume { from: info.confirmed_flush.unwrap_or(Lsn::ZERO) },
-            _ => StartPlan::Snapshot { discard: state.snapshot_lsn },
+            (Some(info), true) => StartPlan::Resume {
+                from: info.confirmed_flush.unwrap_or(Lsn::ZERO),
+            },
+            _ => StartPlan::Snapshot {
+                discard: state.snapshot_lsn,
+            },
         })
     }
 
@@ -167,7 +171,12 @@ impl ChangeReader {
                     _ = self.acks.wait_durable(last) => {}
                     _ = shutdown.changed() => return self.shutdown(conn).await,
                 }
-                SnapshotState { snapshot_lsn: Some(point), done: true }.save(&self.sql, &self.config.slot).await?;
+                SnapshotState {
+                    snapshot_lsn: Some(point),
+                    done: true,
+                }
+                .save(&self.sql, &self.config.slot)
+                .await?;
                 self.acks.start_at(point);
                 info!(consistent_point = %point, "snapshot delivered to every sink");
                 point
@@ -177,7 +186,12 @@ impl ChangeReader {
         conn.start_replication(
             &self.config.slot,
             start,
-            &[("proto_version", "1"), ("publication_names", &publication), ("binary", "true"), ("messages", "true")],
+            &[
+                ("proto_version", "1"),
+                ("publication_names", &publication),
+                ("binary", "true"),
+                ("messages", "true"),
+            ],
         )
         .await?;
         info!(slot = %self.config.slot, publication = %publication, "streaming");
@@ -190,7 +204,11 @@ impl ChangeReader {
         self.shutdown(conn).await
     }
 
-    async fn stream(&mut self, conn: &mut ReplicationConnection, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
+    async fn stream(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<()> {
         let mut last_sent = Lsn::ZERO;
         let mut status_due = Instant::now();
         loop {
@@ -246,9 +264,16 @@ impl ChangeReader {
     }
 
     fn handle(&mut self, wal_start: Lsn, data: &[u8]) -> Result<()> {
-        let msg = pgoutput::decode(data).map_err(|message| CdcError::Decode { lsn: wal_start, message })?;
+        let msg = pgoutput::decode(data).map_err(|message| CdcError::Decode {
+            lsn: wal_start,
+            message,
+        })?;
         match msg {
-            LogicalMessage::Begin { final_lsn, commit_time, xid } => {
+            LogicalMessage::Begin {
+                final_lsn,
+                commit_time,
+                xid,
+            } => {
                 self.tx = Some(OpenTransaction {
                     commit_lsn: final_lsn,
                     commit_micros: commit_time + PG_EPOCH_OFFSET_MICROS,
@@ -256,13 +281,18 @@ impl ChangeReader {
                     next_seq: 0,
                 });
             }
-            LogicalMessage::Commit { end_lsn, commit_time, .. } => {
+            LogicalMessage::Commit {
+                end_lsn,
+                commit_time,
+                ..
+            } => {
                 let tx = self.tx.take();
                 let micros = commit_time + PG_EPOCH_OFFSET_MICROS;
                 if tx.is_some_and(|t| t.next_seq > 0) || !self.unflushed_commits.is_empty() {
                     self.unflushed_commits.push((end_lsn, micros));
                 } else {
-                    self.acks.confirm_after(self.last_batch_seq, end_lsn, micros);
+                    self.acks
+                        .confirm_after(self.last_batch_seq, end_lsn, micros);
                 }
                 self.last_marker = self.last_marker.max(end_lsn);
             }
@@ -274,12 +304,19 @@ impl ChangeReader {
                 let row: Vec<_> = new.values().collect();
                 self.append_change(relation_id, ChangeOp::Insert, Some(&row), None)?;
             }
-            LogicalMessage::Update { relation_id, old, new, .. } => {
+            LogicalMessage::Update {
+                relation_id,
+                old,
+                new,
+                ..
+            } => {
                 let row: Vec<_> = new.values().collect();
                 let before: Option<Vec<_>> = old.map(|o| o.values().collect());
                 self.append_change(relation_id, ChangeOp::Update, Some(&row), before.as_deref())?;
             }
-            LogicalMessage::Delete { relation_id, old, .. } => {
+            LogicalMessage::Delete {
+                relation_id, old, ..
+            } => {
                 let before: Vec<_> = old.values().collect();
                 self.append_change(relation_id, ChangeOp::Delete, Some(&before), Some(&before))?;
             }
@@ -288,11 +325,18 @@ impl ChangeReader {
                     self.append_change(id, ChangeOp::Truncate, None, None)?;
                 }
             }
-            LogicalMessage::Message { transactional: false, lsn, prefix, .. } => {
+            LogicalMessage::Message {
+                transactional: false,
+                lsn,
+                prefix,
+                ..
+            } => {
                 debug!(%lsn, %prefix, "logical message");
                 self.mark_position(lsn, 0);
             }
-            LogicalMessage::Message { .. } | LogicalMessage::Type { .. } | LogicalMessage::Origin { .. } => {}
+            LogicalMessage::Message { .. }
+            | LogicalMessage::Type { .. }
+            | LogicalMessage::Origin { .. } => {}
         }
         Ok(())
     }
@@ -317,7 +361,8 @@ impl ChangeReader {
             Some(&i) => {
                 // The table's shape changed: rows already buffered keep the
                 // old schema, so that builder is retired at the next flush.
-                let retired = std::mem::replace(&mut self.builders[i], TableBatchBuilder::new(table));
+                let retired =
+                    std::mem::replace(&mut self.builders[i], TableBatchBuilder::new(table));
                 if retired.rows() > 0 {
                     self.builders.push(retired);
                 }
@@ -342,7 +387,10 @@ impl ChangeReader {
             .ok_or_else(|| CdcError::Protocol("row change outside a transaction".into()))?;
         let meta = ChangeMeta {
             op,
-            position: Position { commit_lsn: tx.commit_lsn, seq: tx.next_seq },
+            position: Position {
+                commit_lsn: tx.commit_lsn,
+                seq: tx.next_seq,
+            },
             commit_micros: tx.commit_micros,
             xid: tx.xid,
         };
@@ -357,10 +405,11 @@ impl ChangeReader {
         row: Option<&[TupleValue<'_>]>,
         before: Option<&[TupleValue<'_>]>,
     ) -> Result<()> {
-        let &i = self
-            .tables
-            .get(&relation_id)
-            .ok_or_else(|| CdcError::Protocol(format!("row for relation {relation_id} before its Relation message")))?;
+        let &i = self.tables.get(&relation_id).ok_or_else(|| {
+            CdcError::Protocol(format!(
+                "row for relation {relation_id} before its Relation message"
+            ))
+        })?;
         let builder = &mut self.builders[i];
         let before_bytes = builder.bytes();
         builder.append(meta, row, before)?;
@@ -374,7 +423,9 @@ impl ChangeReader {
 
     /// Closes every non-empty builder into a batch and hands them on, in stream order.
     async fn flush(&mut self) -> Result<()> {
-        let mut order: Vec<usize> = (0..self.builders.len()).filter(|&i| self.builders[i].rows() > 0).collect();
+        let mut order: Vec<usize> = (0..self.builders.len())
+            .filter(|&i| self.builders[i].rows() > 0)
+            .collect();
         order.sort_by_key(|&i| self.builders[i].first_position());
         for i in order {
             let Some(batch) = self.builders[i].finish(self.last_batch_seq + 1)? else {
@@ -382,10 +433,15 @@ impl ChangeReader {
             };
             self.last_batch_seq += 1;
             let table = batch.table.qualified_name();
-            metrics::counter!("lily_changes_read_total", "table" => table.clone()).increment(batch.num_rows() as u64);
-            metrics::histogram!("lily_batch_rows", "table" => table).record(batch.num_rows() as f64);
+            metrics::counter!("lily_changes_read_total", "table" => table.clone())
+                .increment(batch.num_rows() as u64);
+            metrics::histogram!("lily_batch_rows", "table" => table)
+                .record(batch.num_rows() as f64);
             let output = self.output.as_ref().ok_or(CdcError::Closed)?;
-            output.send(Arc::new(batch)).await.map_err(|_| CdcError::Closed)?;
+            output
+                .send(Arc::new(batch))
+                .await
+                .map_err(|_| CdcError::Closed)?;
         }
         // Retired builders (old table shapes) are empty now.
         let live: std::collections::HashSet<usize> = self.tables.values().copied().collect();
@@ -417,7 +473,12 @@ impl ChangeReader {
     async fn snapshot(&mut self, conn: &mut ReplicationConnection) -> Result<Lsn> {
         self.slot.drop_if_exists(&self.sql).await?;
         let (point, snapshot) = self.slot.create_exporting_snapshot(conn).await?;
-        SnapshotState { snapshot_lsn: Some(point), done: false }.save(&self.sql, &self.config.slot).await?;
+        SnapshotState {
+            snapshot_lsn: Some(point),
+            done: false,
+        }
+        .save(&self.sql, &self.config.slot)
+        .await?;
         info!(consistent_point = %point, %snapshot, "slot created; copying tables at its snapshot");
         let tables = catalog::published_tables(&self.sql, &self.config.publication).await?;
         let sql = self.sql.clone();
@@ -428,19 +489,35 @@ impl ChangeReader {
             .await
             .map_err(CdcError::sql("importing the slot's snapshot"))?;
         let micros = crate::wire::now_pg_micros() + PG_EPOCH_OFFSET_MICROS;
-        self.tx = Some(OpenTransaction { commit_lsn: point, commit_micros: micros, xid: 0, next_seq: 0 });
+        self.tx = Some(OpenTransaction {
+            commit_lsn: point,
+            commit_micros: micros,
+            xid: 0,
+            next_seq: 0,
+        });
         for (schema, name) in tables {
             let rel = catalog::relation(&sql, &schema, &name).await?;
             let table = Arc::new(TableSchema::from_relation(&rel));
             let relation_id = table.relation_id;
-            let cols = table.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+            let cols = table
+                .columns
+                .iter()
+                .map(|c| quote_ident(&c.name))
+                .collect::<Vec<_>>()
+                .join(", ");
             self.register_table(table);
-            let query = format!("COPY {}.{} ({cols}) TO STDOUT (FORMAT binary)", quote_ident(&schema), quote_ident(&name));
+            let query = format!(
+                "COPY {}.{} ({cols}) TO STDOUT (FORMAT binary)",
+                quote_ident(&schema),
+                quote_ident(&name)
+            );
             let rows = self.copy_table(&sql, &query, relation_id).await?;
             info!(table = %format!("{schema}.{name}"), rows, "table copied");
         }
         self.tx = None;
-        sql.batch_execute("COMMIT").await.map_err(CdcError::sql("closing the snapshot transaction"))?;
+        sql.batch_execute("COMMIT")
+            .await
+            .map_err(CdcError::sql("closing the snapshot transaction"))?;
         if self.buffered_rows > 0 {
             self.flush().await?;
         }
@@ -448,8 +525,16 @@ impl ChangeReader {
         Ok(point)
     }
 
-    async fn copy_table(&mut self, sql: &tokio_postgres::Client, query: &str, relation_id: u32) -> Result<u64> {
-        let stream = sql.copy_out(query).await.map_err(CdcError::sql(query.to_string()))?;
+    async fn copy_table(
+        &mut self,
+        sql: &tokio_postgres::Client,
+        query: &str,
+        relation_id: u32,
+    ) -> Result<u64> {
+        let stream = sql
+            .copy_out(query)
+            .await
+            .map_err(CdcError::sql(query.to_string()))?;
         futures::pin_mut!(stream);
         let mut buf = BytesMut::new();
         let mut header_done = false;
@@ -469,10 +554,16 @@ impl ChangeReader {
                 }
             }
             loop {
-                let tx = self.tx.as_mut().ok_or_else(|| CdcError::Protocol("snapshot without transaction".into()))?;
+                let tx = self
+                    .tx
+                    .as_mut()
+                    .ok_or_else(|| CdcError::Protocol("snapshot without transaction".into()))?;
                 let meta = ChangeMeta {
                     op: ChangeOp::Read,
-                    position: Position { commit_lsn: tx.commit_lsn, seq: tx.next_seq },
+                    position: Position {
+                        commit_lsn: tx.commit_lsn,
+                        seq: tx.next_seq,
+                    },
                     commit_micros: tx.commit_micros,
                     xid: 0,
                 };
@@ -488,7 +579,9 @@ impl ChangeReader {
             }
             drop(values);
             let _ = buf.split_to(pos);
-            if self.buffered_rows >= self.config.batch_max_rows || self.buffered_bytes >= self.config.batch_max_bytes {
+            if self.buffered_rows >= self.config.batch_max_rows
+                || self.buffered_bytes >= self.config.batch_max_bytes
+            {
                 self.flush().await?;
             }
         }
@@ -507,11 +600,15 @@ impl ChangeReader {
             loop {
                 tick.tick().await;
                 let r = sql
-                    .execute("SELECT pg_logical_emit_message(false, $1, '')", &[&HEARTBEAT_PREFIX])
+                    .execute(
+                        "SELECT pg_logical_emit_message(false, $1, '')",
+                        &[&HEARTBEAT_PREFIX],
+                    )
                     .await;
                 if let Err(e) = r {
                     warn!(error = %e, "heartbeat failed");
-                    metrics::counter!("lily_errors_total", "stage" => "cdc", "kind" => "heartbeat").increment(1);
+                    metrics::counter!("lily_errors_total", "stage" => "cdc", "kind" => "heartbeat")
+                        .increment(1);
                 }
             }
         }))
@@ -531,7 +628,11 @@ impl ChangeReader {
         let over = lag_bytes > self.config.max_lag_bytes;
         metrics::gauge!("lily_slot_lag_over_budget").set(if over { 1.0 } else { 0.0 });
         if over {
-            warn!(lag_bytes, budget = self.config.max_lag_bytes, "the slot retains more WAL than its budget: a sink is behind");
+            warn!(
+                lag_bytes,
+                budget = self.config.max_lag_bytes,
+                "the slot retains more WAL than its budget: a sink is behind"
+            );
         }
     }
 
@@ -542,7 +643,10 @@ impl ChangeReader {
         }
         self.output = None;
         let last = self.last_batch_seq;
-        if tokio::time::timeout(Duration::from_secs(30), self.acks.wait_durable(last)).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), self.acks.wait_durable(last))
+            .await
+            .is_err()
+        {
             warn!("sinks did not finish within 30 s; their changes will be redelivered");
         }
         let confirmed = self.acks.confirmed();

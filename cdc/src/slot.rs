@@ -64,26 +64,42 @@ impl ReplicationSlot {
             return Ok(false);
         }
         client
-            .execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&self.name])
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&self.name],
+            )
             .await
-            .map_err(CdcError::sql(format!("creating replication slot {}", self.name)))?;
+            .map_err(CdcError::sql(format!(
+                "creating replication slot {}",
+                self.name
+            )))?;
         Ok(true)
     }
 
     /// Creates the slot on a replication connection and exports its snapshot:
     /// returns the consistent point and the snapshot name. The snapshot stays
     /// importable until the connection runs its next command.
-    pub async fn create_exporting_snapshot(&self, conn: &mut ReplicationConnection) -> Result<(Lsn, String)> {
+    pub async fn create_exporting_snapshot(
+        &self,
+        conn: &mut ReplicationConnection,
+    ) -> Result<(Lsn, String)> {
         let result = conn
-            .simple_query(&format!("CREATE_REPLICATION_SLOT \"{}\" LOGICAL pgoutput (SNAPSHOT 'export')", self.name))
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT \"{}\" LOGICAL pgoutput (SNAPSHOT 'export')",
+                self.name
+            ))
             .await?;
         let point = result
             .first("consistent_point")
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| CdcError::Protocol("CREATE_REPLICATION_SLOT returned no consistent point".into()))?;
+            .ok_or_else(|| {
+                CdcError::Protocol("CREATE_REPLICATION_SLOT returned no consistent point".into())
+            })?;
         let snapshot = result
             .first("snapshot_name")
-            .ok_or_else(|| CdcError::Protocol("CREATE_REPLICATION_SLOT returned no snapshot".into()))?
+            .ok_or_else(|| {
+                CdcError::Protocol("CREATE_REPLICATION_SLOT returned no snapshot".into())
+            })?
             .to_string();
         Ok((point, snapshot))
     }
@@ -100,7 +116,10 @@ impl ReplicationSlot {
             client
                 .execute("SELECT pg_drop_replication_slot($1)", &[&self.name])
                 .await
-                .map_err(CdcError::sql(format!("dropping replication slot {}", self.name)))?;
+                .map_err(CdcError::sql(format!(
+                    "dropping replication slot {}",
+                    self.name
+                )))?;
         }
         Ok(())
     }
@@ -131,7 +150,10 @@ impl SnapshotState {
                 snapshot_lsn: r.get::<_, Option<String>>(0).and_then(|s| s.parse().ok()),
                 done: r.get(1),
             },
-            None => SnapshotState { snapshot_lsn: None, done: false },
+            None => SnapshotState {
+                snapshot_lsn: None,
+                done: false,
+            },
         })
     }
 

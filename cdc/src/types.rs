@@ -120,7 +120,10 @@ impl ValueKind {
             _ => None,
         };
         match ext {
-            Some(ext) => field.with_metadata(HashMap::from([(EXTENSION_NAME.to_string(), ext.to_string())])),
+            Some(ext) => field.with_metadata(HashMap::from([(
+                EXTENSION_NAME.to_string(),
+                ext.to_string(),
+            )])),
             None => field,
         }
     }
@@ -132,13 +135,20 @@ mod tests {
 
     #[test]
     fn metastore_types_get_real_arrow_types() {
-        assert_eq!(ValueKind::for_type(2950).data_type(), DataType::FixedSizeBinary(16));
+        assert_eq!(
+            ValueKind::for_type(2950).data_type(),
+            DataType::FixedSizeBinary(16)
+        );
         assert_eq!(
             ValueKind::for_type(1009).data_type(),
             DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
         );
         assert_eq!(
-            ValueKind::for_type(3802).field("attributes").metadata().get(EXTENSION_NAME).map(String::as_str),
+            ValueKind::for_type(3802)
+                .field("attributes")
+                .metadata()
+                .get(EXTENSION_NAME)
+                .map(String::as_str),
             Some("arrow.json")
         );
         assert_eq!(ValueKind::for_type(600_000), ValueKind::Raw);

@@ -7,7 +7,8 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Int64Array, RecordBatch, StringArray, StringBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Int64Array, RecordBatch, StringArray,
+    StringBuilder,
 };
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, UInt32Type, UInt64Type};
@@ -26,7 +27,11 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("table_name", DataType::Utf8, true),
         Field::new("op", DataType::Utf8, true),
         Field::new("commit_lsn", DataType::Int64, true),
-        Field::new("commit_time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+        Field::new(
+            "commit_time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
         Field::new("xid", DataType::Int64, true),
         Field::new("seq", DataType::Int64, true),
         Field::new("row_key", DataType::Utf8, true),
@@ -49,17 +54,35 @@ pub fn audit_schema() -> SchemaRef {
 const NO_TENANT: &str = "_none";
 
 /// The rows of `batch` after `watermark`, as audit rows; `None` if none are left.
-pub fn to_audit_rows(batch: &ChangeBatch, watermark: Option<Position>) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+pub fn to_audit_rows(
+    batch: &ChangeBatch,
+    watermark: Option<Position>,
+) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
     let records = match watermark {
         Some(w) if batch.last <= w => return Ok(None),
         Some(w) if batch.first <= w => {
-            let lsn = batch.records.column_by_name(COMMIT_LSN).map(|c| c.as_primitive::<UInt64Type>());
-            let seq = batch.records.column_by_name(SEQ).map(|c| c.as_primitive::<UInt64Type>());
+            let lsn = batch
+                .records
+                .column_by_name(COMMIT_LSN)
+                .map(|c| c.as_primitive::<UInt64Type>());
+            let seq = batch
+                .records
+                .column_by_name(SEQ)
+                .map(|c| c.as_primitive::<UInt64Type>());
             let (Some(lsn), Some(seq)) = (lsn, seq) else {
-                return Err(arrow::error::ArrowError::SchemaError("change batch without positions".into()));
+                return Err(arrow::error::ArrowError::SchemaError(
+                    "change batch without positions".into(),
+                ));
             };
             let keep: BooleanArray = (0..batch.num_rows())
-                .map(|i| Some(Position { commit_lsn: Lsn(lsn.value(i)), seq: seq.value(i) } > w))
+                .map(|i| {
+                    Some(
+                        Position {
+                            commit_lsn: Lsn(lsn.value(i)),
+                            seq: seq.value(i),
+                        } > w,
+                    )
+                })
                 .collect();
             filter_record_batch(&batch.records, &keep)?
         }
@@ -71,23 +94,32 @@ pub fn to_audit_rows(batch: &ChangeBatch, watermark: Option<Position>) -> Result
     Ok(Some(convert(&batch.table, &records)?))
 }
 
-fn convert(table: &TableSchema, records: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+fn convert(
+    table: &TableSchema,
+    records: &RecordBatch,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     let n = records.num_rows();
     let col = |name: &str| {
-        records
-            .column_by_name(name)
-            .cloned()
-            .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("change batch without {name}")))
+        records.column_by_name(name).cloned().ok_or_else(|| {
+            arrow::error::ArrowError::SchemaError(format!("change batch without {name}"))
+        })
     };
     let op = col(OP)?;
     let lsn = col(COMMIT_LSN)?;
     let time = col(COMMIT_TIME)?;
     let times = time.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-    let day: Date32Array = times.iter().map(|t| t.map(|t| t.div_euclid(86_400_000_000) as i32)).collect();
+    let day: Date32Array = times
+        .iter()
+        .map(|t| t.map(|t| t.div_euclid(86_400_000_000) as i32))
+        .collect();
     let tenant: ArrayRef = match records.column_by_name("tenant_id") {
         Some(t) if t.data_type() == &DataType::Utf8 => {
             let t = t.as_string::<i32>();
-            Arc::new(t.iter().map(|v| Some(v.unwrap_or(NO_TENANT))).collect::<StringArray>())
+            Arc::new(
+                t.iter()
+                    .map(|v| Some(v.unwrap_or(NO_TENANT)))
+                    .collect::<StringArray>(),
+            )
         }
         _ => Arc::new(StringArray::from(vec![NO_TENANT; n])),
     };

@@ -17,26 +17,35 @@ impl LakeLocation {
     /// Resolves `root`: a URL with a scheme (`file://`, `s3://`, `memory://`, ...)
     /// is used as is; anything else is a local folder, created if missing.
     pub fn parse(root: &str, storage_options: HashMap<String, String>) -> Result<Self, LakeError> {
-        let err = |message: String| LakeError::Location { root: root.to_string(), message };
+        let err = |message: String| LakeError::Location {
+            root: root.to_string(),
+            message,
+        };
         let mut url = if root.contains("://") {
             Url::parse(root).map_err(|e| err(e.to_string()))?
         } else {
-            std::fs::create_dir_all(root).map_err(|e| err(format!("cannot create the folder: {e}")))?;
+            std::fs::create_dir_all(root)
+                .map_err(|e| err(format!("cannot create the folder: {e}")))?;
             let abs = std::fs::canonicalize(root).map_err(|e| err(e.to_string()))?;
             Url::from_directory_path(&abs).map_err(|_| err("not an absolute path".into()))?
         };
         if !url.path().ends_with('/') {
             url.set_path(&format!("{}/", url.path()));
         }
-        Ok(LakeLocation { root: url, storage_options })
+        Ok(LakeLocation {
+            root: url,
+            storage_options,
+        })
     }
 
     /// URL of the table at `relative` (e.g. `audit/changes`) under the root.
     pub fn table_url(&self, relative: &str) -> Result<Url, LakeError> {
-        self.root.join(&format!("{}/", relative.trim_matches('/'))).map_err(|e| LakeError::Location {
-            root: self.root.to_string(),
-            message: e.to_string(),
-        })
+        self.root
+            .join(&format!("{}/", relative.trim_matches('/')))
+            .map_err(|e| LakeError::Location {
+                root: self.root.to_string(),
+                message: e.to_string(),
+            })
     }
 
     /// Object-store options (credentials, endpoint, region).
@@ -57,9 +66,15 @@ impl LakeLocation {
                 message: format!("cannot create {}: {e}", path.display()),
             })?;
         }
-        deltalake::DeltaTable::try_from_url_with_storage_options(url.clone(), self.storage_options.clone())
-            .await
-            .map_err(|source| LakeError::Delta { table: url.to_string(), source })
+        deltalake::DeltaTable::try_from_url_with_storage_options(
+            url.clone(),
+            self.storage_options.clone(),
+        )
+        .await
+        .map_err(|source| LakeError::Delta {
+            table: url.to_string(),
+            source,
+        })
     }
 }
 
@@ -70,11 +85,15 @@ mod tests {
     #[test]
     fn folders_become_file_urls_and_urls_stay() {
         let dir = tempfile::tempdir().unwrap();
-        let loc = LakeLocation::parse(dir.path().join("lake").to_str().unwrap(), HashMap::new()).unwrap();
+        let loc =
+            LakeLocation::parse(dir.path().join("lake").to_str().unwrap(), HashMap::new()).unwrap();
         let url = loc.table_url("audit/changes").unwrap();
         assert_eq!(url.scheme(), "file");
         assert!(url.path().ends_with("/lake/audit/changes/"));
         let loc = LakeLocation::parse("s3://bucket/lake", HashMap::new()).unwrap();
-        assert_eq!(loc.table_url("audit/changes").unwrap().as_str(), "s3://bucket/lake/audit/changes/");
+        assert_eq!(
+            loc.table_url("audit/changes").unwrap().as_str(),
+            "s3://bucket/lake/audit/changes/"
+        );
     }
 }

@@ -25,19 +25,26 @@ pub struct VacuumReport {
 }
 
 /// Compacts the audit table's small files.
-pub async fn optimize(location: &LakeLocation, target_file_bytes: Option<u64>) -> Result<OptimizeReport, LakeError> {
+pub async fn optimize(
+    location: &LakeLocation,
+    target_file_bytes: Option<u64>,
+) -> Result<OptimizeReport, LakeError> {
     let table = location.open_table(AUDIT_TABLE).await?;
     let url = table.table_url().to_string();
     if table.version().is_none() {
-        return Ok(OptimizeReport { files_added: 0, files_removed: 0, partitions_optimized: 0 });
+        return Ok(OptimizeReport {
+            files_added: 0,
+            files_removed: 0,
+            partitions_optimized: 0,
+        });
     }
     let mut op = table.optimize();
-    if let Some(size) = target_file_bytes {
-        if let Some(size) = std::num::NonZeroU64::new(size) {
-            op = op.with_target_size(size);
-        }
+    if let Some(size) = target_file_bytes.and_then(std::num::NonZeroU64::new) {
+        op = op.with_target_size(size);
     }
-    let (_, m) = op.await.map_err(|source| LakeError::Delta { table: url, source })?;
+    let (_, m) = op
+        .await
+        .map_err(|source| LakeError::Delta { table: url, source })?;
     Ok(OptimizeReport {
         files_added: m.num_files_added,
         files_removed: m.num_files_removed,
@@ -46,11 +53,17 @@ pub async fn optimize(location: &LakeLocation, target_file_bytes: Option<u64>) -
 }
 
 /// Deletes files no longer referenced by any version younger than `retention_hours`.
-pub async fn vacuum(location: &LakeLocation, retention_hours: u64, dry_run: bool) -> Result<VacuumReport, LakeError> {
+pub async fn vacuum(
+    location: &LakeLocation,
+    retention_hours: u64,
+    dry_run: bool,
+) -> Result<VacuumReport, LakeError> {
     let table = location.open_table(AUDIT_TABLE).await?;
     let url = table.table_url().to_string();
     if table.version().is_none() {
-        return Ok(VacuumReport { files_deleted: Vec::new() });
+        return Ok(VacuumReport {
+            files_deleted: Vec::new(),
+        });
     }
     let (_, m) = table
         .vacuum()
@@ -60,5 +73,7 @@ pub async fn vacuum(location: &LakeLocation, retention_hours: u64, dry_run: bool
         .with_dry_run(dry_run)
         .await
         .map_err(|source| LakeError::Delta { table: url, source })?;
-    Ok(VacuumReport { files_deleted: m.files_deleted })
+    Ok(VacuumReport {
+        files_deleted: m.files_deleted,
+    })
 }

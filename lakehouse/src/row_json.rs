@@ -6,8 +6,8 @@ use std::fmt::Write;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray};
 use arrow::datatypes::{
-    DataType, Date32Type, Field, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, TimeUnit,
-    TimestampMicrosecondType, UInt32Type, UInt64Type,
+    DataType, Date32Type, Field, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
+    TimeUnit, TimestampMicrosecondType, UInt32Type, UInt64Type,
 };
 
 const EXTENSION_NAME: &str = "ARROW:extension:name";
@@ -22,7 +22,10 @@ fn columns<'a>(fields: impl Iterator<Item = (&'a Field, ArrayRef)>) -> Vec<Colum
     fields
         .map(|(f, array)| Column {
             name_json: serde_json::to_string(f.name()).unwrap_or_else(|_| "\"?\"".into()),
-            raw_json: f.metadata().get(EXTENSION_NAME).is_some_and(|e| e == "arrow.json"),
+            raw_json: f
+                .metadata()
+                .get(EXTENSION_NAME)
+                .is_some_and(|e| e == "arrow.json"),
             array,
         })
         .collect()
@@ -50,7 +53,13 @@ impl RowEncoder {
     /// An encoder of the columns at `indices` of `batch`.
     pub fn new(batch: &RecordBatch, indices: &[usize]) -> Self {
         let schema = batch.schema();
-        RowEncoder { cols: columns(indices.iter().map(|&i| (schema.field(i), batch.column(i).clone()))) }
+        RowEncoder {
+            cols: columns(
+                indices
+                    .iter()
+                    .map(|&i| (schema.field(i), batch.column(i).clone())),
+            ),
+        }
     }
 
     /// Appends row `row` as a JSON object.
@@ -67,7 +76,15 @@ pub struct StructEncoder {
 impl StructEncoder {
     /// An encoder of every child of `array`.
     pub fn new(array: &StructArray) -> Self {
-        StructEncoder { cols: columns(array.fields().iter().map(|f| f.as_ref()).zip(array.columns().iter().cloned())) }
+        StructEncoder {
+            cols: columns(
+                array
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref())
+                    .zip(array.columns().iter().cloned()),
+            ),
+        }
     }
 
     /// Appends row `row` as a JSON object.
@@ -87,7 +104,11 @@ fn encode_value(array: &ArrayRef, row: usize, raw_json: bool, out: &mut String) 
         return;
     }
     match array.data_type() {
-        DataType::Boolean => out.push_str(if array.as_boolean().value(row) { "true" } else { "false" }),
+        DataType::Boolean => out.push_str(if array.as_boolean().value(row) {
+            "true"
+        } else {
+            "false"
+        }),
         DataType::Int16 => {
             let _ = write!(out, "{}", array.as_primitive::<Int16Type>().value(row));
         }
@@ -107,7 +128,11 @@ fn encode_value(array: &ArrayRef, row: usize, raw_json: bool, out: &mut String) 
         DataType::Float64 => push_float(array.as_primitive::<Float64Type>().value(row), out),
         DataType::Utf8 => {
             let s = array.as_string::<i32>().value(row);
-            if raw_json { out.push_str(s) } else { push_str(s, out) }
+            if raw_json {
+                out.push_str(s)
+            } else {
+                push_str(s, out)
+            }
         }
         DataType::FixedSizeBinary(16) => {
             let b = array.as_fixed_size_binary().value(row);
@@ -146,7 +171,10 @@ fn encode_value(array: &ArrayRef, row: usize, raw_json: bool, out: &mut String) 
         DataType::List(item) => {
             let list = array.as_list::<i32>();
             let values = list.value(row);
-            let raw = item.metadata().get(EXTENSION_NAME).is_some_and(|e| e == "arrow.json");
+            let raw = item
+                .metadata()
+                .get(EXTENSION_NAME)
+                .is_some_and(|e| e == "arrow.json");
             out.push('[');
             for i in 0..values.len() {
                 if i > 0 {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use deltalake::DeltaTable;
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use lily_cdc::{ChangeBatch, Lsn, Position};
 use lily_sinks::{Sink, SinkError};
@@ -39,7 +39,10 @@ pub struct AuditSink {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> SinkError {
-    SinkError::Unavailable { sink: NAME.into(), message: e.to_string() }
+    SinkError::Unavailable {
+        sink: NAME.into(),
+        message: e.to_string(),
+    }
 }
 
 impl AuditSink {
@@ -51,7 +54,14 @@ impl AuditSink {
         }
         let watermark = read_watermark(&table).await?;
         info!(table = %table.table_url(), watermark = ?watermark, "audit table opened");
-        Ok(AuditSink { table, watermark, pending: Vec::new(), pending_rows: 0, pending_last: None, stale: false })
+        Ok(AuditSink {
+            table,
+            watermark,
+            pending: Vec::new(),
+            pending_rows: 0,
+            pending_last: None,
+            stale: false,
+        })
     }
 
     /// Position of the last row durably stored.
@@ -64,7 +74,10 @@ impl AuditSink {
             self.table
                 .update_state()
                 .await
-                .map_err(|source| LakeError::Delta { table: self.table.table_url().to_string(), source })?;
+                .map_err(|source| LakeError::Delta {
+                    table: self.table.table_url().to_string(),
+                    source,
+                })?;
         }
         self.watermark = read_watermark(&self.table).await?;
         Ok(())
@@ -90,13 +103,25 @@ async fn read_watermark(table: &DeltaTable) -> Result<Option<Position>, LakeErro
     if table.version().is_none() {
         return Ok(None);
     }
-    let err = |source| LakeError::Delta { table: table.table_url().to_string(), source };
+    let err = |source| LakeError::Delta {
+        table: table.table_url().to_string(),
+        source,
+    };
     let snapshot = table.snapshot().map_err(err)?;
     let store = table.log_store();
-    let lsn = snapshot.transaction_version(store.as_ref(), APP_COMMIT_LSN).await.map_err(err)?;
-    let seq = snapshot.transaction_version(store.as_ref(), APP_SEQ).await.map_err(err)?;
+    let lsn = snapshot
+        .transaction_version(store.as_ref(), APP_COMMIT_LSN)
+        .await
+        .map_err(err)?;
+    let seq = snapshot
+        .transaction_version(store.as_ref(), APP_SEQ)
+        .await
+        .map_err(err)?;
     Ok(match (lsn, seq) {
-        (Some(lsn), Some(seq)) => Some(Position { commit_lsn: Lsn(lsn as u64), seq: seq as u64 }),
+        (Some(lsn), Some(seq)) => Some(Position {
+            commit_lsn: Lsn(lsn as u64),
+            seq: seq as u64,
+        }),
         _ => None,
     })
 }
@@ -109,7 +134,10 @@ impl Sink for AuditSink {
 
     async fn write(&mut self, batch: Arc<ChangeBatch>) -> Result<(), SinkError> {
         let floor = self.pending_last.or(self.watermark);
-        if let Some(rows) = to_audit_rows(&batch, floor).map_err(|e| SinkError::Rejected { sink: NAME.into(), message: e.to_string() })? {
+        if let Some(rows) = to_audit_rows(&batch, floor).map_err(|e| SinkError::Rejected {
+            sink: NAME.into(),
+            message: e.to_string(),
+        })? {
             self.pending_rows += rows.num_rows();
             self.pending.push(rows);
             self.pending_last = Some(batch.last);
@@ -175,7 +203,10 @@ impl Sink for AuditSink {
             .table
             .clone()
             .delete()
-            .with_predicate(format!("op = 'r' AND commit_lsn = {}", snapshot_lsn.0 as i64))
+            .with_predicate(format!(
+                "op = 'r' AND commit_lsn = {}",
+                snapshot_lsn.0 as i64
+            ))
             .await
             .map_err(unavailable)?;
         info!(%snapshot_lsn, deleted = metrics.num_deleted_rows, "discarded the rows of an unfinished snapshot");

@@ -19,13 +19,34 @@ const DATABASE: &str = "lily";
 
 /// Catalog edits the demo makes, one every few seconds, round and round.
 const EDITS: &[(&str, &str)] = &[
-    ("describe a table", "UPDATE metastore.assets SET description = 'Orders placed on the web shop, edited at ' || now()::time(0) WHERE tenant_id = 'acme' AND qualified_name = 'analytics.sales.orders'"),
-    ("certify the revenue mart", "UPDATE metastore.assets SET certificate = CASE WHEN certificate = 'verified' THEN 'draft' ELSE 'verified' END WHERE tenant_id = 'acme' AND qualified_name = 'analytics.marts.daily_revenue'"),
-    ("tag a column GDPR", "INSERT INTO metastore.classifications (tenant_id, asset_guid, tag) SELECT 'acme', guid, 'GDPR' FROM metastore.assets WHERE tenant_id = 'acme' AND qualified_name = 'analytics.raw.customers.country' ON CONFLICT DO NOTHING"),
-    ("Monte Carlo raises a freshness incident on orders", "WITH i AS (INSERT INTO metastore.incidents (tenant_id, source_system, external_id, incident_type, title, severity) VALUES ('acme', 'monte-carlo', 'demo-' || txid_current(), 'freshness_anomaly', 'orders is late', 'SEV-2') RETURNING tenant_id, incident_id) INSERT INTO metastore.incident_assets (tenant_id, incident_id, qualified_name) SELECT tenant_id, incident_id, 'analytics.sales.orders' FROM i"),
-    ("the incident is acknowledged", "UPDATE metastore.incidents SET state = 'acknowledged' WHERE tenant_id = 'acme' AND state = 'open'"),
-    ("remove the GDPR tag", "DELETE FROM metastore.classifications WHERE tenant_id = 'acme' AND tag = 'GDPR'"),
-    ("the incident is resolved", "UPDATE metastore.incidents SET state = 'resolved', severity = 'SEV-3' WHERE tenant_id = 'acme' AND state = 'acknowledged'"),
+    (
+        "describe a table",
+        "UPDATE metastore.assets SET description = 'Orders placed on the web shop, edited at ' || now()::time(0) WHERE tenant_id = 'acme' AND qualified_name = 'analytics.sales.orders'",
+    ),
+    (
+        "certify the revenue mart",
+        "UPDATE metastore.assets SET certificate = CASE WHEN certificate = 'verified' THEN 'draft' ELSE 'verified' END WHERE tenant_id = 'acme' AND qualified_name = 'analytics.marts.daily_revenue'",
+    ),
+    (
+        "tag a column GDPR",
+        "INSERT INTO metastore.classifications (tenant_id, asset_guid, tag) SELECT 'acme', guid, 'GDPR' FROM metastore.assets WHERE tenant_id = 'acme' AND qualified_name = 'analytics.raw.customers.country' ON CONFLICT DO NOTHING",
+    ),
+    (
+        "Monte Carlo raises a freshness incident on orders",
+        "WITH i AS (INSERT INTO metastore.incidents (tenant_id, source_system, external_id, incident_type, title, severity) VALUES ('acme', 'monte-carlo', 'demo-' || txid_current(), 'freshness_anomaly', 'orders is late', 'SEV-2') RETURNING tenant_id, incident_id) INSERT INTO metastore.incident_assets (tenant_id, incident_id, qualified_name) SELECT tenant_id, incident_id, 'analytics.sales.orders' FROM i",
+    ),
+    (
+        "the incident is acknowledged",
+        "UPDATE metastore.incidents SET state = 'acknowledged' WHERE tenant_id = 'acme' AND state = 'open'",
+    ),
+    (
+        "remove the GDPR tag",
+        "DELETE FROM metastore.classifications WHERE tenant_id = 'acme' AND tag = 'GDPR'",
+    ),
+    (
+        "the incident is resolved",
+        "UPDATE metastore.incidents SET state = 'resolved', severity = 'SEV-3' WHERE tenant_id = 'acme' AND state = 'acknowledged'",
+    ),
 ];
 
 /// Runs the demo in `dir` until Ctrl-C.
@@ -34,7 +55,10 @@ pub async fn run(dir: &Path, base: LilyConfig) -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(dir)?;
     println!("Lily demo in {}", dir.display());
     println!("  starting a private PostgreSQL cluster (wal_level=logical) ...");
-    let cluster = ClusterBuilder::new(dir.join("postgres")).start().await.context("starting PostgreSQL")?;
+    let cluster = ClusterBuilder::new(dir.join("postgres"))
+        .start()
+        .await
+        .context("starting PostgreSQL")?;
     cluster.create_database(DATABASE).await?;
     println!("  PostgreSQL listening on 127.0.0.1:{}", cluster.port());
 
@@ -44,14 +68,25 @@ pub async fn run(dir: &Path, base: LilyConfig) -> anyhow::Result<()> {
     config.postgres.url = cluster.url(DATABASE);
     config.lake.root = dir.join("lake").display().to_string();
     let config_path = dir.join("lily.toml");
-    std::fs::write(&config_path, config.to_toml()).with_context(|| format!("writing {}", config_path.display()))?;
+    std::fs::write(&config_path, config.to_toml())
+        .with_context(|| format!("writing {}", config_path.display()))?;
     crate::telemetry::init_metrics(&config.metrics.listen)?;
 
     let report = crate::setup(&config).await?;
-    println!("  metastore ready: {} tables published, slot '{}'", report.published_tables.len(), config.replication.slot);
+    println!(
+        "  metastore ready: {} tables published, slot '{}'",
+        report.published_tables.len(),
+        config.replication.slot
+    );
     let client = cluster.connect(DATABASE).await?;
-    client.batch_execute(include_str!("../sample/estate.sql")).await.context("loading the sample estate")?;
-    println!("  sample estate loaded (tenant acme); streaming it to the Delta store at {}", config.lake.root);
+    client
+        .batch_execute(include_str!("../sample/estate.sql"))
+        .await
+        .context("loading the sample estate")?;
+    println!(
+        "  sample estate loaded (tenant acme); streaming it to the Delta store at {}",
+        config.lake.root
+    );
     println!("  Ctrl-C stops. Changes as they arrive:\n");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -60,7 +95,10 @@ pub async fn run(dir: &Path, base: LilyConfig) -> anyhow::Result<()> {
         let console = || {
             vec![SinkSpec {
                 sink: Box::new(ConsoleSink::default()) as Box<dyn lily_sinks::Sink>,
-                policy: FlushPolicy { max_rows: 1, max_wait: Duration::from_millis(1) },
+                policy: FlushPolicy {
+                    max_rows: 1,
+                    max_wait: Duration::from_millis(1),
+                },
             }]
         };
         pipeline::run(&pipeline_config, console, shutdown_rx).await
@@ -77,8 +115,16 @@ pub async fn run(dir: &Path, base: LilyConfig) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     pipeline.await.context("pipeline task")??;
     let rows = crate::lake::count_audit_rows(&config).await.unwrap_or(0);
-    println!("  the audit table holds {rows} changes: {}", PathBuf::from(&config.lake.root).join(lily_lakehouse::AUDIT_TABLE).display());
-    println!("  rerun `lily demo` to continue where it stopped; the config is {}", config_path.display());
+    println!(
+        "  the audit table holds {rows} changes: {}",
+        PathBuf::from(&config.lake.root)
+            .join(lily_lakehouse::AUDIT_TABLE)
+            .display()
+    );
+    println!(
+        "  rerun `lily demo` to continue where it stopped; the config is {}",
+        config_path.display()
+    );
     drop(cluster);
     info!("demo stopped");
     Ok(())

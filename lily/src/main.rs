@@ -96,7 +96,11 @@ fn main() -> std::process::ExitCode {
 fn load_config(cli: &Cli) -> anyhow::Result<LilyConfig> {
     let mut config = LilyConfig::load(cli.config.as_deref())?;
     if let Some(f) = &cli.log_format {
-        config.log.format = if f == "json" { LogFormat::Json } else { LogFormat::Text };
+        config.log.format = if f == "json" {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        };
     }
     Ok(config)
 }
@@ -110,10 +114,16 @@ async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
         }
         Command::Run => run(config).await,
         Command::Demo { dir } => demo::run(&dir, config).await,
-        Command::Lake { command: LakeCommand::Optimize { target_size } } => lake::optimize(&config, target_size).await,
-        Command::Lake { command: LakeCommand::Vacuum { retention_hours, dry_run } } => {
-            lake::vacuum(&config, retention_hours, dry_run).await
-        }
+        Command::Lake {
+            command: LakeCommand::Optimize { target_size },
+        } => lake::optimize(&config, target_size).await,
+        Command::Lake {
+            command:
+                LakeCommand::Vacuum {
+                    retention_hours,
+                    dry_run,
+                },
+        } => lake::vacuum(&config, retention_hours, dry_run).await,
     }
 }
 
@@ -155,13 +165,21 @@ fn print_setup(report: &SetupReport, config: &LilyConfig) {
     println!(
         "publication {}: {} ({} tables)",
         config.replication.publication,
-        if report.publication_created { "created" } else { "up to date" },
+        if report.publication_created {
+            "created"
+        } else {
+            "up to date"
+        },
         report.published_tables.len()
     );
     println!(
         "replication slot {}: {}",
         config.replication.slot,
-        if report.slot_created { "created" } else { "exists" }
+        if report.slot_created {
+            "created"
+        } else {
+            "exists"
+        }
     );
 }
 
@@ -169,10 +187,11 @@ async fn run(config: LilyConfig) -> anyhow::Result<()> {
     telemetry::init_metrics(&config.metrics.listen)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -38,14 +38,21 @@ pub fn reader_config(config: &LilyConfig) -> ReaderConfig {
 
 /// The lake location from the config.
 pub fn lake_location(config: &LilyConfig) -> anyhow::Result<LakeLocation> {
-    let options = config.lake.storage_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let options = config
+        .lake
+        .storage_options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     Ok(LakeLocation::parse(&config.lake.root, options)?)
 }
 
 /// The sinks every pipeline has: the Delta audit store.
 pub async fn default_sinks(config: &LilyConfig) -> anyhow::Result<Vec<SinkSpec>> {
     let location = lake_location(config)?;
-    let audit = AuditSink::open(&location).await.context("opening the audit table")?;
+    let audit = AuditSink::open(&location)
+        .await
+        .context("opening the audit table")?;
     Ok(vec![SinkSpec {
         sink: Box::new(audit),
         policy: FlushPolicy {
@@ -84,7 +91,8 @@ pub async fn run(
                 if !transient || *shutdown.borrow() {
                     return Err(e);
                 }
-                metrics::counter!("lily_errors_total", "stage" => "cdc", "kind" => "reconnect").increment(1);
+                metrics::counter!("lily_errors_total", "stage" => "cdc", "kind" => "reconnect")
+                    .increment(1);
                 warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting");
                 let mut sd = shutdown.clone();
                 tokio::select! {
@@ -97,12 +105,19 @@ pub async fn run(
     }
 }
 
-async fn run_once(config: &LilyConfig, mut sinks: Vec<SinkSpec>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn run_once(
+    config: &LilyConfig,
+    mut sinks: Vec<SinkSpec>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let pg = tokio_postgres::Config::from_str(&config.postgres.url).context("postgres.url")?;
-    let (client, connection) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|source| CdcError::Sql { context: "connecting to the metastore".into(), source })?;
+    let (client, connection) =
+        pg.connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|source| CdcError::Sql {
+                context: "connecting to the metastore".into(),
+                source,
+            })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             warn!(error = %e, "metastore connection closed");
@@ -111,10 +126,19 @@ async fn run_once(config: &LilyConfig, mut sinks: Vec<SinkSpec>, shutdown: watch
     let params = ConnectParams::from_config(&pg)?;
     let acks = AckTracker::new();
     let (tx, mut rx) = mpsc::channel::<Arc<ChangeBatch>>(config.replication.channel_capacity);
-    let reader = ChangeReader::new(params, Arc::new(client), reader_config(config), acks.clone(), tx);
+    let reader = ChangeReader::new(
+        params,
+        Arc::new(client),
+        reader_config(config),
+        acks.clone(),
+        tx,
+    );
     let plan = reader.plan().await?;
     for spec in &mut sinks {
-        spec.sink.healthcheck().await.with_context(|| format!("sink {} failed its health check", spec.sink.name()))?;
+        spec.sink
+            .healthcheck()
+            .await
+            .with_context(|| format!("sink {} failed its health check", spec.sink.name()))?;
         if let StartPlan::Snapshot { discard: Some(lsn) } = plan {
             spec.sink.discard_snapshot(lsn).await?;
         }

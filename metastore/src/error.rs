@@ -21,7 +21,9 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// The server cannot be reached.
-    #[error("cannot connect to PostgreSQL at {target}: {source}\n    fix: start the server, or point postgres.url (LILY_POSTGRES__URL) at it")]
+    #[error(
+        "cannot connect to PostgreSQL at {target}: {source}\n    fix: start the server, or point postgres.url (LILY_POSTGRES__URL) at it"
+    )]
     Connect {
         /// Host and port tried.
         target: String,
@@ -33,7 +35,9 @@ pub enum SetupError {
     #[error("PostgreSQL is not ready for Lily; nothing was changed:\n  - {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - "))]
     Preflight(Vec<Problem>),
     /// A migration that was applied earlier has been edited since.
-    #[error("migration {version} ({name}) was changed after it was applied; migrations are append-only: add a new one instead")]
+    #[error(
+        "migration {version} ({name}) was changed after it was applied; migrations are append-only: add a new one instead"
+    )]
     MigrationChanged {
         /// Its version.
         version: i32,

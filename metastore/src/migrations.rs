@@ -35,7 +35,10 @@ fn checksum(sql: &str) -> String {
 }
 
 /// Applies the migrations not yet applied; returns the versions it applied.
-pub async fn apply_migrations(client: &mut Client, tenant_role: &str) -> Result<Vec<i32>, SetupError> {
+pub async fn apply_migrations(
+    client: &mut Client,
+    tenant_role: &str,
+) -> Result<Vec<i32>, SetupError> {
     client
         .batch_execute(
             "CREATE SCHEMA IF NOT EXISTS lily;
@@ -49,33 +52,48 @@ pub async fn apply_migrations(client: &mut Client, tenant_role: &str) -> Result<
         .map_err(SetupError::sql("creating lily.schema_migrations"))?;
     let mut applied = Vec::new();
     for m in MIGRATIONS {
-        let tx = client.transaction().await.map_err(SetupError::sql("starting a migration"))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(SetupError::sql("starting a migration"))?;
         // One setup at a time: a second one waits here, then finds the work done.
         tx.execute("SELECT pg_advisory_xact_lock(7141592)", &[])
             .await
             .map_err(SetupError::sql("locking migrations"))?;
         let row = tx
-            .query_opt("SELECT checksum FROM lily.schema_migrations WHERE version = $1", &[&m.version])
+            .query_opt(
+                "SELECT checksum FROM lily.schema_migrations WHERE version = $1",
+                &[&m.version],
+            )
             .await
             .map_err(SetupError::sql("reading lily.schema_migrations"))?;
         let sum = checksum(m.sql);
         if let Some(row) = row {
             if row.get::<_, String>(0) != sum {
-                return Err(SetupError::MigrationChanged { version: m.version, name: m.name.to_string() });
+                return Err(SetupError::MigrationChanged {
+                    version: m.version,
+                    name: m.name.to_string(),
+                });
             }
             continue;
         }
         let sql = m.sql.replace("${tenant_role}", tenant_role);
         tx.batch_execute(&sql)
             .await
-            .map_err(SetupError::sql(format!("applying migration {} ({})", m.version, m.name)))?;
+            .map_err(SetupError::sql(format!(
+                "applying migration {} ({})",
+                m.version, m.name
+            )))?;
         tx.execute(
             "INSERT INTO lily.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
             &[&m.version, &m.name, &sum],
         )
         .await
         .map_err(SetupError::sql("recording a migration"))?;
-        tx.commit().await.map_err(SetupError::sql(format!("committing migration {}", m.version)))?;
+        tx.commit().await.map_err(SetupError::sql(format!(
+            "committing migration {}",
+            m.version
+        )))?;
         info!(version = m.version, name = m.name, "migration applied");
         applied.push(m.version);
     }

@@ -8,14 +8,22 @@ use crate::error::{Problem, SetupError};
 /// `slot` is not counted against the slot limit when it already exists.
 pub async fn preflight(client: &Client, slot: &str) -> Result<Vec<Problem>, SetupError> {
     let q = |sql: &'static str| async move {
-        client.query_one(sql, &[]).await.map_err(SetupError::sql(format!("running check {sql:?}")))
+        client
+            .query_one(sql, &[])
+            .await
+            .map_err(SetupError::sql(format!("running check {sql:?}")))
     };
     let mut problems = Vec::new();
 
-    let version: i32 = q("SELECT current_setting('server_version_num')::int").await?.get(0);
+    let version: i32 = q("SELECT current_setting('server_version_num')::int")
+        .await?
+        .get(0);
     if version < 150_000 {
         problems.push(Problem {
-            what: format!("PostgreSQL {} is too old; Lily needs 15 or newer", version / 10_000),
+            what: format!(
+                "PostgreSQL {} is too old; Lily needs 15 or newer",
+                version / 10_000
+            ),
             fix: "upgrade the server to PostgreSQL 15+".into(),
         });
     }
@@ -31,7 +39,8 @@ pub async fn preflight(client: &Client, slot: &str) -> Result<Vec<Problem>, Setu
     }
 
     let role = q("SELECT current_user::text, rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user").await?;
-    let (user, replication, superuser): (String, bool, bool) = (role.get(0), role.get(1), role.get(2));
+    let (user, replication, superuser): (String, bool, bool) =
+        (role.get(0), role.get(1), role.get(2));
     if !replication && !superuser {
         problems.push(Problem {
             what: format!("role {user} lacks the REPLICATION attribute"),
@@ -39,11 +48,16 @@ pub async fn preflight(client: &Client, slot: &str) -> Result<Vec<Problem>, Setu
         });
     }
 
-    let create: bool = q("SELECT has_database_privilege(current_user, current_database(), 'CREATE')").await?.get(0);
+    let create: bool =
+        q("SELECT has_database_privilege(current_user, current_database(), 'CREATE')")
+            .await?
+            .get(0);
     if !create {
         problems.push(Problem {
             what: format!("role {user} cannot create schemas in this database"),
-            fix: format!("run GRANT CREATE ON DATABASE <db> TO \"{user}\"; or use the database owner"),
+            fix: format!(
+                "run GRANT CREATE ON DATABASE <db> TO \"{user}\"; or use the database owner"
+            ),
         });
     }
 

@@ -4,10 +4,10 @@ use lily_cdc::{ReplicationSlot, SnapshotState};
 use tokio_postgres::Client;
 use tracing::info;
 
+use crate::METASTORE_SCHEMA;
 use crate::error::SetupError;
 use crate::migrations::apply_migrations;
 use crate::preflight::preflight;
-use crate::METASTORE_SCHEMA;
 
 /// What setup needs to know.
 #[derive(Debug, Clone)]
@@ -39,7 +39,10 @@ pub async fn setup(client: &mut Client, opts: &SetupOptions) -> Result<SetupRepo
     if !problems.is_empty() {
         return Err(SetupError::Preflight(problems));
     }
-    let mut report = SetupReport { migrations_applied: apply_migrations(client, &opts.tenant_role).await?, ..Default::default() };
+    let mut report = SetupReport {
+        migrations_applied: apply_migrations(client, &opts.tenant_role).await?,
+        ..Default::default()
+    };
 
     // An explicit table list (not FOR TABLES IN SCHEMA, which needs a
     // superuser); re-set on every setup so tables of new migrations join.
@@ -54,17 +57,29 @@ pub async fn setup(client: &mut Client, opts: &SetupOptions) -> Result<SetupRepo
         .map(|r| r.get(0))
         .collect();
     let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&opts.publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&opts.publication],
+        )
         .await
         .map_err(SetupError::sql("looking up the publication"))?
         .is_some();
     let list = tables.join(", ");
     let sql = if exists {
-        format!("ALTER PUBLICATION \"{}\" SET TABLE {list}", opts.publication)
+        format!(
+            "ALTER PUBLICATION \"{}\" SET TABLE {list}",
+            opts.publication
+        )
     } else {
-        format!("CREATE PUBLICATION \"{}\" FOR TABLE {list}", opts.publication)
+        format!(
+            "CREATE PUBLICATION \"{}\" FOR TABLE {list}",
+            opts.publication
+        )
     };
-    client.batch_execute(&sql).await.map_err(SetupError::sql("creating the publication"))?;
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(SetupError::sql("creating the publication"))?;
     report.publication_created = !exists;
     report.published_tables = tables;
 
@@ -74,7 +89,12 @@ pub async fn setup(client: &mut Client, opts: &SetupOptions) -> Result<SetupRepo
     if report.slot_created && state.done {
         // The slot was dropped behind our back: changes since are gone from
         // it, so the next run must take a fresh snapshot.
-        SnapshotState { snapshot_lsn: state.snapshot_lsn, done: false }.save(client, &opts.slot).await?;
+        SnapshotState {
+            snapshot_lsn: state.snapshot_lsn,
+            done: false,
+        }
+        .save(client, &opts.slot)
+        .await?;
         info!(slot = %opts.slot, "slot was missing; the next run takes a new snapshot");
     } else if report.slot_created {
         state.save(client, &opts.slot).await?;

@@ -10,7 +10,18 @@ use lily_cdc::{ChangeBatch, Lsn};
 use crate::{Sink, SinkError};
 
 /// Columns worth showing, in order of preference, when a table has them.
-const SHOWN: &[&str] = &["tenant_id", "type_name", "qualified_name", "tag", "source", "state", "severity", "certificate", "description", "name"];
+const SHOWN: &[&str] = &[
+    "tenant_id",
+    "type_name",
+    "qualified_name",
+    "tag",
+    "source",
+    "state",
+    "severity",
+    "certificate",
+    "description",
+    "name",
+];
 
 /// Prints changes to standard output.
 #[derive(Debug, Default)]
@@ -38,7 +49,9 @@ impl Sink for ConsoleSink {
             .iter()
             .filter_map(|name| {
                 let col = records.column_by_name(name)?;
-                ArrayFormatter::try_new(col.as_ref(), &options).ok().map(|f| (*name, f))
+                ArrayFormatter::try_new(col.as_ref(), &options)
+                    .ok()
+                    .map(|f| (*name, f))
             })
             .take(4)
             .collect();

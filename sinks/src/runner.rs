@@ -41,11 +41,23 @@ fn now_micros() -> i64 {
 impl SinkRunner {
     /// A runner for `sink`, acknowledging through `ack`.
     pub fn new(sink: Box<dyn Sink>, ack: SinkAck, policy: FlushPolicy) -> Self {
-        SinkRunner { sink, ack, policy, last_seq: 0, oldest_commit_micros: None, flush_deadline: None, written: Vec::new() }
+        SinkRunner {
+            sink,
+            ack,
+            policy,
+            last_seq: 0,
+            oldest_commit_micros: None,
+            flush_deadline: None,
+            written: Vec::new(),
+        }
     }
 
     /// Runs until `input` closes (then flushes what is left) or `abort` turns true.
-    pub async fn run(mut self, mut input: mpsc::Receiver<Arc<ChangeBatch>>, mut abort: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        mut input: mpsc::Receiver<Arc<ChangeBatch>>,
+        mut abort: watch::Receiver<bool>,
+    ) {
         let name = self.sink.name().to_string();
         loop {
             let deadline = self.flush_deadline;
@@ -92,8 +104,10 @@ impl SinkRunner {
             }
         }
         self.last_seq = seq;
-        self.oldest_commit_micros = Some(self.oldest_commit_micros.map_or(commit, |o| o.min(commit)));
-        self.flush_deadline.get_or_insert_with(|| Instant::now() + self.policy.max_wait);
+        self.oldest_commit_micros =
+            Some(self.oldest_commit_micros.map_or(commit, |o| o.min(commit)));
+        self.flush_deadline
+            .get_or_insert_with(|| Instant::now() + self.policy.max_wait);
         match self.written.iter_mut().find(|(t, _)| *t == table) {
             Some((_, n)) => *n += rows,
             None => self.written.push((table, rows)),
@@ -120,10 +134,12 @@ impl SinkRunner {
             }
         }
         let sink = self.sink.name().to_string();
-        metrics::histogram!("lily_sink_flush_seconds", "sink" => sink.clone()).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("lily_sink_flush_seconds", "sink" => sink.clone())
+            .record(started.elapsed().as_secs_f64());
         if let Some(oldest) = self.oldest_commit_micros.take() {
             let latency = (now_micros() - oldest).max(0) as f64 / 1e6;
-            metrics::histogram!("lily_commit_to_sink_seconds", "sink" => sink.clone()).record(latency);
+            metrics::histogram!("lily_commit_to_sink_seconds", "sink" => sink.clone())
+                .record(latency);
         }
         for (table, rows) in self.written.drain(..) {
             metrics::counter!("lily_changes_written_total", "sink" => sink.clone(), "table" => table).increment(rows);
@@ -133,7 +149,12 @@ impl SinkRunner {
         true
     }
 
-    async fn backoff(&self, e: &SinkError, attempt: &mut u32, abort: &mut watch::Receiver<bool>) -> bool {
+    async fn backoff(
+        &self,
+        e: &SinkError,
+        attempt: &mut u32,
+        abort: &mut watch::Receiver<bool>,
+    ) -> bool {
         *attempt += 1;
         let kind = match e {
             SinkError::Unavailable { .. } => "unavailable",

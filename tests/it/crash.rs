@@ -36,7 +36,8 @@ async fn write_changes(url: String) -> anyhow::Result<()> {
     }
     for round in 1..=UPDATE_ROUNDS {
         for start in (1..=ASSETS).step_by(500) {
-            c.execute(&update, &[&start, &(start + 499), &round]).await?;
+            c.execute(&update, &[&start, &(start + 499), &round])
+                .await?;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -47,7 +48,10 @@ async fn write_changes(url: String) -> anyhow::Result<()> {
 async fn sigkill_at_random_moments_loses_and_duplicates_nothing() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let c = env.client().await?;
-    c.batch_execute("INSERT INTO metastore.tenants (tenant_id, name) VALUES ('crash', 'Crash test')").await?;
+    c.batch_execute(
+        "INSERT INTO metastore.tenants (tenant_id, name) VALUES ('crash', 'Crash test')",
+    )
+    .await?;
     let mut lily = env.spawn_lily(&["run"])?;
     wait_streaming(&env, "lily").await?;
 
@@ -64,20 +68,26 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() -> anyhow::Res
     writer.await??;
 
     let filter = "table_name = 'metastore.assets'";
-    wait_for("every change in the audit table", Duration::from_secs(600), || async {
-        Ok((env.audit_count(filter).await? >= CHANGES).then_some(()))
-    })
+    wait_for(
+        "every change in the audit table",
+        Duration::from_secs(600),
+        || async { Ok((env.audit_count(filter).await? >= CHANGES).then_some(())) },
+    )
     .await?;
     assert_eq!(lily.stop().await?, 0, "a clean stop after catching up");
 
     // Exactly once: the count, the distinct stream positions and the content.
     assert_eq!(env.audit_count(filter).await?, CHANGES);
     let distinct = env
-        .query_audit(&format!("SELECT count(*) FROM (SELECT DISTINCT commit_lsn, seq FROM audit WHERE {filter})"))
+        .query_audit(&format!(
+            "SELECT count(*) FROM (SELECT DISTINCT commit_lsn, seq FROM audit WHERE {filter})"
+        ))
         .await?;
     assert_eq!(first_i64(&distinct), CHANGES);
 
-    let batches = env.query_audit(&format!("SELECT after FROM audit WHERE {filter}")).await?;
+    let batches = env
+        .query_audit(&format!("SELECT after FROM audit WHERE {filter}"))
+        .await?;
     let mut seen = HashSet::new();
     let mut last_description: HashMap<String, (i64, String)> = HashMap::new();
     for b in &batches {
@@ -87,7 +97,10 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() -> anyhow::Res
             let row: serde_json::Value = serde_json::from_str(after.value(i))?;
             let guid = row["guid"].as_str().unwrap_or_default().to_string();
             let version = row["version"].as_i64().unwrap_or_default();
-            assert!(seen.insert((guid.clone(), version)), "change {guid} v{version} stored twice");
+            assert!(
+                seen.insert((guid.clone(), version)),
+                "change {guid} v{version} stored twice"
+            );
             let description = row["description"].as_str().unwrap_or_default().to_string();
             let e = last_description.entry(guid).or_insert((0, String::new()));
             if version > e.0 {
@@ -105,11 +118,18 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() -> anyhow::Res
     for r in &rows {
         let (guid, version, description): (String, i64, String) = (r.get(0), r.get(1), r.get(2));
         for v in 1..=version {
-            assert!(seen.contains(&(guid.clone(), v)), "change {guid} v{v} is missing from the lake");
+            assert!(
+                seen.contains(&(guid.clone(), v)),
+                "change {guid} v{v} is missing from the lake"
+            );
             expected += 1;
             checksum_pg += v;
         }
-        assert_eq!(last_description[&guid], (version, description), "latest state of {guid}");
+        assert_eq!(
+            last_description[&guid],
+            (version, description),
+            "latest state of {guid}"
+        );
     }
     assert_eq!(expected, CHANGES);
     let checksum_lake: i64 = seen.iter().map(|(_, v)| v).sum();
@@ -126,7 +146,13 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() -> anyhow::Res
     )?;
     assert_eq!(duck[0][0], serde_json::json!(CHANGES));
     assert_eq!(duck[0][1], serde_json::json!(CHANGES));
-    assert_eq!(duck[0][2].as_f64().map(|v| v as i64).or(duck[0][2].as_str().and_then(|s| s.parse().ok())), Some(checksum_pg));
+    assert_eq!(
+        duck[0][2]
+            .as_f64()
+            .map(|v| v as i64)
+            .or(duck[0][2].as_str().and_then(|s| s.parse().ok())),
+        Some(checksum_pg)
+    );
     eprintln!("survived {kills} SIGKILLs; {CHANGES} changes exactly once");
     Ok(())
 }

@@ -8,16 +8,25 @@ use lily_tests::{LilyProcess, free_port, query_delta, wait_for};
 async fn demo_streams_the_sample_estate_and_live_edits_then_stops_cleanly() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("lily-demo-").tempdir()?;
     let demo_dir = dir.path().join("demo");
-    let env = vec![("LILY_METRICS__LISTEN".to_string(), format!("127.0.0.1:{}", free_port()?))];
+    let env = vec![(
+        "LILY_METRICS__LISTEN".to_string(),
+        format!("127.0.0.1:{}", free_port()?),
+    )];
     let mut demo = LilyProcess::spawn(
         &["demo", "--dir", demo_dir.to_str().unwrap_or_default()],
         &env,
         &dir.path().join("demo.log"),
     )?;
-    wait_for("the snapshot and a live edit on screen", Duration::from_secs(120), || async {
-        let out = demo.output();
-        Ok((out.contains("snapshot metastore.assets") && out.contains("update   metastore.assets")).then_some(()))
-    })
+    wait_for(
+        "the snapshot and a live edit on screen",
+        Duration::from_secs(120),
+        || async {
+            let out = demo.output();
+            Ok((out.contains("snapshot metastore.assets")
+                && out.contains("update   metastore.assets"))
+            .then_some(()))
+        },
+    )
     .await?;
     demo.signal(libc::SIGINT);
     let code = demo.wait(Duration::from_secs(60)).await?;
@@ -29,6 +38,9 @@ async fn demo_streams_the_sample_estate_and_live_edits_then_stops_cleanly() -> a
         "SELECT count(*) FROM audit WHERE tenant_id = 'acme' AND op = 'r'",
     )
     .await?;
-    assert!(lily_tests::first_i64(&rows) >= 30, "the sample estate is in the lake");
+    assert!(
+        lily_tests::first_i64(&rows) >= 30,
+        "the sample estate is in the lake"
+    );
     Ok(())
 }

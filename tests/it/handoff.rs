@@ -39,18 +39,36 @@ async fn rows_before_and_during_startup_arrive_exactly_once() -> anyhow::Result<
 
     let mut seen: HashMap<String, Vec<String>> = HashMap::new();
     while !seen.contains_key("marker") {
-        for b in reader.collect("metastore.assets", 1, Duration::from_secs(60)).await? {
-            let names = b.column_by_name("qualified_name").unwrap().as_string::<i32>();
+        for b in reader
+            .collect("metastore.assets", 1, Duration::from_secs(60))
+            .await?
+        {
+            let names = b
+                .column_by_name("qualified_name")
+                .unwrap()
+                .as_string::<i32>();
             let ops = b.column_by_name("_op").unwrap().as_string::<i32>();
             for i in 0..b.num_rows() {
-                seen.entry(names.value(i).to_string()).or_default().push(ops.value(i).to_string());
+                seen.entry(names.value(i).to_string())
+                    .or_default()
+                    .push(ops.value(i).to_string());
             }
         }
     }
-    let dupes: Vec<_> = seen.iter().filter(|(_, ops)| ops.len() != 1).take(5).collect();
+    let dupes: Vec<_> = seen
+        .iter()
+        .filter(|(_, ops)| ops.len() != 1)
+        .take(5)
+        .collect();
     assert!(dupes.is_empty(), "rows delivered more than once: {dupes:?}");
     assert_eq!(seen.len(), 5000 + 3000 + 1, "every row exactly once");
-    assert!(seen["before.1"] == ["r"], "rows committed before the slot come from the snapshot");
-    assert!(seen["marker"] == ["c"], "rows committed after it come from the stream");
+    assert!(
+        seen["before.1"] == ["r"],
+        "rows committed before the slot come from the snapshot"
+    );
+    assert!(
+        seen["marker"] == ["c"],
+        "rows committed after it come from the stream"
+    );
     reader.stop().await
 }

@@ -13,9 +13,14 @@ async fn idle_slot_follows_the_servers_wal() -> anyhow::Result<()> {
     wait_streaming(&env, "lily").await?;
     let other = env.cluster.connect("postgres").await?;
     other
-        .batch_execute("CREATE TABLE filler AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g")
+        .batch_execute(
+            "CREATE TABLE filler AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g",
+        )
         .await?;
-    let target: String = other.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    let target: String = other
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
     let c = env.client().await?;
     let retained = wait_for("the slot to confirm past the other database's writes", Duration::from_secs(60), || async {
         let row = c

@@ -14,7 +14,8 @@ async fn metrics_endpoint_and_lake_maintenance() -> anyhow::Result<()> {
     let lily = env.spawn_lily(&["run"])?;
     wait_streaming(&env, "lily").await?;
     let c = env.client().await?;
-    c.batch_execute("INSERT INTO metastore.tenants (tenant_id, name) VALUES ('m', 'M')").await?;
+    c.batch_execute("INSERT INTO metastore.tenants (tenant_id, name) VALUES ('m', 'M')")
+        .await?;
     // Many small transactions: many small Delta commits for optimize to compact.
     for i in 0..20 {
         c.execute(
@@ -28,10 +29,18 @@ async fn metrics_endpoint_and_lake_maintenance() -> anyhow::Result<()> {
         })
         .await?;
     }
-    let metrics = wait_for("metrics of the written rows", Duration::from_secs(30), || async {
-        let body = http_get(&addr, "/metrics")?;
-        Ok(body.contains("lily_changes_written_total{sink=\"lake.audit\",table=\"metastore.assets\"} 20").then_some(body))
-    })
+    let metrics = wait_for(
+        "metrics of the written rows",
+        Duration::from_secs(30),
+        || async {
+            let body = http_get(&addr, "/metrics")?;
+            Ok(body
+                .contains(
+                    "lily_changes_written_total{sink=\"lake.audit\",table=\"metastore.assets\"} 20",
+                )
+                .then_some(body))
+        },
+    )
     .await?;
     for name in [
         "lily_changes_read_total{table=\"metastore.assets\"} 20",
@@ -46,8 +55,15 @@ async fn metrics_endpoint_and_lake_maintenance() -> anyhow::Result<()> {
     if let Ok(promtool) = which("promtool") {
         let file = env.dir.path().join("metrics.txt");
         std::fs::write(&file, &metrics)?;
-        let out = std::process::Command::new(promtool).args(["check", "metrics"]).stdin(std::fs::File::open(&file)?).output()?;
-        assert!(out.status.success(), "promtool: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(&file)?)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "promtool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(lily.stop().await?, 0);
 
@@ -55,10 +71,20 @@ async fn metrics_endpoint_and_lake_maintenance() -> anyhow::Result<()> {
     let (code, out) = run_lily(&["lake", "optimize"], &env.lily_env())?;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("small files replaced"), "{out}");
-    let (code, out) = run_lily(&["lake", "vacuum", "--retention-hours", "0"], &env.lily_env())?;
+    let (code, out) = run_lily(
+        &["lake", "vacuum", "--retention-hours", "0"],
+        &env.lily_env(),
+    )?;
     assert_eq!(code, 0, "{out}");
-    assert!(!out.contains("deleted 0 files"), "the compacted files are removed: {out}");
-    assert_eq!(env.audit_count("").await?, count, "maintenance changes no row");
+    assert!(
+        !out.contains("deleted 0 files"),
+        "the compacted files are removed: {out}"
+    );
+    assert_eq!(
+        env.audit_count("").await?,
+        count,
+        "maintenance changes no row"
+    );
     let table = Path::new(&env.config.lake.root).join(lily_lakehouse::AUDIT_TABLE);
     let duck = duckdb_query(&table, "SELECT count(*) FROM {table}")?;
     assert_eq!(duck[0][0], serde_json::json!(count));

@@ -12,21 +12,35 @@ async fn tenant_sessions_see_only_their_rows() -> anyhow::Result<()> {
          VALUES ('a', 'table', 'x.a', 'a'), ('b', 'table', 'x.b', 'b');",
     )
     .await?;
-    c.batch_execute("SET ROLE lily_tenant; SET lily.tenant_id = 'a'").await?;
-    let names: Vec<String> =
-        c.query("SELECT qualified_name FROM metastore.assets", &[]).await?.iter().map(|r| r.get(0)).collect();
+    c.batch_execute("SET ROLE lily_tenant; SET lily.tenant_id = 'a'")
+        .await?;
+    let names: Vec<String> = c
+        .query("SELECT qualified_name FROM metastore.assets", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(names, vec!["x.a".to_string()]);
     let err = c
         .batch_execute("INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name) VALUES ('b', 'table', 'x.b2', 'b2')")
         .await
         .expect_err("writing into another tenant must fail");
-    let message = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
     assert!(message.contains("row-level security"), "{message}");
     c.batch_execute("RESET lily.tenant_id").await?;
-    let n: i64 = c.query_one("SELECT count(*) FROM metastore.assets", &[]).await?.get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM metastore.assets", &[])
+        .await?
+        .get(0);
     assert_eq!(n, 0, "no tenant set: no rows");
     c.batch_execute("RESET ROLE").await?;
-    let n: i64 = c.query_one("SELECT count(*) FROM metastore.assets", &[]).await?.get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM metastore.assets", &[])
+        .await?
+        .get(0);
     assert_eq!(n, 2, "the pipeline's role reads across tenants");
     Ok(())
 }
@@ -49,7 +63,10 @@ async fn lineage_cannot_point_into_another_tenant() -> anyhow::Result<()> {
         )
         .await
         .expect_err("a cross-tenant edge must be refused");
-    let message = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
     assert!(message.contains("foreign key"), "{message}");
     Ok(())
 }

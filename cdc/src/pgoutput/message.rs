@@ -164,7 +164,11 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_be_bytes(a))
     }
     fn cstr(&mut self) -> Result<String, String> {
-        let end = self.buf.iter().position(|b| *b == 0).ok_or("unterminated string")?;
+        let end = self
+            .buf
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or("unterminated string")?;
         let s = String::from_utf8_lossy(&self.buf[..end]).into_owned();
         self.buf = &self.buf[end + 1..];
         Ok(s)
@@ -194,7 +198,10 @@ pub fn decode(data: &[u8]) -> Result<LogicalMessage<'_>, String> {
                 commit_time: c.u64()? as i64,
             }
         }
-        b'O' => LogicalMessage::Origin { lsn: Lsn(c.u64()?), name: c.cstr()? },
+        b'O' => LogicalMessage::Origin {
+            lsn: Lsn(c.u64()?),
+            name: c.cstr()?,
+        },
         b'R' => {
             let relation_id = c.u32()?;
             let namespace = c.cstr()?;
@@ -217,14 +224,32 @@ pub fn decode(data: &[u8]) -> Result<LogicalMessage<'_>, String> {
                     type_modifier: c.i32()?,
                 });
             }
-            LogicalMessage::Relation(RelationMessage { relation_id, namespace, name, replica_identity, columns })
+            LogicalMessage::Relation(RelationMessage {
+                relation_id,
+                namespace,
+                name,
+                replica_identity,
+                columns,
+            })
         }
-        b'Y' => LogicalMessage::Type { type_oid: c.u32()?, namespace: c.cstr()?, name: c.cstr()? },
+        b'Y' => LogicalMessage::Type {
+            type_oid: c.u32()?,
+            namespace: c.cstr()?,
+            name: c.cstr()?,
+        },
         b'I' => {
             let relation_id = c.u32()?;
             match c.u8()? {
-                b'N' => LogicalMessage::Insert { relation_id, new: c.tuple()? },
-                other => return Err(format!("insert without new tuple (got {:?})", other as char)),
+                b'N' => LogicalMessage::Insert {
+                    relation_id,
+                    new: c.tuple()?,
+                },
+                other => {
+                    return Err(format!(
+                        "insert without new tuple (got {:?})",
+                        other as char
+                    ));
+                }
             }
         }
         b'U' => {
@@ -240,7 +265,12 @@ pub fn decode(data: &[u8]) -> Result<LogicalMessage<'_>, String> {
             if kind != b'N' {
                 return Err(format!("update without new tuple (got {:?})", kind as char));
             }
-            LogicalMessage::Update { relation_id, old, old_is_key, new: c.tuple()? }
+            LogicalMessage::Update {
+                relation_id,
+                old,
+                old_is_key,
+                new: c.tuple()?,
+            }
         }
         b'D' => {
             let relation_id = c.u32()?;
@@ -248,7 +278,11 @@ pub fn decode(data: &[u8]) -> Result<LogicalMessage<'_>, String> {
             if kind != b'K' && kind != b'O' {
                 return Err(format!("delete without old tuple (got {:?})", kind as char));
             }
-            LogicalMessage::Delete { relation_id, old_is_key: kind == b'K', old: c.tuple()? }
+            LogicalMessage::Delete {
+                relation_id,
+                old_is_key: kind == b'K',
+                old: c.tuple()?,
+            }
         }
         b'T' => {
             let n = c.i32()?.max(0) as usize;
@@ -257,14 +291,22 @@ pub fn decode(data: &[u8]) -> Result<LogicalMessage<'_>, String> {
             for _ in 0..n {
                 relation_ids.push(c.u32()?);
             }
-            LogicalMessage::Truncate { relation_ids, options }
+            LogicalMessage::Truncate {
+                relation_ids,
+                options,
+            }
         }
         b'M' => {
             let transactional = c.u8()? & 1 == 1;
             let lsn = Lsn(c.u64()?);
             let prefix = c.cstr()?;
             let len = c.i32()?.max(0) as usize;
-            LogicalMessage::Message { transactional, lsn, prefix, content: c.take(len)? }
+            LogicalMessage::Message {
+                transactional,
+                lsn,
+                prefix,
+                content: c.take(len)?,
+            }
         }
         other => return Err(format!("unknown pgoutput message type {:?}", other as char)),
     };
@@ -282,12 +324,19 @@ mod tests {
         b.extend_from_slice(&5i64.to_be_bytes());
         b.extend_from_slice(&42u32.to_be_bytes());
         match decode(&b).unwrap() {
-            LogicalMessage::Begin { final_lsn, commit_time, xid } => {
+            LogicalMessage::Begin {
+                final_lsn,
+                commit_time,
+                xid,
+            } => {
                 assert_eq!((final_lsn, commit_time, xid), (Lsn(0x10), 5, 42));
             }
             other => panic!("{other:?}"),
         }
-        assert!(decode(&b[..5]).is_err(), "a short message is an error, not a panic");
+        assert!(
+            decode(&b[..5]).is_err(),
+            "a short message is an error, not a panic"
+        );
         assert!(decode(b"?").is_err());
     }
 }

@@ -35,7 +35,12 @@ impl<'a> Tuple<'a> {
                 b'n' | b'u' => {}
                 b't' | b'b' => {
                     let len_bytes = buf.get(pos..pos + 4).ok_or("truncated value length")?;
-                    let len = i32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+                    let len = i32::from_be_bytes([
+                        len_bytes[0],
+                        len_bytes[1],
+                        len_bytes[2],
+                        len_bytes[3],
+                    ]);
                     if len < 0 {
                         return Err(format!("negative value length {len}"));
                     }
@@ -47,7 +52,13 @@ impl<'a> Tuple<'a> {
                 other => return Err(format!("unknown tuple value kind {:?}", other as char)),
             }
         }
-        Ok((Tuple { ncols, raw: &buf[2..pos] }, &buf[pos..]))
+        Ok((
+            Tuple {
+                ncols,
+                raw: &buf[2..pos],
+            },
+            &buf[pos..],
+        ))
     }
 
     /// Number of columns.
@@ -73,7 +84,11 @@ impl<'a> Tuple<'a> {
                     let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
                     let v = &rest[4..4 + len];
                     rest = &rest[4 + len..];
-                    if kind == b't' { TupleValue::Text(v) } else { TupleValue::Binary(v) }
+                    if kind == b't' {
+                        TupleValue::Text(v)
+                    } else {
+                        TupleValue::Binary(v)
+                    }
                 }
             }
         })
@@ -102,7 +117,12 @@ mod tests {
         let v: Vec<_> = t.values().collect();
         assert_eq!(
             v,
-            vec![TupleValue::Null, TupleValue::UnchangedToast, TupleValue::Text(b"hi"), TupleValue::Binary(&[7])]
+            vec![
+                TupleValue::Null,
+                TupleValue::UnchangedToast,
+                TupleValue::Text(b"hi"),
+                TupleValue::Binary(&[7])
+            ]
         );
     }
 

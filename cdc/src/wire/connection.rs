@@ -169,18 +169,18 @@ impl ReplicationConnection {
                             self.flush().await?;
                         }
                         11 => {
-                            let s = scram
-                                .as_mut()
-                                .ok_or_else(|| CdcError::Protocol("SASL continue before start".into()))?;
+                            let s = scram.as_mut().ok_or_else(|| {
+                                CdcError::Protocol("SASL continue before start".into())
+                            })?;
                             s.update(&body).map_err(|e| CdcError::Auth(e.to_string()))?;
                             frontend::sasl_response(s.message(), &mut self.write_buf)
                                 .map_err(CdcError::io("encoding SASL"))?;
                             self.flush().await?;
                         }
                         12 => {
-                            let s = scram
-                                .as_mut()
-                                .ok_or_else(|| CdcError::Protocol("SASL final before start".into()))?;
+                            let s = scram.as_mut().ok_or_else(|| {
+                                CdcError::Protocol("SASL final before start".into())
+                            })?;
                             s.finish(&body).map_err(|e| CdcError::Auth(e.to_string()))?;
                         }
                         other => {
@@ -246,14 +246,20 @@ impl ReplicationConnection {
     }
 
     /// Sends START_REPLICATION and waits for the server to start streaming.
-    pub async fn start_replication(&mut self, slot: &str, start: Lsn, options: &[(&str, &str)]) -> Result<()> {
+    pub async fn start_replication(
+        &mut self,
+        slot: &str,
+        start: Lsn,
+        options: &[(&str, &str)],
+    ) -> Result<()> {
         let opts = options
             .iter()
             .map(|(k, v)| format!("\"{k}\" '{}'", v.replace('\'', "''")))
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!("START_REPLICATION SLOT \"{slot}\" LOGICAL {start} ({opts})");
-        frontend::query(&sql, &mut self.write_buf).map_err(CdcError::io("encoding START_REPLICATION"))?;
+        frontend::query(&sql, &mut self.write_buf)
+            .map_err(CdcError::io("encoding START_REPLICATION"))?;
         self.flush().await?;
         loop {
             let msg = self.recv().await?;
@@ -298,7 +304,11 @@ impl ReplicationConnection {
                             let wal_start = Lsn(body.get_u64());
                             let wal_end = Lsn(body.get_u64());
                             let _send_time = body.get_i64();
-                            return Ok(StreamMessage::XLogData { wal_start, wal_end, data: body });
+                            return Ok(StreamMessage::XLogData {
+                                wal_start,
+                                wal_end,
+                                data: body,
+                            });
                         }
                         b'k' => {
                             if body.len() < 17 {
@@ -307,7 +317,10 @@ impl ReplicationConnection {
                             let wal_end = Lsn(body.get_u64());
                             let _send_time = body.get_i64();
                             let reply_requested = body.get_u8() == 1;
-                            return Ok(StreamMessage::Keepalive { wal_end, reply_requested });
+                            return Ok(StreamMessage::Keepalive {
+                                wal_end,
+                                reply_requested,
+                            });
                         }
                         other => {
                             return Err(CdcError::Protocol(format!(
@@ -338,7 +351,12 @@ impl ReplicationConnection {
         if self.read_buf.len() < 5 {
             return false;
         }
-        let len = i32::from_be_bytes([self.read_buf[1], self.read_buf[2], self.read_buf[3], self.read_buf[4]]);
+        let len = i32::from_be_bytes([
+            self.read_buf[1],
+            self.read_buf[2],
+            self.read_buf[3],
+            self.read_buf[4],
+        ]);
         len >= 4 && self.read_buf.len() > len as usize
     }
 
@@ -353,7 +371,8 @@ impl ReplicationConnection {
         payload.put_u64(flushed.0); // applied
         payload.put_i64(now);
         payload.put_u8(reply_requested as u8);
-        let data = frontend::CopyData::new(payload.freeze()).map_err(CdcError::io("encoding status"))?;
+        let data =
+            frontend::CopyData::new(payload.freeze()).map_err(CdcError::io("encoding status"))?;
         data.write(&mut self.write_buf);
         self.flush().await
     }
@@ -372,7 +391,10 @@ impl ReplicationConnection {
             .write_all(&self.write_buf)
             .await
             .map_err(CdcError::io("writing to the server"))?;
-        self.writer.flush().await.map_err(CdcError::io("writing to the server"))?;
+        self.writer
+            .flush()
+            .await
+            .map_err(CdcError::io("writing to the server"))?;
         self.write_buf.clear();
         Ok(())
     }
@@ -394,7 +416,10 @@ impl ReplicationConnection {
                     let mut frame = self.read_buf.split_to(total);
                     let tag = frame[0];
                     frame.advance(5);
-                    return Ok(BackendMessage { tag, body: frame.freeze() });
+                    return Ok(BackendMessage {
+                        tag,
+                        body: frame.freeze(),
+                    });
                 }
                 self.read_buf.reserve(total - self.read_buf.len());
             }
@@ -409,7 +434,10 @@ impl ReplicationConnection {
             if n == 0 {
                 return Err(CdcError::Io {
                     context: "reading from the server".into(),
-                    source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed the connection"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "server closed the connection",
+                    ),
                 });
             }
         }
@@ -455,7 +483,9 @@ fn parse_error(mut body: Bytes) -> ServerError {
         if field == 0 {
             break;
         }
-        let Ok(value) = get_cstr(&mut body) else { break };
+        let Ok(value) = get_cstr(&mut body) else {
+            break;
+        };
         match field {
             b'S' => e.severity = value,
             b'C' => e.code = value,

@@ -58,16 +58,16 @@ impl ConnectParams {
             .map(str::to_string)
             .or_else(|| std::env::var("USER").ok())
             .ok_or_else(|| CdcError::Unsupported("connection string names no user".into()))?;
-        let dbname = config.get_dbname().map(str::to_string).unwrap_or_else(|| user.clone());
+        let dbname = config
+            .get_dbname()
+            .map(str::to_string)
+            .unwrap_or_else(|| user.clone());
         Ok(ConnectParams {
             endpoint,
             user,
             password: config.get_password().map(<[u8]>::to_vec),
             dbname,
-            application_name: config
-                .get_application_name()
-                .unwrap_or("lily")
-                .to_string(),
+            application_name: config.get_application_name().unwrap_or("lily").to_string(),
         })
     }
 }
