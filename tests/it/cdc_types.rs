@@ -210,6 +210,15 @@ async fn typed_columns_ops_and_before_images() -> anyhow::Result<()> {
         .as_primitive::<arrow::datatypes::UInt64Type>();
     assert!(lsn.value(0) == lsn.value(2) && lsn.value(0) > 0);
 
+    // TRUNCATE arrives as one `t` change of the table, every column NULL.
+    c.batch_execute("INSERT INTO public.typed_full VALUES (8, 'gone'); TRUNCATE public.typed_full")
+        .await?;
+    let t = all(&reader
+        .collect("public.typed_full", 2, Duration::from_secs(30))
+        .await?);
+    assert_eq!((s(&t, "_op", 0), s(&t, "_op", 1)), ("c", "t"));
+    assert!(t.column_by_name("id").unwrap().is_null(1));
+
     // The metastore's own tables: uuid keys, jsonb attributes, text[] owners, version.
     c.batch_execute(
         "INSERT INTO metastore.tenants (tenant_id, name) VALUES ('t1', 'T one');

@@ -2,9 +2,8 @@
 
 use lily_tests::TestEnv;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tenant_sessions_see_only_their_rows() -> anyhow::Result<()> {
-    let env = TestEnv::new().await?;
+/// Tenants a and b with one table each.
+async fn two_tenants(env: &TestEnv) -> anyhow::Result<tokio_postgres::Client> {
     let c = env.client().await?;
     c.batch_execute(
         "INSERT INTO metastore.tenants (tenant_id, name) VALUES ('a', 'A'), ('b', 'B');
@@ -12,6 +11,13 @@ async fn tenant_sessions_see_only_their_rows() -> anyhow::Result<()> {
          VALUES ('a', 'table', 'x.a', 'a'), ('b', 'table', 'x.b', 'b');",
     )
     .await?;
+    Ok(c)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenant_sessions_see_only_their_rows() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let c = two_tenants(&env).await?;
     c.batch_execute("SET ROLE lily_tenant; SET lily.tenant_id = 'a'")
         .await?;
     let names: Vec<String> = c
@@ -48,13 +54,7 @@ async fn tenant_sessions_see_only_their_rows() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn lineage_cannot_point_into_another_tenant() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let c = env.client().await?;
-    c.batch_execute(
-        "INSERT INTO metastore.tenants (tenant_id, name) VALUES ('a', 'A'), ('b', 'B');
-         INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name)
-         VALUES ('a', 'table', 'x.a', 'a'), ('b', 'table', 'x.b', 'b');",
-    )
-    .await?;
+    let c = two_tenants(&env).await?;
     let err = c
         .batch_execute(
             "INSERT INTO metastore.lineage_edges (tenant_id, upstream_guid, downstream_guid)
