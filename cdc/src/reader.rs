@@ -196,7 +196,8 @@ impl ChangeReader {
         .await?;
         info!(slot = %self.config.slot, publication = %publication, "streaming");
         let heartbeat = self.spawn_heartbeat();
-        let result = self.stream(&mut conn, &mut shutdown).await;
+        let span = info_span!("stream", slot = %self.config.slot);
+        let result = self.stream(&mut conn, &mut shutdown).instrument(span).await;
         if let Some(h) = heartbeat {
             h.abort();
         }

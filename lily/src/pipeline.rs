@@ -169,6 +169,13 @@ async fn run_once(
 
     let result = reader.run(plan, shutdown).await;
     if let Err(e) = &result {
+        let kind = match e {
+            CdcError::Io { .. } => "connection",
+            CdcError::Server(_) | CdcError::Sql { .. } => "server",
+            CdcError::Decode { .. } | CdcError::Value { .. } | CdcError::Protocol(_) => "decode",
+            _ => "other",
+        };
+        metrics::counter!("lily_errors_total", "stage" => "cdc", "kind" => kind).increment(1);
         error!(error = %e, "reader stopped");
         let _ = abort_tx.send(true);
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lily_cdc::{ChangeBatch, SinkAck};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::{Sink, SinkError};
 
@@ -53,7 +53,12 @@ impl SinkRunner {
     }
 
     /// Runs until `input` closes (then flushes what is left) or `abort` turns true.
-    pub async fn run(
+    pub async fn run(self, input: mpsc::Receiver<Arc<ChangeBatch>>, abort: watch::Receiver<bool>) {
+        let span = tracing::info_span!("sink", name = %self.sink.name());
+        self.run_inner(input, abort).instrument(span).await
+    }
+
+    async fn run_inner(
         mut self,
         mut input: mpsc::Receiver<Arc<ChangeBatch>>,
         mut abort: watch::Receiver<bool>,
@@ -146,6 +151,7 @@ impl SinkRunner {
         }
         self.flush_deadline = None;
         self.ack.durable_through(self.last_seq);
+        debug!(through_batch = self.last_seq, "flushed");
         true
     }
 
