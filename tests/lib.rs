@@ -382,7 +382,14 @@ impl ReaderHandle {
                         out.push(b.records.clone());
                     }
                 }
-                Ok(None) => bail!("the reader stopped after {n} of {rows} rows of {table}"),
+                Ok(None) => {
+                    let why = match (&mut self.task).await {
+                        Ok(Ok(())) => "without an error".to_string(),
+                        Ok(Err(e)) => format!("with: {e}"),
+                        Err(e) => format!("by panic: {e}"),
+                    };
+                    bail!("the reader stopped after {n} of {rows} rows of {table} {why}")
+                }
                 Err(_) => bail!("timed out with {n} of {rows} rows of {table}"),
             }
         }

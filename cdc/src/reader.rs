@@ -240,7 +240,7 @@ impl ChangeReader {
                 },
             }
             if self.should_flush(conn) {
-                self.flush().await?;
+                self.flush(Some(&mut *conn)).await?;
             }
             let confirmed = self.acks.confirmed();
             let now = Instant::now();
@@ -423,7 +423,10 @@ impl ChangeReader {
     }
 
     /// Closes every non-empty builder into a batch and hands them on, in stream order.
-    async fn flush(&mut self) -> Result<()> {
+    /// `conn`, when streaming, is kept alive while the pipeline applies
+    /// backpressure: status updates go out although nothing more is read, so
+    /// the server does not take a slow sink for a dead client.
+    async fn flush(&mut self, mut conn: Option<&mut ReplicationConnection>) -> Result<()> {
         let mut order: Vec<usize> = (0..self.builders.len())
             .filter(|&i| self.builders[i].rows() > 0)
             .collect();
@@ -438,11 +441,20 @@ impl ChangeReader {
                 .increment(batch.num_rows() as u64);
             metrics::histogram!("lily_batch_rows", "table" => table)
                 .record(batch.num_rows() as f64);
-            let output = self.output.as_ref().ok_or(CdcError::Closed)?;
-            output
-                .send(Arc::new(batch))
-                .await
-                .map_err(|_| CdcError::Closed)?;
+            let output = self.output.clone().ok_or(CdcError::Closed)?;
+            let mut batch = Some(Arc::new(batch));
+            while let Some(b) = batch.take() {
+                tokio::select! {
+                    permit = output.reserve() => permit.map_err(|_| CdcError::Closed)?.send(b),
+                    _ = tokio::time::sleep(self.config.status_interval), if conn.is_some() => {
+                        batch = Some(b);
+                        if let Some(c) = conn.as_deref_mut() {
+                            c.send_status(self.acks.confirmed(), false).await?;
+                        }
+                        metrics::counter!("lily_backpressure_waits_total").increment(1);
+                    }
+                }
+            }
         }
         // Retired builders (old table shapes) are empty now.
         let live: std::collections::HashSet<usize> = self.tables.values().copied().collect();
@@ -520,7 +532,7 @@ impl ChangeReader {
             .await
             .map_err(CdcError::sql("closing the snapshot transaction"))?;
         if self.buffered_rows > 0 {
-            self.flush().await?;
+            self.flush(None).await?;
         }
         self.last_marker = point;
         Ok(point)
@@ -583,7 +595,7 @@ impl ChangeReader {
             if self.buffered_rows >= self.config.batch_max_rows
                 || self.buffered_bytes >= self.config.batch_max_bytes
             {
-                self.flush().await?;
+                self.flush(None).await?;
             }
         }
         Ok(rows)
@@ -640,7 +652,7 @@ impl ChangeReader {
     /// Ships what is buffered, lets the sinks finish, confirms what they hold.
     async fn shutdown(mut self, mut conn: ReplicationConnection) -> Result<()> {
         if self.buffered_rows > 0 {
-            self.flush().await?;
+            self.flush(None).await?;
         }
         self.output = None;
         let last = self.last_batch_seq;

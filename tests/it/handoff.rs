@@ -72,3 +72,31 @@ async fn rows_before_and_during_startup_arrive_exactly_once() -> anyhow::Result<
     );
     reader.stop().await
 }
+
+/// Backpressure is not death: a consumer that stops taking batches for
+/// longer than the server's wal_sender_timeout (10 s in the tests) keeps its
+/// replication connection, and everything arrives once it resumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_consumer_keeps_its_replication_connection() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let c = env.client().await?;
+    c.batch_execute("INSERT INTO metastore.tenants (tenant_id, name) VALUES ('s', 'Stall')")
+        .await?;
+    let mut reader = ReaderHandle::start(&env, "lily", "lily_metastore").await?;
+    lily_tests::wait_streaming(&env, "lily").await?;
+    for i in 0..500 {
+        c.execute(
+            "INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name) VALUES ('s', 'table', $1, 's')",
+            &[&format!("stall.{i}")],
+        )
+        .await?;
+    }
+    // The stall itself is the test's input: longer than wal_sender_timeout.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let batches = reader
+        .collect("metastore.assets", 500, Duration::from_secs(60))
+        .await?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 500);
+    reader.stop().await
+}
