@@ -151,8 +151,16 @@ pub fn first_i64(batches: &[RecordBatch]) -> i64 {
 
 /// Runs `sql` against the Delta table at `path`, registered as `audit`.
 pub async fn query_delta(path: &Path, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
-    let url = url_for(path)?;
-    let table = deltalake::open_table(url)
+    query_delta_url(url_for(path)?, Default::default(), sql).await
+}
+
+/// Runs `sql` against the Delta table at `url` (any object store), registered as `audit`.
+pub async fn query_delta_url(
+    url: url::Url,
+    storage_options: std::collections::HashMap<String, String>,
+    sql: &str,
+) -> anyhow::Result<Vec<RecordBatch>> {
+    let table = deltalake::open_table_with_storage_options(url, storage_options)
         .await
         .context("opening the Delta table")?;
     let ctx = SessionContext::new();
@@ -457,4 +465,81 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
         bail!("GET {path}: {head}");
     }
     Ok(body.to_string())
+}
+
+/// An S3-API server (moto) on a loopback port, stopped on drop.
+pub struct S3Server {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl S3Server {
+    /// Starts the server and waits until it answers.
+    pub async fn start() -> anyhow::Result<Self> {
+        let python = test_python()?;
+        let bin = python.with_file_name("moto_server");
+        let port = free_port()?;
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} (run scripts/bootstrap)", bin.display()))?;
+        let server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let addr = format!("127.0.0.1:{port}");
+        wait_for(
+            "the S3 server to listen",
+            Duration::from_secs(30),
+            || async { Ok(std::net::TcpStream::connect(&addr).ok().map(|_| ())) },
+        )
+        .await?;
+        Ok(server)
+    }
+
+    /// Creates a bucket.
+    pub fn create_bucket(&self, name: &str) -> anyhow::Result<()> {
+        use std::io::{Read, Write};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr)?;
+        write!(
+            s,
+            "PUT /{name} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        if !answer.starts_with("HTTP/1.1 200") && !answer.starts_with("HTTP/1.0 200") {
+            bail!(
+                "creating bucket {name}: {}",
+                answer.lines().next().unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// Object-store options that point delta-rs at this server.
+    pub fn storage_options(&self) -> Vec<(String, String)> {
+        [
+            ("aws_endpoint_url", self.endpoint.as_str()),
+            ("aws_access_key_id", "lily"),
+            ("aws_secret_access_key", "lily"),
+            ("aws_region", "us-east-1"),
+            ("aws_allow_http", "true"),
+            // One writer per table: a plain copy-and-delete commit is safe.
+            ("aws_s3_allow_unsafe_rename", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -13,10 +13,18 @@ pub struct LakeLocation {
     storage_options: HashMap<String, String>,
 }
 
+/// Teaches delta-rs the object stores this build supports (S3 and
+/// S3-compatible stores: MinIO, Ceph, R2), once per process.
+fn register_object_stores() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| deltalake::aws::register_handlers(None));
+}
+
 impl LakeLocation {
     /// Resolves `root`: a URL with a scheme (`file://`, `s3://`, `memory://`, ...)
     /// is used as is; anything else is a local folder, created if missing.
     pub fn parse(root: &str, storage_options: HashMap<String, String>) -> Result<Self, LakeError> {
+        register_object_stores();
         let err = |message: String| LakeError::Location {
             root: root.to_string(),
             message,

@@ -6,6 +6,7 @@ mod crash;
 mod demo;
 mod handoff;
 mod heartbeat;
+mod object_store;
 mod observability;
 mod setup_errors;
 mod tenancy;
