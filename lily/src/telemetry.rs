@@ -6,8 +6,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing_subscriber::EnvFilter;
 
 /// Libraries whose info-level chatter (every Delta snapshot, every notice)
-/// drowns Lily's own events; `RUST_LOG` can still turn them up.
-const QUIET: &str = "buoyant_kernel=warn,deltalake_core=warn,deltalake=warn,tokio_postgres=warn";
+/// drowns Lily's own events; `RUST_LOG` can still turn them up. The kernel's
+/// snapshot builder logs an ERROR for a table without a log yet, which here
+/// is simply a first start.
+const QUIET: &str = "buoyant_kernel=warn,buoyant_kernel::snapshot::builder=off,deltalake_core=warn,deltalake=warn,tokio_postgres=warn";
 
 /// Starts logging to standard error; `RUST_LOG` overrides the configured level.
 pub fn init_logging(config: &LogConfig) {
