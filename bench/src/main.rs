@@ -45,6 +45,12 @@ struct Args {
     /// Skip the peak-RSS run of `lily run` over one transaction of --rows rows.
     #[arg(long)]
     skip_memory: bool,
+    /// Skip the reader-vs-pg_recvlogical and Delta throughput runs.
+    #[arg(long)]
+    skip_throughput: bool,
+    /// Skip the steady-rate latency run.
+    #[arg(long)]
+    skip_latency: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,13 +109,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     .save(&client, "lake")
     .await?;
+    // The memory run alone needs no backlog (its `lily run` would snapshot it).
+    let backlog = if args.skip_throughput && args.skip_latency {
+        0
+    } else {
+        args.rows
+    };
     println!(
-        "loading a backlog of {} rows in transactions of {} ...",
-        args.rows, args.tx_rows
+        "loading a backlog of {backlog} rows in transactions of {} ...",
+        args.tx_rows
     );
     let mut start = 1;
-    while start <= args.rows {
-        let end = (start + args.tx_rows - 1).min(args.rows);
+    while start <= backlog {
+        let end = (start + args.tx_rows - 1).min(backlog);
         client
             .execute(
                 "INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name, attributes, owners, description)
@@ -128,11 +140,48 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let end: Lsn = end_lsn.parse()?;
     client.execute("CHECKPOINT", &[]).await?;
 
+    let lake_dir = dir.path().join("lake");
+    let location = LakeLocation::parse(lake_dir.to_str().unwrap_or_default(), Default::default())?;
+    if !args.skip_throughput {
+        throughput(&args, &cluster, end, &end_lsn, &location).await?;
+    }
+    if !args.skip_latency {
+        // The lake settings of `lily run` (LILY_LAKE__* variables apply).
+        let lake = lily_config::LilyConfig::load(None)?.lake;
+        println!(
+            "\n== commit-to-Delta-commit latency at a steady {} changes/s for {} s (lake flush every {} ms) ==",
+            args.rate, args.seconds, lake.flush_interval_ms
+        );
+        let (p50, p99, n) = steady_latency(&cluster, &location, args.rate, args.seconds).await?;
+        println!(
+            "  {n} changes: p50 {:.1} ms, p99 {:.1} ms",
+            p50 * 1e3,
+            p99 * 1e3
+        );
+    }
+    if !args.skip_memory {
+        println!(
+            "\n== peak RSS of `lily run` over one transaction of {} rows ==",
+            args.rows
+        );
+        let peak = one_transaction_rss(&cluster, dir.path().join("lake-rss"), args.rows).await?;
+        println!("  peak RSS {} MiB   (target < 512 MiB)", peak >> 20);
+    }
+    Ok(())
+}
+
+async fn throughput(
+    args: &Args,
+    cluster: &PgCluster,
+    end: Lsn,
+    end_lsn: &str,
+    location: &LakeLocation,
+) -> anyhow::Result<()> {
     println!("\n== slot reader vs pg_recvlogical, same backlog, same pgoutput options ==");
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     for r in 0..args.rounds {
-        let t = recvlogical(&cluster, &format!("recv_{r}"), &end_lsn)?;
+        let t = recvlogical(cluster, &format!("recv_{r}"), end_lsn)?;
         let rows_per_s = args.rows as f64 / t.as_secs_f64();
         println!(
             "  pg_recvlogical  round {r}: {:>8.2} s  {:>10.0} rows/s",
@@ -141,7 +190,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         theirs.push(rows_per_s);
         let (t, rows) = drain(
-            &cluster,
+            cluster,
             &format!("ours_{r}"),
             end,
             Box::new(NullSink::default()),
@@ -162,35 +211,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     println!("\n== into the Delta audit store ==");
-    let lake_dir = dir.path().join("lake");
-    let location = LakeLocation::parse(lake_dir.to_str().unwrap_or_default(), Default::default())?;
-    let audit = AuditSink::open(&location).await?;
-    let (t, rows) = drain(&cluster, "lake", end, Box::new(audit)).await?;
+    let audit = AuditSink::open(location).await?;
+    let (t, rows) = drain(cluster, "lake", end, Box::new(audit)).await?;
     println!(
         "  {rows} rows in {:.2} s: {:.0} rows/s into Delta",
         t.as_secs_f64(),
         rows as f64 / t.as_secs_f64()
     );
-
-    println!(
-        "\n== commit-to-Delta-commit latency at a steady {} changes/s for {} s ==",
-        args.rate, args.seconds
-    );
-    let (p50, p99, n) = steady_latency(&cluster, &location, args.rate, args.seconds).await?;
-    println!(
-        "  {n} changes: p50 {:.1} ms, p99 {:.1} ms",
-        p50 * 1e3,
-        p99 * 1e3
-    );
-
-    if !args.skip_memory {
-        println!(
-            "\n== peak RSS of `lily run` over one transaction of {} rows ==",
-            args.rows
-        );
-        let peak = one_transaction_rss(&cluster, dir.path().join("lake-rss"), args.rows).await?;
-        println!("  peak RSS {} MiB   (target < 512 MiB)", peak >> 20);
-    }
     Ok(())
 }
 
@@ -234,6 +261,8 @@ async fn drain(
     end: Lsn,
     sink: Box<dyn Sink>,
 ) -> anyhow::Result<(Duration, u64)> {
+    // The lake settings of `lily run` (LILY_LAKE__* variables apply).
+    let lake = lily_config::LilyConfig::load(None)?.lake;
     let params = ConnectParams::parse(&cluster.url(DB))?;
     let client = Arc::new(cluster.connect(DB).await?);
     let config = ReaderConfig {
@@ -260,8 +289,8 @@ async fn drain(
         sink,
         acks.register_sink("bench"),
         FlushPolicy {
-            max_rows: 200_000,
-            max_wait: Duration::from_millis(500),
+            max_rows: lake.flush_max_rows,
+            max_wait: Duration::from_millis(lake.flush_interval_ms),
         },
     );
     let sink_task = tokio::spawn(runner.run(sink_rx, abort_rx));
@@ -354,7 +383,7 @@ async fn steady_latency(
         pending: Vec::new(),
         latencies: latencies.clone(),
     };
-    let defaults = lily_config::LilyConfig::default();
+    let defaults = lily_config::LilyConfig::load(None)?;
     let params = ConnectParams::parse(&cluster.url(DB))?;
     let config = ReaderConfig {
         slot: "latency".into(),

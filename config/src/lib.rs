@@ -216,7 +216,7 @@ mod tests {
         assert_eq!(c.replication.max_lag_bytes, 1 << 30);
         assert_eq!(c.lake.root, "./.lily/lake");
         assert_eq!(c.lake.flush_interval_ms, 500);
-        assert_eq!(c.lake.flush_max_rows, 200_000);
+        assert_eq!(c.lake.flush_max_rows, 50_000);
         assert!(c.lake.storage_options.is_empty());
         assert_eq!(c.metrics.listen, "127.0.0.1:9187");
         assert_eq!(c.log.format, LogFormat::Text);
