@@ -82,33 +82,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for r in 0..args.rounds {
         for kind in ["recv", "ours"] {
             let name = format!("{kind}_{r}");
-            client
-                .execute(
-                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[&name],
-                )
-                .await?;
-            SnapshotState {
-                snapshot_lsn: None,
-                done: true,
-            }
-            .save(&client, &name)
-            .await?;
+            resumable_slot(&client, &name).await?;
             slots.push(name);
         }
     }
-    client
-        .execute(
-            "SELECT pg_create_logical_replication_slot('lake', 'pgoutput')",
-            &[],
-        )
-        .await?;
-    SnapshotState {
-        snapshot_lsn: None,
-        done: true,
-    }
-    .save(&client, "lake")
-    .await?;
+    resumable_slot(&client, "lake").await?;
     // The memory run alone needs no backlog (its `lily run` would snapshot it).
     let backlog = if args.skip_throughput && args.skip_latency {
         0
@@ -218,6 +196,24 @@ async fn throughput(
         t.as_secs_f64(),
         rows as f64 / t.as_secs_f64()
     );
+    Ok(())
+}
+
+/// Creates a pgoutput slot at the current position, marked as needing no
+/// snapshot, so a reader resumes from it and sees exactly what follows.
+async fn resumable_slot(client: &tokio_postgres::Client, name: &str) -> anyhow::Result<()> {
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&name],
+        )
+        .await?;
+    SnapshotState {
+        snapshot_lsn: None,
+        done: true,
+    }
+    .save(client, name)
+    .await?;
     Ok(())
 }
 
@@ -365,18 +361,7 @@ async fn steady_latency(
     seconds: u64,
 ) -> anyhow::Result<(f64, f64, usize)> {
     let client = cluster.connect(DB).await?;
-    client
-        .execute(
-            "SELECT pg_create_logical_replication_slot('latency', 'pgoutput')",
-            &[],
-        )
-        .await?;
-    SnapshotState {
-        snapshot_lsn: None,
-        done: true,
-    }
-    .save(&client, "latency")
-    .await?;
+    resumable_slot(&client, "latency").await?;
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let probe = LatencyProbe {
         inner: Box::new(AuditSink::open(location).await?),
