@@ -53,8 +53,10 @@ use std::path::Path;
 pub use env::{ENV_PREFIX, ENV_SEPARATOR};
 pub use error::ConfigError;
 pub use model::{
-    LakeConfig, LilyConfig, LogConfig, LogFormat, MetricsConfig, PostgresConfig, ReplicationConfig,
+    LakeConfig, LilyConfig, LogConfig, LogFormat, MetricsConfig, PostgresConfig,
+    PropagatedAttribute, PropagationConfig, ReplicationConfig, TransformsConfig,
 };
+pub use validate::PROPAGATABLE_ATTRIBUTES;
 
 impl LilyConfig {
     /// Loads `path` if given (an error if it does not exist), else the

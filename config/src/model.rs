@@ -17,6 +17,10 @@ pub struct LilyConfig {
     pub replication: ReplicationConfig,
     /// `[lake]`: the Delta Lake the changes are written to.
     pub lake: LakeConfig,
+    /// `[transforms]`: the analysts' SQL transforms.
+    pub transforms: TransformsConfig,
+    /// `[propagation]`: lineage propagation of tags and attributes.
+    pub propagation: PropagationConfig,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
     /// `[log]`: logging.
@@ -161,6 +165,86 @@ impl Default for LakeConfig {
             storage_options: BTreeMap::new(),
         }
     }
+}
+
+/// `[transforms]`: the SQL transforms analysts write, one `.sql` file each.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformsConfig {
+    /// Folder of the transforms: post-consume transforms at its top level,
+    /// pre-ingest ones in `ingest/`, lineage propagation in `propagation/`.
+    ///
+    /// Default `"./sql-transforms"`.
+    pub dir: String,
+    /// How often, in milliseconds, the folder is checked for changed files;
+    /// a file that no longer plans is reported and its last good version
+    /// keeps running. `0` turns the check off (`lily transforms reload`
+    /// still reloads).
+    ///
+    /// Default `1000`.
+    pub reload_interval_ms: u64,
+    /// Which transform feeds which sink: sink name = transform name (the
+    /// file name without `.sql`), e.g. `console = "pii_masked_assets"`. A
+    /// sink not named here receives the changes as they are.
+    ///
+    /// Default: empty.
+    pub sinks: BTreeMap<String, String>,
+}
+
+impl Default for TransformsConfig {
+    fn default() -> Self {
+        Self {
+            dir: "./sql-transforms".to_owned(),
+            reload_interval_ms: 1000,
+            sinks: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[propagation]`: what lineage propagation carries downstream and writes
+/// back to the metastore.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PropagationConfig {
+    /// Whether `lily run` propagates at all.
+    ///
+    /// Default `true`.
+    pub enabled: bool,
+    /// Tags that propagate (when their classification has `propagate` on);
+    /// empty means every tag, e.g. `["PII", "GDPR"]`.
+    ///
+    /// Default: empty (every tag).
+    pub tags: Vec<String>,
+    /// Asset attributes whose values propagate downstream, written to
+    /// `metastore.propagated_attributes`.
+    ///
+    /// Default: one entry, `certificate` with value `deprecated`.
+    pub attributes: Vec<PropagatedAttribute>,
+}
+
+impl Default for PropagationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tags: Vec::new(),
+            attributes: vec![PropagatedAttribute {
+                name: "certificate".to_owned(),
+                values: vec!["deprecated".to_owned()],
+            }],
+        }
+    }
+}
+
+/// An asset attribute that propagates downstream through lineage.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PropagatedAttribute {
+    /// The asset column: `certificate` or `owners` (each owner propagates
+    /// as its own value).
+    pub name: String,
+    /// Only these values propagate; empty means every value.
+    #[serde(default)]
+    pub values: Vec<String>,
 }
 
 /// `[metrics]`: the Prometheus endpoint.

@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 
 use crate::{ConfigError, LilyConfig};
 
+/// Asset columns whose values lineage propagation can carry.
+pub const PROPAGATABLE_ATTRIBUTES: &[&str] = &["certificate", "owners"];
+
 impl LilyConfig {
     /// Checks the values the types accept but Lily does not; the error names
     /// the first offending key and says what is allowed.
@@ -52,6 +55,23 @@ impl LilyConfig {
             repl.channel_capacity as u64,
             1,
         )?;
+
+        if self.transforms.dir.trim().is_empty() {
+            return Err(invalid_str(
+                "transforms.dir",
+                &self.transforms.dir,
+                "it must name a folder",
+            ));
+        }
+        for a in &self.propagation.attributes {
+            if !PROPAGATABLE_ATTRIBUTES.contains(&a.name.as_str()) {
+                return Err(invalid_str(
+                    "propagation.attributes.name",
+                    &a.name,
+                    "an asset attribute that propagates is one of: certificate, owners",
+                ));
+            }
+        }
 
         let lake = &self.lake;
         if lake.root.trim().is_empty() {

@@ -132,6 +132,11 @@ impl Sink for AuditSink {
         NAME
     }
 
+    /// The audit keeps every change as it happened: no transform feeds it.
+    fn transform_input(&self) -> Option<Vec<arrow::datatypes::Field>> {
+        None
+    }
+
     async fn write(&mut self, batch: Arc<ChangeBatch>) -> Result<(), SinkError> {
         let floor = self.pending_last.or(self.watermark);
         if let Some(rows) = to_audit_rows(&batch, floor).map_err(|e| SinkError::Rejected {

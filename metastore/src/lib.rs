@@ -5,11 +5,13 @@
 mod error;
 mod migrations;
 mod preflight;
+mod relations;
 mod setup;
 
 pub use error::{Problem, SetupError};
 pub use migrations::{MIGRATIONS, Migration, apply_migrations};
 pub use preflight::preflight;
+pub use relations::metastore_relations;
 pub use setup::{SetupOptions, SetupReport, setup};
 
 /// Schema holding the replicated metastore tables.

@@ -18,11 +18,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "metastore",
-    sql: include_str!("../migrations/0001_metastore.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "metastore",
+        sql: include_str!("../migrations/0001_metastore.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "propagation",
+        sql: include_str!("../migrations/0002_propagation.sql"),
+    },
+];
 
 /// A stable checksum (FNV-1a) of the migration text as shipped.
 fn checksum(sql: &str) -> String {

@@ -81,6 +81,14 @@ impl Sink for ConsoleSink {
         Ok(())
     }
 
+    fn transform_input(&self) -> Option<Vec<arrow::datatypes::Field>> {
+        Some(vec![arrow::datatypes::Field::new(
+            lily_cdc::batch::OP,
+            arrow::datatypes::DataType::Utf8,
+            false,
+        )])
+    }
+
     async fn flush(&mut self) -> Result<(), SinkError> {
         Ok(())
     }

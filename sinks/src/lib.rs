@@ -63,6 +63,13 @@ pub trait Sink: Send + Sync {
     /// completed, before a new snapshot is delivered.
     async fn discard_snapshot(&mut self, snapshot_lsn: Lsn) -> Result<(), SinkError>;
 
+    /// What a SQL transform feeding this sink must output: `None` when the
+    /// sink takes only the change batches as they are; otherwise the columns
+    /// it needs (empty: any output).
+    fn transform_input(&self) -> Option<Vec<arrow::datatypes::Field>> {
+        Some(Vec::new())
+    }
+
     /// Checks that the destination is reachable and usable.
     async fn healthcheck(&mut self) -> Result<(), SinkError> {
         Ok(())

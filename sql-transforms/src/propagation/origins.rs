@@ -1,0 +1,185 @@
+//! Which origins a batch of changes makes stale.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, FixedSizeBinaryBuilder, RecordBatch, StringBuilder};
+use lily_cdc::ChangeBatch;
+use lily_cdc::batch::{BEFORE, OP};
+
+use super::Propagated;
+use crate::error::{Result, TransformError};
+use crate::state::columns::Columns;
+use crate::state::{CatalogState, Guid};
+
+/// An origin: (tenant, asset, tag or attribute).
+pub type Origin = (Arc<str>, Guid, String);
+
+/// What must be re-computed since the last write-back.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    /// Direct classifications added, changed or removed.
+    tags: BTreeSet<Origin>,
+    /// Assets whose propagating attributes may have changed.
+    assets: BTreeSet<(Arc<str>, Guid)>,
+    /// Assets a lineage edge out of which was added, changed or removed.
+    upstreams: HashSet<Guid>,
+    /// Everything: after a truncate, at start-up, after a reload.
+    pub full: bool,
+}
+
+impl Dirty {
+    /// Everything to re-compute.
+    pub fn everything() -> Self {
+        Self {
+            full: true,
+            ..Self::default()
+        }
+    }
+
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        !self.full && self.tags.is_empty() && self.assets.is_empty() && self.upstreams.is_empty()
+    }
+
+    /// How many entries are waiting (for the flush policy).
+    pub fn len(&self) -> usize {
+        self.tags.len() + self.assets.len() + self.upstreams.len() + usize::from(self.full)
+    }
+
+    /// Notes what `batch` changes. Snapshot rows are left to the full
+    /// re-computation that follows a start.
+    pub fn collect(&mut self, batch: &ChangeBatch, attributes: bool) -> Result<()> {
+        if batch.table.namespace != lily_metastore::METASTORE_SCHEMA {
+            return Ok(());
+        }
+        let table = batch.table.name.as_str();
+        if !matches!(table, "classifications" | "lineage_edges" | "assets") {
+            return Ok(());
+        }
+        let records = &batch.records;
+        let Some(ops) = records
+            .column_by_name(OP)
+            .and_then(|c| c.as_string_opt::<i32>())
+        else {
+            return Err(TransformError::State(format!(
+                "changes of {table} have no {OP}"
+            )));
+        };
+        let row = Columns::of_batch(table, records);
+        let before_array = records
+            .column_by_name(BEFORE)
+            .and_then(|c| c.as_struct_opt());
+        let before = before_array.map(|b| Columns::of_before(table, b));
+        for i in 0..records.num_rows() {
+            let op = ops.value(i);
+            if op == "r" {
+                continue;
+            }
+            if op == "t" {
+                self.full = true;
+                continue;
+            }
+            let mut images = vec![&row];
+            if op == "u"
+                && before_array.is_some_and(|b| b.is_valid(i))
+                && let Some(b) = &before
+            {
+                images.push(b);
+            }
+            for image in images {
+                match table {
+                    "classifications" => {
+                        if image.text("source")?.get(i) == Some("propagated") {
+                            continue;
+                        }
+                        if let (Some(tenant), Some(asset), Some(tag)) = (
+                            image.text("tenant_id")?.get(i),
+                            image.uuid("asset_guid")?.get(i),
+                            image.text("tag")?.get(i),
+                        ) {
+                            self.tags.insert((Arc::from(tenant), asset, tag.to_owned()));
+                        }
+                    }
+                    "lineage_edges" => {
+                        if let Some(up) = image.uuid("upstream_guid")?.get(i) {
+                            self.upstreams.insert(up);
+                        }
+                    }
+                    _ if attributes && op != "d" => {
+                        if let (Some(tenant), Some(guid)) =
+                            (image.text("tenant_id")?.get(i), image.uuid("guid")?.get(i))
+                        {
+                            self.assets.insert((Arc::from(tenant), guid));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The origins to re-compute for `what`, resolved against the state
+    /// (an edge's upstream stands for every origin whose tag or attribute
+    /// reaches it); `None` when everything is to be re-computed.
+    pub fn origins(
+        &self,
+        what: Propagated,
+        state: &CatalogState,
+        attribute_names: &[String],
+    ) -> Option<BTreeSet<Origin>> {
+        if self.full {
+            return None;
+        }
+        let mut out = BTreeSet::new();
+        match what {
+            Propagated::Tags => {
+                out.extend(self.tags.iter().cloned());
+                for up in &self.upstreams {
+                    for t in state.tags_at(*up) {
+                        match t.propagated_from {
+                            None => out.insert((t.tenant, *up, t.tag)),
+                            Some(origin) => out.insert((t.tenant, origin, t.tag)),
+                        };
+                    }
+                }
+            }
+            Propagated::Attributes => {
+                for (tenant, guid) in &self.assets {
+                    for name in attribute_names {
+                        out.insert((tenant.clone(), *guid, name.clone()));
+                    }
+                }
+                for up in &self.upstreams {
+                    for a in state.attributes_at(*up) {
+                        out.insert((a.tenant, a.propagated_from.unwrap_or(*up), a.attribute));
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// The `origins` table for `what`.
+pub fn origins_batch(what: Propagated, origins: &BTreeSet<Origin>) -> Result<RecordBatch> {
+    let mut tenant = StringBuilder::new();
+    let mut guid = FixedSizeBinaryBuilder::with_capacity(origins.len(), 16);
+    let mut key = StringBuilder::new();
+    for (t, g, k) in origins {
+        tenant.append_value(t);
+        guid.append_value(g.to_be_bytes())
+            .map_err(|e| TransformError::State(e.to_string()))?;
+        key.append_value(k);
+    }
+    RecordBatch::try_new(
+        what.origins_schema(),
+        vec![
+            Arc::new(tenant.finish()),
+            Arc::new(guid.finish()),
+            Arc::new(key.finish()),
+        ],
+    )
+    .map_err(|e| TransformError::State(e.to_string()))
+}

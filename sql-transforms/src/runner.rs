@@ -1,0 +1,300 @@
+//! Planning a transform once and running it on batch after batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use arrow::datatypes::SchemaRef;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::physical_plan::collect;
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{Spanned, Statement as SqlStatement};
+use lily_cdc::ChangeBatch;
+use tracing::{error, info};
+
+use crate::error::{Result, TransformError};
+use crate::output::{OutputContract, check_output};
+use crate::session::{TransformSession, new_session};
+use crate::set::TransformSet;
+use crate::source::{TransformKind, TransformSource};
+use crate::state::CatalogState;
+use crate::tables::SwapTable;
+
+/// Name of the table a pre-ingest transform reads its payload from.
+pub const PAYLOAD: &str = "payload";
+
+/// A planned transform.
+pub(crate) struct Compiled {
+    /// The optimized logical plan.
+    pub plan: LogicalPlan,
+    /// Its output schema.
+    pub schema: SchemaRef,
+    /// The `payload` table a pre-ingest transform declares.
+    pub payload: Option<Arc<SwapTable>>,
+}
+
+fn statement_at(source: &TransformSource, stmt: &DfStatement, message: String) -> TransformError {
+    match stmt {
+        DfStatement::Statement(s) => {
+            let span = s.span();
+            if span.start.line > 0 {
+                return source.error_at(span.start.line, span.start.column, message);
+            }
+            source.error(message)
+        }
+        _ => source.error(message),
+    }
+}
+
+/// Plans `source` in `session`: pre-ingest files first declare `CREATE TABLE
+/// payload (...)`; every file ends with exactly one query.
+pub(crate) async fn compile(
+    session: &TransformSession,
+    source: &TransformSource,
+    contract: &OutputContract,
+) -> Result<Compiled> {
+    let state = session.ctx.state();
+    let mut statements = DFParserBuilder::new(source.sql.as_str())
+        .build()
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| source.datafusion_error(&e))?;
+    let Some(query) = statements.pop_back() else {
+        return Err(source.error("the file holds no SQL statement"));
+    };
+    if !matches!(&query, DfStatement::Statement(s) if matches!(**s, SqlStatement::Query(_))) {
+        return Err(statement_at(
+            source,
+            &query,
+            "a transform ends with one query (SELECT or WITH ...)".into(),
+        ));
+    }
+    let mut payload = None;
+    for stmt in statements {
+        let declares_payload = source.kind == TransformKind::PreIngest
+            && payload.is_none()
+            && matches!(&stmt, DfStatement::Statement(s) if matches!(**s, SqlStatement::CreateTable(_)));
+        if !declares_payload {
+            let message = match source.kind {
+                TransformKind::PreIngest => {
+                    "a pre-ingest transform holds CREATE TABLE payload (...) and then one query"
+                }
+                _ => "a transform holds exactly one query; this is a second statement",
+            };
+            return Err(statement_at(source, &stmt, message.into()));
+        }
+        let plan = state
+            .statement_to_plan(stmt)
+            .await
+            .map_err(|e| source.datafusion_error(&e))?;
+        let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) = &plan else {
+            return Err(source.error("CREATE TABLE payload (...) declares the payload's columns"));
+        };
+        if create.name.table() != PAYLOAD {
+            return Err(source.error(format!(
+                "the declared table must be named {PAYLOAD}, not {}",
+                create.name
+            )));
+        }
+        let table = Arc::new(SwapTable::new(create.input.schema().inner().clone()));
+        let _ = session.ctx.deregister_table(PAYLOAD);
+        session
+            .ctx
+            .register_table(PAYLOAD, table.clone())
+            .map_err(|e| source.datafusion_error(&e))?;
+        payload = Some(table);
+    }
+    if source.kind == TransformKind::PreIngest && payload.is_none() {
+        return Err(source.error(format!(
+            "a pre-ingest transform first declares its input: CREATE TABLE {PAYLOAD} (column type, ...)"
+        )));
+    }
+    let plan = state
+        .statement_to_plan(query)
+        .await
+        .and_then(|p| state.optimize(&p))
+        .map_err(|e| source.datafusion_error(&e))?;
+    let schema: SchemaRef = plan.schema().inner().clone();
+    check_output(source, &schema, contract)?;
+    Ok(Compiled {
+        plan,
+        schema,
+        payload,
+    })
+}
+
+/// One transform ready to run: planned once, re-planned only when its file
+/// changes (and still plans).
+pub struct TransformRunner {
+    name: String,
+    set: TransformSet,
+    contract: OutputContract,
+    session: TransformSession,
+    inputs: HashMap<String, Arc<SwapTable>>,
+    compiled: Compiled,
+    sql: String,
+    generation: u64,
+}
+
+impl TransformRunner {
+    /// Plans the transform `name` of `set` against `state`. `inputs` are
+    /// extra tables it reads (propagation's `origins`); its output must meet
+    /// `contract`.
+    pub async fn new(
+        set: &TransformSet,
+        name: &str,
+        state: Arc<CatalogState>,
+        inputs: Vec<(String, SchemaRef)>,
+        contract: OutputContract,
+    ) -> Result<Self> {
+        let session = new_session(state).map_err(|e| TransformError::Run {
+            name: name.to_owned(),
+            source: e,
+        })?;
+        let mut tables = HashMap::new();
+        for (table, schema) in inputs {
+            let swap = Arc::new(SwapTable::new(schema));
+            session
+                .ctx
+                .register_table(table.as_str(), swap.clone())
+                .map_err(|e| TransformError::Run {
+                    name: name.to_owned(),
+                    source: e,
+                })?;
+            tables.insert(table, swap);
+        }
+        let generation = set.generation();
+        let source = set
+            .get(name)
+            .ok_or_else(|| TransformError::Unknown(name.to_owned()))?;
+        let compiled = compile(&session, &source, &contract).await?;
+        Ok(Self {
+            name: name.to_owned(),
+            set: set.clone(),
+            contract,
+            session,
+            inputs: tables,
+            compiled,
+            sql: source.sql,
+            generation,
+        })
+    }
+
+    /// The transform's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The schema of what it outputs.
+    pub fn output_schema(&self) -> &SchemaRef {
+        &self.compiled.schema
+    }
+
+    /// Picks up a new version of the file, if the set has one that plans and
+    /// meets the contract; otherwise keeps running the last good one.
+    /// Returns whether the plan changed.
+    pub async fn refresh(&mut self) -> bool {
+        let generation = self.set.generation();
+        if generation == self.generation {
+            return false;
+        }
+        self.generation = generation;
+        let Some(source) = self.set.get(&self.name) else {
+            return false;
+        };
+        if source.sql == self.sql {
+            return false;
+        }
+        match compile(&self.session, &source, &self.contract).await {
+            Ok(compiled) => {
+                self.compiled = compiled;
+                self.sql = source.sql;
+                info!(transform = %self.name, "transform reloaded");
+                true
+            }
+            Err(e) => {
+                metrics::counter!("lily_transform_errors_total", "transform" => self.name.clone(), "stage" => "load")
+                    .increment(1);
+                error!(transform = %self.name, error = %e, "the new version of the transform does not load here; the last good version keeps running");
+                false
+            }
+        }
+    }
+
+    /// Runs the transform on a change batch: `changes.<its table>` holds the
+    /// batch, the other `changes.` tables are empty.
+    pub async fn run_changes(&mut self, batch: &ChangeBatch) -> Result<RecordBatch> {
+        let table = batch.table.name.as_str();
+        for (name, swap) in &self.session.changes {
+            if name == table && batch.table.namespace == lily_metastore::METASTORE_SCHEMA {
+                swap.set(vec![batch.records.clone()])
+                    .map_err(|e| self.run_error(e.into()))?;
+            } else {
+                swap.clear();
+            }
+        }
+        let out = self.execute().await;
+        if let Some(swap) = self.session.changes.get(table) {
+            swap.clear();
+        }
+        out
+    }
+
+    /// Runs the transform with `table` (an input given at construction, or
+    /// `payload`) holding `batches`.
+    pub async fn run_with(
+        &mut self,
+        table: &str,
+        batches: Vec<RecordBatch>,
+    ) -> Result<RecordBatch> {
+        let swap = if table == PAYLOAD {
+            self.compiled.payload.clone()
+        } else {
+            self.inputs.get(table).cloned()
+        }
+        .ok_or_else(|| {
+            TransformError::State(format!("transform {} reads no table {table}", self.name))
+        })?;
+        swap.set(batches).map_err(|e| self.run_error(e.into()))?;
+        let out = self.execute().await;
+        swap.clear();
+        out
+    }
+
+    /// The payload columns a pre-ingest transform declared.
+    pub fn payload_schema(&self) -> Option<SchemaRef> {
+        self.compiled
+            .payload
+            .as_ref()
+            .map(|p| p.schema_ref().clone())
+    }
+
+    fn run_error(&self, source: datafusion::error::DataFusionError) -> TransformError {
+        TransformError::Run {
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    async fn execute(&self) -> Result<RecordBatch> {
+        let started = std::time::Instant::now();
+        let state = self.session.ctx.state();
+        // The logical plan was optimized once; only the physical plan is
+        // made per run, over the rows the input tables hold now.
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&self.compiled.plan, &state)
+            .await
+            .map_err(|e| self.run_error(e))?;
+        let batches = collect(physical, state.task_ctx())
+            .await
+            .map_err(|e| self.run_error(e))?;
+        let out = concat_batches(&self.compiled.schema, &batches)
+            .map_err(|e| self.run_error(e.into()))?;
+        metrics::histogram!("lily_transform_seconds", "transform" => self.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("lily_transform_rows_total", "transform" => self.name.clone())
+            .increment(out.num_rows() as u64);
+        Ok(out)
+    }
+}

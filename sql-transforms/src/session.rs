@@ -1,0 +1,60 @@
+//! The DataFusion session every transform is planned and run in: the
+//! `changes` and `state` schemas, Lily's functions, and settings that keep
+//! results in the types sinks expect.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use lily_cdc::TableSchema;
+
+use crate::functions;
+use crate::state::{CatalogState, StateTable};
+use crate::tables::{StateTableProvider, SwapTable};
+
+/// A session with the transform inputs registered.
+pub struct TransformSession {
+    /// The DataFusion session.
+    pub ctx: SessionContext,
+    /// `changes.<table>`, by table name.
+    pub changes: HashMap<String, Arc<SwapTable>>,
+}
+
+/// A session over `state`, with one empty `changes.<table>` per metastore table.
+pub fn new_session(state: Arc<CatalogState>) -> DfResult<TransformSession> {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_information_schema(false);
+    let options = config.options_mut();
+    // Errors then point at the offending text of the file.
+    options.sql_parser.collect_spans = true;
+    // Text stays Utf8, the type change batches and sinks use.
+    options.sql_parser.map_string_types_to_utf8view = false;
+    let ctx = SessionContext::new_with_config(config);
+    functions::register(&ctx);
+
+    let catalog = ctx
+        .catalog("datafusion")
+        .ok_or_else(|| DataFusionError::Internal("no default catalog".into()))?;
+    let changes_schema = Arc::new(MemorySchemaProvider::new());
+    let mut changes = HashMap::new();
+    for rel in lily_metastore::metastore_relations() {
+        let table = TableSchema::from_relation(&rel);
+        let swap = Arc::new(SwapTable::new(table.arrow.clone()));
+        changes_schema.register_table(rel.name.clone(), swap.clone())?;
+        changes.insert(rel.name, swap);
+    }
+    catalog.register_schema("changes", changes_schema)?;
+
+    let state_schema = Arc::new(MemorySchemaProvider::new());
+    for t in StateTable::ALL {
+        state_schema.register_table(
+            t.name().to_owned(),
+            Arc::new(StateTableProvider::new(state.clone(), t)),
+        )?;
+    }
+    catalog.register_schema("state", state_schema)?;
+    Ok(TransformSession { ctx, changes })
+}

@@ -1,0 +1,226 @@
+//! Applying change batches to the catalog state.
+
+use arrow::array::{Array, AsArray};
+use lily_cdc::ChangeBatch;
+use lily_cdc::batch::{BEFORE, OP};
+
+use super::columns::Columns;
+use super::{Asset, CatalogState, Classification, Edge, Guid, Inner, PropagatedValue, StateTable};
+use crate::error::{Result, TransformError};
+
+impl CatalogState {
+    /// Applies a batch of changes of one metastore table; batches of tables
+    /// the state does not hold are ignored.
+    pub fn apply(&self, batch: &ChangeBatch) -> Result<()> {
+        if batch.table.namespace != lily_metastore::METASTORE_SCHEMA {
+            return Ok(());
+        }
+        let table = batch.table.name.as_str();
+        let target = match table {
+            "assets" => StateTable::Assets,
+            "lineage_edges" => StateTable::LineageEdges,
+            "classifications" => StateTable::Classifications,
+            "propagated_attributes" => StateTable::PropagatedAttributes,
+            _ => return Ok(()),
+        };
+        let records = &batch.records;
+        if records.num_rows() == 0 {
+            return Ok(());
+        }
+        let ops = records
+            .column_by_name(OP)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| TransformError::State(format!("changes of {table} have no {OP}")))?;
+        let row = Columns::of_batch(table, records);
+        let before_array = records
+            .column_by_name(BEFORE)
+            .and_then(|c| c.as_struct_opt());
+        let before = before_array.map(|b| Columns::of_before(table, b));
+        let has_before = |i: usize| before_array.is_some_and(|b| b.is_valid(i));
+
+        let mut inner = self.lock();
+        inner.touch(target);
+        for i in 0..records.num_rows() {
+            let op = ops.value(i);
+            if op == "t" {
+                clear(&mut inner, target);
+                continue;
+            }
+            let delete = op == "d";
+            match target {
+                StateTable::Assets => {
+                    let guid = key(row.uuid("guid")?.get(i), table, "guid")?;
+                    if delete {
+                        inner.assets.remove(&guid);
+                        continue;
+                    }
+                    if op == "u"
+                        && has_before(i)
+                        && let Some(b) = &before
+                        && let Some(old) = b.uuid("guid")?.get(i)
+                        && old != guid
+                    {
+                        inner.assets.remove(&old);
+                    }
+                    let tenant = key(row.text("tenant_id")?.get(i), table, "tenant_id")?;
+                    let tenant = inner.tenant(tenant);
+                    let asset = Asset {
+                        tenant,
+                        type_name: row.text("type_name")?.get(i).unwrap_or_default().to_owned(),
+                        qualified_name: row
+                            .text("qualified_name")?
+                            .get(i)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        name: row.text("name")?.get(i).unwrap_or_default().to_owned(),
+                        parent: row.uuid("parent_guid")?.get(i),
+                        owners: row.text_list("owners")?.get(i),
+                        certificate: row.text("certificate")?.get(i).map(str::to_owned),
+                    };
+                    inner.assets.insert(guid, asset);
+                }
+                StateTable::LineageEdges => {
+                    let id = key(row.uuid("edge_id")?.get(i), table, "edge_id")?;
+                    if op == "u"
+                        && has_before(i)
+                        && let Some(b) = &before
+                        && let Some(old) = b.uuid("edge_id")?.get(i)
+                    {
+                        inner.edges.remove(&old);
+                    }
+                    if delete {
+                        inner.edges.remove(&id);
+                        continue;
+                    }
+                    let tenant = key(row.text("tenant_id")?.get(i), table, "tenant_id")?;
+                    let tenant = inner.tenant(tenant);
+                    let edge = Edge {
+                        tenant,
+                        upstream: key(row.uuid("upstream_guid")?.get(i), table, "upstream_guid")?,
+                        downstream: key(
+                            row.uuid("downstream_guid")?.get(i),
+                            table,
+                            "downstream_guid",
+                        )?,
+                        process: row.uuid("process_guid")?.get(i),
+                        blocked_tags: row.text_list("blocked_tags")?.get(i),
+                    };
+                    inner.edges.insert(id, edge);
+                }
+                StateTable::Classifications => {
+                    let id = key(
+                        row.uuid("classification_id")?.get(i),
+                        table,
+                        "classification_id",
+                    )?;
+                    if op == "u"
+                        && has_before(i)
+                        && let Some(b) = &before
+                        && let Some(old) = b.uuid("classification_id")?.get(i)
+                    {
+                        remove_classification(&mut inner, old);
+                    }
+                    remove_classification(&mut inner, id);
+                    if delete {
+                        continue;
+                    }
+                    let tenant = key(row.text("tenant_id")?.get(i), table, "tenant_id")?;
+                    let tenant = inner.tenant(tenant);
+                    let c = Classification {
+                        tenant,
+                        asset: key(row.uuid("asset_guid")?.get(i), table, "asset_guid")?,
+                        tag: key(row.text("tag")?.get(i), table, "tag")?.to_owned(),
+                        direct: row.text("source")?.get(i) != Some("propagated"),
+                        propagated_from: row.uuid("propagated_from")?.get(i),
+                        propagate: row.boolean("propagate")?.get(i).unwrap_or(false),
+                    };
+                    inner
+                        .classifications_by_asset
+                        .entry(c.asset)
+                        .or_default()
+                        .push(id);
+                    inner.classifications.insert(id, c);
+                }
+                StateTable::PropagatedAttributes => {
+                    if op == "u"
+                        && has_before(i)
+                        && let Some(b) = &before
+                    {
+                        let (asset, old) = propagated_value(&mut inner, b, i, table)?;
+                        remove_propagated(&mut inner, asset, &old);
+                    }
+                    let (asset, value) = propagated_value(&mut inner, &row, i, table)?;
+                    if delete {
+                        remove_propagated(&mut inner, asset, &value);
+                    } else {
+                        inner.propagated.entry(asset).or_default().insert(value);
+                    }
+                }
+                StateTable::AssetAttributes => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn key<T>(value: Option<T>, table: &str, column: &str) -> Result<T> {
+    value.ok_or_else(|| TransformError::State(format!("a change of {table} has no {column}")))
+}
+
+fn clear(inner: &mut Inner, table: StateTable) {
+    match table {
+        StateTable::Assets => inner.assets.clear(),
+        StateTable::LineageEdges => inner.edges.clear(),
+        StateTable::Classifications => {
+            inner.classifications.clear();
+            inner.classifications_by_asset.clear();
+        }
+        StateTable::PropagatedAttributes => inner.propagated.clear(),
+        StateTable::AssetAttributes => {}
+    }
+}
+
+fn remove_classification(inner: &mut Inner, id: Guid) {
+    let Some(old) = inner.classifications.remove(&id) else {
+        return;
+    };
+    if let Some(ids) = inner.classifications_by_asset.get_mut(&old.asset) {
+        ids.retain(|x| *x != id);
+        if ids.is_empty() {
+            inner.classifications_by_asset.remove(&old.asset);
+        }
+    }
+}
+
+fn remove_propagated(inner: &mut Inner, asset: Guid, value: &PropagatedValue) {
+    if let Some(set) = inner.propagated.get_mut(&asset) {
+        set.remove(value);
+        if set.is_empty() {
+            inner.propagated.remove(&asset);
+        }
+    }
+}
+
+fn propagated_value(
+    inner: &mut Inner,
+    cols: &Columns<'_>,
+    i: usize,
+    table: &str,
+) -> Result<(Guid, PropagatedValue)> {
+    let tenant = key(cols.text("tenant_id")?.get(i), table, "tenant_id")?;
+    let tenant = inner.tenant(tenant);
+    let asset = key(cols.uuid("asset_guid")?.get(i), table, "asset_guid")?;
+    Ok((
+        asset,
+        PropagatedValue {
+            tenant,
+            attribute: key(cols.text("attribute")?.get(i), table, "attribute")?.to_owned(),
+            value: key(cols.text("value")?.get(i), table, "value")?.to_owned(),
+            propagated_from: key(
+                cols.uuid("propagated_from")?.get(i),
+                table,
+                "propagated_from",
+            )?,
+        },
+    ))
+}

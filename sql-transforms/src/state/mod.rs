@@ -1,0 +1,292 @@
+//! The catalog state transforms join against: assets, lineage edges,
+//! classifications and propagated attributes, kept current from the change
+//! stream itself (after one load from PostgreSQL at start-up).
+//!
+//! Changes are applied as upserts and deletes by key, so replaying changes
+//! the load already saw converges on the same state. The state reflects the
+//! newest change read, which may be a little ahead of the batch a sink is on.
+
+mod apply;
+pub(crate) mod columns;
+mod load;
+mod snapshot;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use lily_config::PropagatedAttribute;
+
+/// A uuid, as the 128-bit big-endian integer of its bytes.
+pub type Guid = u128;
+
+/// The tables of the catalog state, as SQL sees them under `state.`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateTable {
+    /// `state.assets`: asset identity (guid, tenant, type, names, parent, owners, certificate).
+    Assets,
+    /// `state.lineage_edges`: upstream → downstream, with the tags blocked on the edge.
+    LineageEdges,
+    /// `state.classifications`: tags on assets, direct and propagated.
+    Classifications,
+    /// `state.propagated_attributes`: attribute values propagated to assets.
+    PropagatedAttributes,
+    /// `state.asset_attributes`: the values of the attributes configured to
+    /// propagate, one row per (asset, attribute, value).
+    AssetAttributes,
+}
+
+impl StateTable {
+    /// Every state table.
+    pub const ALL: [StateTable; 5] = [
+        StateTable::Assets,
+        StateTable::LineageEdges,
+        StateTable::Classifications,
+        StateTable::PropagatedAttributes,
+        StateTable::AssetAttributes,
+    ];
+
+    /// The table's name under `state.`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StateTable::Assets => "assets",
+            StateTable::LineageEdges => "lineage_edges",
+            StateTable::Classifications => "classifications",
+            StateTable::PropagatedAttributes => "propagated_attributes",
+            StateTable::AssetAttributes => "asset_attributes",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The table's Arrow schema.
+    pub fn schema(self) -> SchemaRef {
+        snapshot::schema(self)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Asset {
+    tenant: Arc<str>,
+    type_name: String,
+    qualified_name: String,
+    name: String,
+    parent: Option<Guid>,
+    owners: Vec<String>,
+    certificate: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Edge {
+    tenant: Arc<str>,
+    upstream: Guid,
+    downstream: Guid,
+    process: Option<Guid>,
+    blocked_tags: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Classification {
+    tenant: Arc<str>,
+    asset: Guid,
+    tag: String,
+    direct: bool,
+    propagated_from: Option<Guid>,
+    propagate: bool,
+}
+
+/// One row of `metastore.propagated_attributes`, less its asset (the map key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PropagatedValue {
+    tenant: Arc<str>,
+    attribute: String,
+    value: String,
+    propagated_from: Guid,
+}
+
+#[derive(Default)]
+struct Inner {
+    tenants: HashSet<Arc<str>>,
+    assets: HashMap<Guid, Asset>,
+    edges: HashMap<Guid, Edge>,
+    classifications: HashMap<Guid, Classification>,
+    classifications_by_asset: HashMap<Guid, Vec<Guid>>,
+    propagated: HashMap<Guid, HashSet<PropagatedValue>>,
+    snapshots: [Option<RecordBatch>; 5],
+}
+
+impl Inner {
+    fn tenant(&mut self, id: &str) -> Arc<str> {
+        if let Some(t) = self.tenants.get(id) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(id);
+        self.tenants.insert(t.clone());
+        t
+    }
+
+    fn touch(&mut self, table: StateTable) {
+        self.snapshots[table.index()] = None;
+        if table == StateTable::Assets {
+            self.snapshots[StateTable::AssetAttributes.index()] = None;
+        }
+    }
+}
+
+/// A classification seen at an asset, for propagation's bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagAt {
+    /// Tenant of the asset.
+    pub tenant: Arc<str>,
+    /// The tag.
+    pub tag: String,
+    /// `None` for a direct classification, else the origin it was propagated from.
+    pub propagated_from: Option<Guid>,
+    /// Whether a direct classification propagates.
+    pub propagate: bool,
+}
+
+/// An attribute value seen at an asset, for propagation's bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributeAt {
+    /// Tenant of the asset.
+    pub tenant: Arc<str>,
+    /// The attribute.
+    pub attribute: String,
+    /// `None` for the asset's own value, else the origin it was propagated from.
+    pub propagated_from: Option<Guid>,
+}
+
+/// The catalog state (see the module docs). Cheap to share: all methods take `&self`.
+pub struct CatalogState {
+    inner: Mutex<Inner>,
+    attributes: Vec<PropagatedAttribute>,
+}
+
+impl std::fmt::Debug for CatalogState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("CatalogState")
+            .field("assets", &inner.assets.len())
+            .field("lineage_edges", &inner.edges.len())
+            .field("classifications", &inner.classifications.len())
+            .finish()
+    }
+}
+
+impl CatalogState {
+    /// An empty state; `attributes` are the asset attributes that propagate
+    /// (they make up `state.asset_attributes`).
+    pub fn new(attributes: Vec<PropagatedAttribute>) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            attributes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The rows of `table` now, as one batch (rebuilt only after a change).
+    pub fn snapshot(&self, table: StateTable) -> RecordBatch {
+        let mut inner = self.lock();
+        if let Some(b) = &inner.snapshots[table.index()] {
+            return b.clone();
+        }
+        let batch = snapshot::build(&inner, table, &self.attributes);
+        inner.snapshots[table.index()] = Some(batch.clone());
+        batch
+    }
+
+    /// Row counts: (assets, lineage edges, classifications).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let inner = self.lock();
+        (
+            inner.assets.len(),
+            inner.edges.len(),
+            inner.classifications.len(),
+        )
+    }
+
+    /// The tenant of an asset, when it is known.
+    pub fn tenant_of(&self, asset: Guid) -> Option<Arc<str>> {
+        self.lock().assets.get(&asset).map(|a| a.tenant.clone())
+    }
+
+    /// The classifications on `asset`.
+    pub fn tags_at(&self, asset: Guid) -> Vec<TagAt> {
+        let inner = self.lock();
+        inner
+            .classifications_by_asset
+            .get(&asset)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| inner.classifications.get(id))
+            .map(|c| TagAt {
+                tenant: c.tenant.clone(),
+                tag: c.tag.clone(),
+                propagated_from: if c.direct { None } else { c.propagated_from },
+                propagate: c.propagate,
+            })
+            .collect()
+    }
+
+    /// The propagating attributes at `asset`: its own configured values and
+    /// the ones propagated to it.
+    pub fn attributes_at(&self, asset: Guid) -> Vec<AttributeAt> {
+        let inner = self.lock();
+        let mut out: Vec<AttributeAt> = Vec::new();
+        if let Some(a) = inner.assets.get(&asset) {
+            for (attribute, _) in snapshot::attribute_values(a, &self.attributes) {
+                out.push(AttributeAt {
+                    tenant: a.tenant.clone(),
+                    attribute: attribute.to_owned(),
+                    propagated_from: None,
+                });
+            }
+        }
+        for p in inner.propagated.get(&asset).into_iter().flatten() {
+            out.push(AttributeAt {
+                tenant: p.tenant.clone(),
+                attribute: p.attribute.clone(),
+                propagated_from: Some(p.propagated_from),
+            });
+        }
+        out.dedup();
+        out
+    }
+
+    /// Every direct classification that propagates, as (tenant, asset, tag).
+    pub fn tag_origins(&self) -> Vec<(Arc<str>, Guid, String)> {
+        let inner = self.lock();
+        inner
+            .classifications
+            .values()
+            .filter(|c| c.direct && c.propagate)
+            .map(|c| (c.tenant.clone(), c.asset, c.tag.clone()))
+            .collect()
+    }
+
+    /// Every asset with a configured attribute value, as (tenant, asset, attribute).
+    pub fn attribute_origins(&self) -> Vec<(Arc<str>, Guid, String)> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for (guid, a) in &inner.assets {
+            for (attribute, _) in snapshot::attribute_values(a, &self.attributes) {
+                out.push((a.tenant.clone(), *guid, attribute.to_owned()));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Whether any attribute propagates at all.
+    pub fn propagates_attributes(&self) -> bool {
+        !self.attributes.is_empty()
+    }
+}
