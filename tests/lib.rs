@@ -90,6 +90,10 @@ impl TestEnv {
             ),
             ("LILY_METRICS__LISTEN".into(), c.metrics.listen.clone()),
             (
+                "LILY_TRANSFORMS__DIR".into(),
+                transforms_dir().display().to_string(),
+            ),
+            (
                 "LILY_REPLICATION__STATUS_INTERVAL_MS".into(),
                 c.replication.status_interval_ms.to_string(),
             ),
@@ -173,6 +177,11 @@ fn url_for(path: &Path) -> anyhow::Result<url::Url> {
     let abs = std::fs::canonicalize(path)
         .with_context(|| format!("{} does not exist", path.display()))?;
     url::Url::from_directory_path(abs).map_err(|_| anyhow::anyhow!("bad path"))
+}
+
+/// The project's `sql-transforms` folder.
+pub fn transforms_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql-transforms")
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout`.

@@ -4,6 +4,7 @@ mod demo;
 mod lake;
 mod pipeline;
 mod telemetry;
+mod transforms;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -46,6 +47,29 @@ enum Command {
         #[command(subcommand)]
         command: LakeCommand,
     },
+    /// SQL transforms: check, test, reload.
+    Transforms {
+        #[command(subcommand)]
+        command: TransformsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TransformsCommand {
+    /// Parse and plan every .sql file; print file:line:column for each error and fail on any.
+    Check {
+        /// Transforms folder (default: transforms.dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run the .slt files beside the transforms.
+    Test {
+        /// Transforms folder (default: transforms.dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Make every running `lily run` on this metastore reload its transforms now.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +148,15 @@ async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
                     dry_run,
                 },
         } => lake::vacuum(&config, retention_hours, dry_run).await,
+        Command::Transforms {
+            command: TransformsCommand::Check { dir },
+        } => transforms::check(&config, dir.as_deref()).await,
+        Command::Transforms {
+            command: TransformsCommand::Test { dir },
+        } => transforms::test(&config, dir.as_deref()).await,
+        Command::Transforms {
+            command: TransformsCommand::Reload,
+        } => transforms::reload(&config).await,
     }
 }
 

@@ -10,8 +10,12 @@ use lily_cdc::{AckTracker, CdcError, ChangeBatch, ChangeReader, ReaderConfig, St
 use lily_config::LilyConfig;
 use lily_lakehouse::{AuditSink, LakeLocation};
 use lily_sinks::{FlushPolicy, Sink, SinkRunner};
+use lily_transforms::propagation::{self, PropagationSink};
+use lily_transforms::{CatalogState, TransformSet, TransformedSink};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
+
+use crate::transforms::{load_transforms, watch_transforms};
 
 /// A sink with its flush policy.
 pub struct SinkSpec {
@@ -80,11 +84,19 @@ pub async fn run(
     extra_sinks: impl Fn() -> Vec<SinkSpec>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let transforms = load_transforms(config).await?;
+    let state = Arc::new(CatalogState::new(config.propagation.attributes.clone()));
+    tokio::spawn(watch_transforms(
+        transforms.clone(),
+        config.postgres.url.clone(),
+        Duration::from_millis(config.transforms.reload_interval_ms),
+        shutdown.clone(),
+    ));
     let mut delay = Duration::from_millis(500);
     loop {
         let mut sinks = default_sinks(config).await?;
         sinks.extend(extra_sinks());
-        match run_once(config, sinks, shutdown.clone()).await {
+        match run_once(config, sinks, &transforms, &state, shutdown.clone()).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 let transient = e.downcast_ref::<CdcError>().is_some_and(retryable);
@@ -105,9 +117,76 @@ pub async fn run(
     }
 }
 
+/// Puts the sinks named in `[transforms.sinks]` behind their transform.
+async fn route_through_transforms(
+    config: &LilyConfig,
+    sinks: Vec<SinkSpec>,
+    transforms: &TransformSet,
+    state: &Arc<CatalogState>,
+) -> anyhow::Result<Vec<SinkSpec>> {
+    for name in config.transforms.sinks.keys() {
+        if !sinks.iter().any(|s| s.sink.name() == name) {
+            let running: Vec<&str> = sinks.iter().map(|s| s.sink.name()).collect();
+            anyhow::bail!(
+                "transforms.sinks names sink {name:?}, which this pipeline does not run (it runs: {})",
+                running.join(", ")
+            );
+        }
+    }
+    let mut out = Vec::with_capacity(sinks.len());
+    for spec in sinks {
+        match config.transforms.sinks.get(spec.sink.name()) {
+            Some(transform) => {
+                let sink_name = spec.sink.name().to_owned();
+                let sink = TransformedSink::new(spec.sink, transforms, transform, state.clone())
+                    .await
+                    .with_context(|| format!("transform {transform} for sink {sink_name}"))?;
+                info!(sink = %sink_name, transform = %transform, "sink fed by a transform");
+                out.push(SinkSpec {
+                    sink: Box::new(sink),
+                    policy: spec.policy,
+                });
+            }
+            None => out.push(spec),
+        }
+    }
+    Ok(out)
+}
+
+/// The propagation stage, after one full re-computation (what changed
+/// while Lily was not running).
+async fn propagation_stage(
+    config: &LilyConfig,
+    transforms: &TransformSet,
+    state: &Arc<CatalogState>,
+) -> anyhow::Result<SinkSpec> {
+    let mut sink = PropagationSink::new(
+        &config.postgres.url,
+        state.clone(),
+        transforms.clone(),
+        &config.propagation,
+    )
+    .await
+    .context("starting lineage propagation (set propagation.enabled = false to run without it)")?;
+    sink.flush()
+        .await
+        .context("the start-up propagation pass")?;
+    Ok(SinkSpec {
+        sink: Box::new(sink),
+        // Propagation is latency-sensitive (tag to enforcement): flush
+        // right away; batches that queue meanwhile are merged into one pass.
+        policy: FlushPolicy {
+            max_rows: 100_000,
+            max_wait: Duration::from_millis(5),
+        },
+    })
+}
+
 async fn run_once(
     config: &LilyConfig,
-    mut sinks: Vec<SinkSpec>,
+    sinks: Vec<SinkSpec>,
+    transforms: &TransformSet,
+    state: &Arc<CatalogState>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let pg = tokio_postgres::Config::from_str(&config.postgres.url).context("postgres.url")?;
@@ -134,6 +213,48 @@ async fn run_once(
         tx,
     );
     let plan = reader.plan().await?;
+
+    // The catalog state starts from the database as it is now; the stream
+    // then replays from the slot, which converges on the same state.
+    let (mut loader, loader_conn) =
+        pg.connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|source| CdcError::Sql {
+                context: "connecting to load the catalog state".into(),
+                source,
+            })?;
+    let loader_task = tokio::spawn(loader_conn);
+    let started = std::time::Instant::now();
+    state.load(&mut loader).await?;
+    drop(loader);
+    let _ = loader_task.await;
+    let (assets, edges, classifications) = state.counts();
+    info!(
+        assets,
+        lineage_edges = edges,
+        classifications,
+        ms = started.elapsed().as_millis() as u64,
+        "catalog state loaded"
+    );
+
+    let mut sinks = route_through_transforms(config, sinks, transforms, state).await?;
+    if config.propagation.enabled {
+        let mut needed = vec![propagation::CLASSIFICATIONS];
+        if !config.propagation.attributes.is_empty() {
+            needed.push(propagation::ATTRIBUTES);
+        }
+        let missing: Vec<&str> = needed
+            .into_iter()
+            .filter(|t| transforms.get(t).is_none())
+            .collect();
+        if missing.is_empty() {
+            sinks.push(propagation_stage(config, transforms, state).await?);
+        } else {
+            metrics::counter!("lily_errors_total", "stage" => "propagation", "kind" => "not_loaded")
+                .increment(1);
+            error!(missing = ?missing, dir = %transforms.dir().display(), "lineage propagation is off: its transforms did not load");
+        }
+    }
     for spec in &mut sinks {
         spec.sink
             .healthcheck()
@@ -157,8 +278,16 @@ async fn run_once(
         tasks.push(tokio::spawn(runner.run(sink_rx, abort_rx.clone())));
         inputs.push(sink_tx);
     }
+    let fanout_state = state.clone();
     let fanout = tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
+            // The state moves first, so every transform of this batch joins
+            // against a catalog that includes it.
+            if let Err(e) = fanout_state.apply(&batch) {
+                metrics::counter!("lily_errors_total", "stage" => "state", "kind" => "apply")
+                    .increment(1);
+                error!(error = %e, table = %batch.table.qualified_name(), "catalog state could not take a batch");
+            }
             for input in &inputs {
                 if input.send(batch.clone()).await.is_err() {
                     return;

@@ -116,14 +116,15 @@ fn parser_position(message: &str) -> Option<(u64, u64)> {
 }
 
 /// Every `.sql` file under `dir`: post-consume at the top, pre-ingest in
-/// `ingest/`, propagation in `propagation/`, ordered by name.
+/// `ingest/`, propagation in `propagation/`, ordered by name. A missing
+/// folder holds none.
 pub fn discover(dir: &Path) -> Result<Vec<TransformSource>> {
     let mut found = Vec::new();
     for kind in TransformKind::ALL {
         let folder = dir.join(kind.folder());
         let entries = match std::fs::read_dir(&folder) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && kind.folder() != "" => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(source) => {
                 return Err(TransformError::Io {
                     path: folder,

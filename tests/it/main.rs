@@ -8,5 +8,6 @@ mod handoff;
 mod heartbeat;
 mod object_store;
 mod observability;
+mod propagation;
 mod setup_errors;
 mod tenancy;
