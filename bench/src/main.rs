@@ -22,6 +22,8 @@ use lily_lakehouse::{AuditSink, LakeLocation};
 use lily_sinks::{FlushPolicy, NullSink, Sink, SinkError, SinkRunner};
 use tokio::sync::{mpsc, watch};
 
+mod propagation;
+
 const DB: &str = "bench";
 
 /// Lily's benchmarks.
@@ -51,6 +53,15 @@ struct Args {
     /// Skip the steady-rate latency run.
     #[arg(long)]
     skip_latency: bool,
+    /// Run only the propagation benchmark.
+    #[arg(long)]
+    propagation: bool,
+    /// Propagation: assets downstream of the tagged root.
+    #[arg(long, default_value_t = 100_000)]
+    closure: i64,
+    /// Propagation: lineage edges in the whole graph (about).
+    #[arg(long, default_value_t = 1_000_000)]
+    edges: i64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +87,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     client
         .batch_execute("INSERT INTO metastore.tenants (tenant_id, name) VALUES ('bench', 'Bench')")
         .await?;
+
+    if args.propagation {
+        return propagation::run(
+            &cluster,
+            &dir.path().join("lake-propagation"),
+            args.closure,
+            args.edges,
+            args.rounds,
+        )
+        .await;
+    }
 
     // Slots first, then the backlog: every slot sees exactly the same changes.
     let mut slots = Vec::new();

@@ -9,11 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 use lily_config::LilyConfig;
 use lily_embedded::ClusterBuilder;
-use lily_sinks::{ConsoleSink, FlushPolicy};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::pipeline::{self, SinkSpec};
+use crate::pipeline;
 
 const DATABASE: &str = "lily";
 
@@ -92,15 +91,7 @@ pub async fn run(dir: &Path, base: LilyConfig) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let pipeline_config = config.clone();
     let pipeline = tokio::spawn(async move {
-        let console = || {
-            vec![SinkSpec {
-                sink: Box::new(ConsoleSink::default()) as Box<dyn lily_sinks::Sink>,
-                policy: FlushPolicy {
-                    max_rows: 1,
-                    max_wait: Duration::from_millis(1),
-                },
-            }]
-        };
+        let console = || vec![pipeline::console_sink()];
         pipeline::run(&pipeline_config, console, shutdown_rx).await
     });
 

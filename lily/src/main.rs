@@ -35,7 +35,11 @@ enum Command {
     /// Check the server, apply migrations, create the publication and the replication slot.
     Setup,
     /// Run the pipeline: stream metastore changes to every sink until Ctrl-C.
-    Run,
+    Run {
+        /// Also print every change to standard output (sink name "console").
+        #[arg(long)]
+        console: bool,
+    },
     /// Run everything on this machine: a private PostgreSQL, a sample estate, a local Delta store.
     Demo {
         /// Folder for the demo's PostgreSQL cluster, lake and config.
@@ -136,7 +140,7 @@ async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
             print_setup(&report, &config);
             Ok(())
         }
-        Command::Run => run(config).await,
+        Command::Run { console } => run(config, console).await,
         Command::Demo { dir } => demo::run(&dir, config).await,
         Command::Lake {
             command: LakeCommand::Optimize { target_size },
@@ -216,7 +220,7 @@ fn print_setup(report: &SetupReport, config: &LilyConfig) {
     );
 }
 
-async fn run(config: LilyConfig) -> anyhow::Result<()> {
+async fn run(config: LilyConfig, console: bool) -> anyhow::Result<()> {
     telemetry::init_metrics(&config.metrics.listen)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -232,5 +236,12 @@ async fn run(config: LilyConfig) -> anyhow::Result<()> {
         info!("stopping: finishing in-flight batches");
         let _ = shutdown_tx.send(true);
     });
-    pipeline::run(&config, Vec::new, shutdown_rx).await
+    let extra = move || {
+        if console {
+            vec![pipeline::console_sink()]
+        } else {
+            Vec::new()
+        }
+    };
+    pipeline::run(&config, extra, shutdown_rx).await
 }

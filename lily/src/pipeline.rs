@@ -25,6 +25,17 @@ pub struct SinkSpec {
     pub policy: FlushPolicy,
 }
 
+/// A sink printing every change to standard output (`lily run --console`, the demo).
+pub fn console_sink() -> SinkSpec {
+    SinkSpec {
+        sink: Box::new(lily_sinks::ConsoleSink::default()),
+        policy: FlushPolicy {
+            max_rows: 1,
+            max_wait: Duration::from_millis(1),
+        },
+    }
+}
+
 /// The reader's settings from the config.
 pub fn reader_config(config: &LilyConfig) -> ReaderConfig {
     let r = &config.replication;

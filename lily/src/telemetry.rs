@@ -3,6 +3,7 @@
 use anyhow::Context;
 use lily_config::{LogConfig, LogFormat};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Libraries whose info-level chatter (every Delta snapshot, every notice)
@@ -18,6 +19,7 @@ pub fn init_logging(config: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.format {
         LogFormat::Json => builder

@@ -49,6 +49,9 @@ pub enum TransformError {
         /// The SQLSTATE, when the server sent one.
         code: Option<String>,
     },
+    /// An inbound payload does not decode into the declared columns.
+    #[error("payload: {0}")]
+    Payload(String),
     /// A value in the change stream is not what the catalog state expects.
     #[error("catalog state: {0}")]
     State(String),

@@ -17,6 +17,7 @@
 mod error;
 mod functions;
 mod output;
+mod payload;
 pub mod propagation;
 mod runner;
 mod session;
@@ -29,6 +30,7 @@ mod tables;
 
 pub use error::{Result, TransformError};
 pub use output::{OutputContract, check_output};
+pub use payload::payload_from_json;
 pub use runner::TransformRunner;
 pub use session::{TransformSession, new_session};
 pub use set::{ReloadReport, TransformSet, check_source};

@@ -69,6 +69,13 @@ pub(crate) async fn compile(
             "a transform ends with one query (SELECT or WITH ...)".into(),
         ));
     }
+    // Output problems are reported at the query.
+    let query_at = match &query {
+        DfStatement::Statement(s) if s.span().start.line > 0 => {
+            Some((s.span().start.line, s.span().start.column))
+        }
+        _ => None,
+    };
     let mut payload = None;
     for stmt in statements {
         let declares_payload = source.kind == TransformKind::PreIngest
@@ -115,7 +122,17 @@ pub(crate) async fn compile(
         .and_then(|p| state.optimize(&p))
         .map_err(|e| source.datafusion_error(&e))?;
     let schema: SchemaRef = plan.schema().inner().clone();
-    check_output(source, &schema, contract)?;
+    check_output(source, &schema, contract).map_err(|e| match (e, query_at) {
+        (TransformError::Invalid { file, message, .. }, Some((line, column))) => {
+            TransformError::Invalid {
+                file,
+                line,
+                column,
+                message,
+            }
+        }
+        (e, _) => e,
+    })?;
     Ok(Compiled {
         plan,
         schema,

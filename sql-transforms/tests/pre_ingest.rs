@@ -1,0 +1,88 @@
+//! Pre-ingest transforms on inbound payloads, with the shipped files.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::AsArray;
+use lily_transforms::{
+    CatalogState, OutputContract, TransformError, TransformRunner, TransformSet, payload_from_json,
+};
+
+fn dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn a_webhook_payload_becomes_incident_rows() {
+    let (set, report) = TransformSet::load(dir()).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let mut runner = TransformRunner::new(
+        &set,
+        "ingest/monte_carlo_incident",
+        Arc::new(CatalogState::new(Vec::new())),
+        Vec::new(),
+        OutputContract::IntoTable("incidents".into()),
+    )
+    .await
+    .unwrap();
+    let schema = runner.payload_schema().expect("a payload declaration");
+    let body = br#"[
+        {"incident_id": "mc-7", "incident_type": "Freshness", "severity": "sev-1", "extra": {"ignored": true}},
+        {"title": "no id"}
+    ]"#;
+    let payload = payload_from_json(schema.clone(), body).unwrap();
+    assert_eq!(payload.num_rows(), 2);
+    let out = runner.run_with("payload", vec![payload]).await.unwrap();
+    assert_eq!(
+        out.num_rows(),
+        1,
+        "the row without an incident id is dropped"
+    );
+    let col = |name: &str| {
+        out.column_by_name(name)
+            .unwrap()
+            .as_string::<i32>()
+            .value(0)
+            .to_owned()
+    };
+    assert_eq!(col("external_id"), "mc-7");
+    assert_eq!(col("incident_type"), "freshness");
+    assert_eq!(col("state"), "open");
+    assert_eq!(col("severity"), "SEV-1");
+
+    let err = payload_from_json(schema.clone(), br#"{"incident_id": {"nested": 1}}"#).unwrap_err();
+    assert!(err.to_string().contains("incident_id"), "{err}");
+    let err = payload_from_json(schema, b"not json").unwrap_err();
+    assert!(matches!(err, TransformError::Payload(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_pre_ingest_file_must_fit_its_target_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("ingest")).unwrap();
+    std::fs::write(
+        tmp.path().join("ingest/bad.sql"),
+        "-- target: incidents\nCREATE TABLE payload (id VARCHAR);\nSELECT id AS no_such_column FROM payload\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("ingest/untargeted.sql"),
+        "CREATE TABLE payload (id VARCHAR);\nSELECT id FROM payload\n",
+    )
+    .unwrap();
+    let (set, report) = TransformSet::load(tmp.path()).await.unwrap();
+    assert!(set.names().is_empty());
+    let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("bad.sql:3:1")
+            && e.contains("no_such_column is not a column of metastore.incidents")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("untargeted.sql:1:1") && e.contains("-- target:")),
+        "{errors:?}"
+    );
+}
