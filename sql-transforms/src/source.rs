@@ -79,6 +79,11 @@ impl TransformSource {
         if let Some((line, column)) = parser_position(&message) {
             return self.error_at(line, column, message);
         }
+        // The parser names no position when the text ends too early.
+        if message.contains("found: EOF") {
+            let (line, column) = end_of_text(&self.sql);
+            return self.error_at(line, column, message);
+        }
         self.error(message)
     }
 
@@ -105,6 +110,17 @@ fn first_statement(sql: &str) -> (u64, u64) {
         }
     }
     (1, 1)
+}
+
+/// Line and column just after the last non-blank character.
+fn end_of_text(sql: &str) -> (u64, u64) {
+    sql.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .last()
+        .map_or((1, 1), |(i, l)| {
+            (i as u64 + 1, l.trim_end().len() as u64 + 1)
+        })
 }
 
 /// "... at Line: 3, Column: 14" as sqlparser writes it.
@@ -181,6 +197,15 @@ mod tests {
     fn first_statement_skips_comments_and_blank_lines() {
         assert_eq!(first_statement("-- a\n\n  SELECT 1"), (3, 3));
         assert_eq!(first_statement("SELECT 1"), (1, 1));
+    }
+
+    #[test]
+    fn a_query_cut_short_is_reported_at_its_end() {
+        let s = source("-- x\nSELECT a\nFROM t WHERE\n\n");
+        let e = s.datafusion_error(&DataFusionError::Plan(
+            "Expected: an expression, found: EOF".into(),
+        ));
+        assert!(e.to_string().starts_with("t.sql:3:13:"), "{e}");
     }
 
     #[test]

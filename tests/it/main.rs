@@ -11,3 +11,4 @@ mod observability;
 mod propagation;
 mod setup_errors;
 mod tenancy;
+mod transforms;
