@@ -338,6 +338,13 @@ struct LatencyProbe {
     latencies: Arc<std::sync::Mutex<Vec<f64>>>,
 }
 
+/// Peak resident memory (VmHWM) of a process, in bytes.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
 fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -491,13 +498,7 @@ async fn one_transaction_rss(cluster: &PgCluster, lake: PathBuf, rows: i64) -> a
         .get(0);
     let mut peak = 0u64;
     loop {
-        let kb = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-            .ok()
-            .and_then(|status| {
-                let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-                line.split_whitespace().nth(1)?.parse::<u64>().ok()
-            });
-        peak = peak.max(kb.unwrap_or(0) * 1024);
+        peak = peak.max(peak_rss(child.id()).unwrap_or(0));
         let confirmed: bool = client
             .query_one("SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = 'rss'", &[&end])
             .await?

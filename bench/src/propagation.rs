@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lily_embedded::PgCluster;
 
-use crate::DB;
+use crate::{DB, peak_rss};
 
 /// Builds the graph: the root (asset 0) and its closure 1..=closure as a
 /// ten-way tree with a second parent per node (diamonds) and one edge back
@@ -64,12 +64,6 @@ async fn build_graph(
         .await?;
     client.batch_execute("ANALYZE").await?;
     Ok(n as i64)
-}
-
-fn peak_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
 async fn count_copies(client: &tokio_postgres::Client) -> anyhow::Result<i64> {

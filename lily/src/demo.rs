@@ -27,7 +27,7 @@ const EDITS: &[(&str, &str)] = &[
         "UPDATE metastore.assets SET certificate = CASE WHEN certificate = 'verified' THEN 'draft' ELSE 'verified' END WHERE tenant_id = 'acme' AND qualified_name = 'analytics.marts.daily_revenue'",
     ),
     (
-        "tag a column GDPR",
+        "tag a column GDPR (propagates downstream through lineage)",
         "INSERT INTO metastore.classifications (tenant_id, asset_guid, tag) SELECT 'acme', guid, 'GDPR' FROM metastore.assets WHERE tenant_id = 'acme' AND qualified_name = 'analytics.raw.customers.country' ON CONFLICT DO NOTHING",
     ),
     (
@@ -39,7 +39,7 @@ const EDITS: &[(&str, &str)] = &[
         "UPDATE metastore.incidents SET state = 'acknowledged' WHERE tenant_id = 'acme' AND state = 'open'",
     ),
     (
-        "remove the GDPR tag",
+        "remove the GDPR tag (its propagated copies go too)",
         "DELETE FROM metastore.classifications WHERE tenant_id = 'acme' AND tag = 'GDPR'",
     ),
     (
@@ -66,6 +66,10 @@ pub async fn run(dir: &Path, base: LilyConfig) -> anyhow::Result<()> {
     let mut config = base;
     config.postgres.url = cluster.url(DATABASE);
     config.lake.root = dir.join("lake").display().to_string();
+    // The written config must find the transforms from any folder.
+    if let Ok(transforms) = std::fs::canonicalize(&config.transforms.dir) {
+        config.transforms.dir = transforms.display().to_string();
+    }
     let config_path = dir.join("lily.toml");
     std::fs::write(&config_path, config.to_toml())
         .with_context(|| format!("writing {}", config_path.display()))?;
