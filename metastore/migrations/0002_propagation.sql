@@ -5,9 +5,11 @@
 -- "blocked propagated classifications").
 ALTER TABLE metastore.lineage_edges ADD COLUMN blocked_tags text[] NOT NULL DEFAULT '{}';
 
--- Propagated copies are found by their origin when they are re-computed.
-CREATE INDEX classifications_origin ON metastore.classifications (tenant_id, propagated_from, tag)
-    WHERE propagated_from IS NOT NULL;
+-- One index serves "which assets carry this tag" and finding the copies of
+-- an origin when they are re-computed; one index fewer to maintain on every
+-- propagated write.
+DROP INDEX metastore.classifications_tag;
+CREATE INDEX classifications_tag_origin ON metastore.classifications (tenant_id, tag, propagated_from);
 
 -- Asset attributes (a deprecated certificate, an owner) carried to every
 -- downstream asset, one row per (asset, attribute, value, origin), so that
