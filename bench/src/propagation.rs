@@ -105,8 +105,9 @@ pub async fn run(
     rounds: usize,
 ) -> anyhow::Result<()> {
     let client = cluster.connect(DB).await?;
-    let outside = (closure * 3).max(1000);
     let edges_out = (edges - 2 * closure).max(0);
+    // Enough assets outside the closure to hold 8 edges out of each.
+    let outside = (closure * 3).max(edges_out / 8 + 1).max(1000);
     println!(
         "\n== propagation: tag a root whose closure is {closure} assets, in a graph of ~{edges} edges =="
     );
