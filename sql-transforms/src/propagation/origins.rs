@@ -22,6 +22,8 @@ pub struct Dirty {
     tags: BTreeSet<Origin>,
     /// Assets whose propagating attributes may have changed.
     assets: BTreeSet<(Arc<str>, Guid)>,
+    /// Attribute origins whose copies just changed.
+    attributes: BTreeSet<Origin>,
     /// Assets a lineage edge out of which was added, changed or removed.
     upstreams: HashSet<Guid>,
     /// Everything: after a truncate, at start-up, after a reload.
@@ -39,22 +41,39 @@ impl Dirty {
 
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
-        !self.full && self.tags.is_empty() && self.assets.is_empty() && self.upstreams.is_empty()
+        !self.full
+            && self.tags.is_empty()
+            && self.assets.is_empty()
+            && self.attributes.is_empty()
+            && self.upstreams.is_empty()
     }
 
     /// How many entries are waiting (for the flush policy).
     pub fn len(&self) -> usize {
-        self.tags.len() + self.assets.len() + self.upstreams.len() + usize::from(self.full)
+        self.tags.len()
+            + self.assets.len()
+            + self.attributes.len()
+            + self.upstreams.len()
+            + usize::from(self.full)
     }
 
     /// Notes what `batch` changes. Snapshot rows are left to the full
-    /// re-computation that follows a start.
-    pub fn collect(&mut self, batch: &ChangeBatch, attributes: bool) -> Result<()> {
+    /// re-computation that follows a start. Asset changes count only when
+    /// `state` (already past this batch) says attributes matter for them.
+    pub fn collect(
+        &mut self,
+        batch: &ChangeBatch,
+        attributes: bool,
+        state: &CatalogState,
+    ) -> Result<()> {
         if batch.table.namespace != lily_metastore::METASTORE_SCHEMA {
             return Ok(());
         }
         let table = batch.table.name.as_str();
-        if !matches!(table, "classifications" | "lineage_edges" | "assets") {
+        if !matches!(
+            table,
+            "classifications" | "lineage_edges" | "assets" | "propagated_attributes"
+        ) {
             return Ok(());
         }
         let records = &batch.records;
@@ -90,15 +109,35 @@ impl Dirty {
             for image in images {
                 match table {
                     "classifications" => {
-                        if image.text("source")?.get(i) == Some("propagated") {
-                            continue;
-                        }
-                        if let (Some(tenant), Some(asset), Some(tag)) = (
+                        // A direct tag is an origin. A propagated copy that
+                        // changed (usually our own write-back coming back)
+                        // makes its origin re-checked once: a change that
+                        // committed while that write-back ran is then seen,
+                        // and a consistent re-check writes nothing.
+                        let origin = match image.text("source")?.get(i) {
+                            Some("propagated") => image.uuid("propagated_from")?.get(i),
+                            _ => image.uuid("asset_guid")?.get(i),
+                        };
+                        if let (Some(tenant), Some(origin), Some(tag)) = (
                             image.text("tenant_id")?.get(i),
-                            image.uuid("asset_guid")?.get(i),
+                            origin,
                             image.text("tag")?.get(i),
                         ) {
-                            self.tags.insert((Arc::from(tenant), asset, tag.to_owned()));
+                            self.tags
+                                .insert((Arc::from(tenant), origin, tag.to_owned()));
+                        }
+                    }
+                    "propagated_attributes" => {
+                        if let (Some(tenant), Some(origin), Some(attribute)) = (
+                            image.text("tenant_id")?.get(i),
+                            image.uuid("propagated_from")?.get(i),
+                            image.text("attribute")?.get(i),
+                        ) {
+                            self.attributes.insert((
+                                Arc::from(tenant),
+                                origin,
+                                attribute.to_owned(),
+                            ));
                         }
                     }
                     "lineage_edges" => {
@@ -109,6 +148,7 @@ impl Dirty {
                     _ if attributes && op != "d" => {
                         if let (Some(tenant), Some(guid)) =
                             (image.text("tenant_id")?.get(i), image.uuid("guid")?.get(i))
+                            && state.attributes_matter(guid)
                         {
                             self.assets.insert((Arc::from(tenant), guid));
                         }
@@ -146,6 +186,7 @@ impl Dirty {
                 }
             }
             Propagated::Attributes => {
+                out.extend(self.attributes.iter().cloned());
                 for (tenant, guid) in &self.assets {
                     for name in attribute_names {
                         out.insert((tenant.clone(), *guid, name.clone()));

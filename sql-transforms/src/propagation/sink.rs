@@ -168,12 +168,16 @@ impl Sink for PropagationSink {
     }
 
     async fn write(&mut self, batch: Arc<ChangeBatch>) -> Result<(), SinkError> {
-        self.dirty
-            .collect(&batch, !self.attribute_names.is_empty())
-            .map_err(|e| SinkError::Rejected {
-                sink: NAME.into(),
-                message: e.to_string(),
-            })
+        let attributes = !self.attribute_names.is_empty();
+        if let Err(e) = self.dirty.collect(&batch, attributes, &self.state) {
+            // Retrying the same batch would fail the same way; a full
+            // re-computation covers whatever it changed.
+            metrics::counter!("lily_errors_total", "stage" => "propagation", "kind" => "batch")
+                .increment(1);
+            warn!(error = %e, table = %batch.table.qualified_name(), "cannot tell what this batch changes; re-computing everything");
+            self.dirty.full = true;
+        }
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {

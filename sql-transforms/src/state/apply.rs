@@ -64,20 +64,20 @@ impl CatalogState {
                     }
                     let tenant = key(row.text("tenant_id")?.get(i), table, "tenant_id")?;
                     let tenant = inner.tenant(tenant);
+                    let type_name = inner.tenant(row.text("type_name")?.get(i).unwrap_or_default());
                     let asset = Asset {
                         tenant,
-                        type_name: row.text("type_name")?.get(i).unwrap_or_default().to_owned(),
+                        type_name,
                         qualified_name: row
                             .text("qualified_name")?
                             .get(i)
                             .unwrap_or_default()
-                            .to_owned(),
-                        name: row.text("name")?.get(i).unwrap_or_default().to_owned(),
+                            .into(),
                         parent: row.uuid("parent_guid")?.get(i),
-                        owners: row.text_list("owners")?.get(i),
-                        certificate: row.text("certificate")?.get(i).map(str::to_owned),
+                        owners: row.text_list("owners")?.get(i).into_boxed_slice(),
+                        certificate: row.text("certificate")?.get(i).map(Into::into),
                     };
-                    inner.assets.insert(guid, asset);
+                    inner.assets.insert(guid, Box::new(asset));
                 }
                 StateTable::LineageEdges => {
                     let id = key(row.uuid("edge_id")?.get(i), table, "edge_id")?;
@@ -105,7 +105,7 @@ impl CatalogState {
                         process: row.uuid("process_guid")?.get(i),
                         blocked_tags: row.text_list("blocked_tags")?.get(i),
                     };
-                    inner.edges.insert(id, edge);
+                    inner.edges.insert(id, Box::new(edge));
                 }
                 StateTable::Classifications => {
                     let id = key(
@@ -147,13 +147,13 @@ impl CatalogState {
                         && let Some(b) = &before
                     {
                         let (asset, old) = propagated_value(&mut inner, b, i, table)?;
-                        remove_propagated(&mut inner, asset, &old);
+                        inner.remove_propagated(asset, &old);
                     }
                     let (asset, value) = propagated_value(&mut inner, &row, i, table)?;
                     if delete {
-                        remove_propagated(&mut inner, asset, &value);
+                        inner.remove_propagated(asset, &value);
                     } else {
-                        inner.propagated.entry(asset).or_default().insert(value);
+                        inner.add_propagated(asset, value);
                     }
                 }
                 StateTable::AssetAttributes => {}
@@ -175,7 +175,10 @@ fn clear(inner: &mut Inner, table: StateTable) {
             inner.classifications.clear();
             inner.classifications_by_asset.clear();
         }
-        StateTable::PropagatedAttributes => inner.propagated.clear(),
+        StateTable::PropagatedAttributes => {
+            inner.propagated.clear();
+            inner.attribute_copies_from.clear();
+        }
         StateTable::AssetAttributes => {}
     }
 }
@@ -188,15 +191,6 @@ fn remove_classification(inner: &mut Inner, id: Guid) {
         ids.retain(|x| *x != id);
         if ids.is_empty() {
             inner.classifications_by_asset.remove(&old.asset);
-        }
-    }
-}
-
-fn remove_propagated(inner: &mut Inner, asset: Guid, value: &PropagatedValue) {
-    if let Some(set) = inner.propagated.get_mut(&asset) {
-        set.remove(value);
-        if set.is_empty() {
-            inner.propagated.remove(&asset);
         }
     }
 }

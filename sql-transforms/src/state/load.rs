@@ -5,7 +5,7 @@ use futures::{StreamExt, pin_mut};
 use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
-use super::{Asset, CatalogState, Classification, Edge, Guid, PropagatedValue, StateTable};
+use super::{Asset, CatalogState, Classification, Edge, Guid, Inner, PropagatedValue};
 use crate::error::{Result, TransformError};
 
 fn guid(row: &Row, i: usize) -> Result<Guid> {
@@ -35,81 +35,79 @@ impl CatalogState {
             .start()
             .await
             .map_err(TransformError::sql("starting the catalog load"))?;
-        let mut assets = Vec::new();
+        // Rows go straight into a fresh state, swapped in at the end: no
+        // intermediate copy of a large catalog.
+        let mut fresh = Inner::default();
         for_each_row(
             &tx,
-            "SELECT guid, tenant_id, type_name, qualified_name, name, parent_guid, owners, certificate FROM metastore.assets",
+            "SELECT guid, tenant_id, type_name, qualified_name, parent_guid, owners, certificate FROM metastore.assets",
             |row| {
-                assets.push((
+                let tenant = fresh.tenant(get::<&str>(&row, 1)?);
+                let type_name = fresh.tenant(get::<&str>(&row, 2)?);
+                fresh.assets.insert(
                     guid(&row, 0)?,
-                    get::<String>(&row, 1)?,
-                    Asset {
-                        tenant: "".into(),
-                        type_name: get(&row, 2)?,
-                        qualified_name: get(&row, 3)?,
-                        name: get(&row, 4)?,
-                        parent: opt_guid(&row, 5)?,
-                        owners: get(&row, 6)?,
-                        certificate: get(&row, 7)?,
-                    },
-                ));
+                    Box::new(Asset {
+                        tenant,
+                        type_name,
+                        qualified_name: get::<&str>(&row, 3)?.into(),
+                        parent: opt_guid(&row, 4)?,
+                        owners: get::<Vec<String>>(&row, 5)?.into_boxed_slice(),
+                        certificate: get::<Option<&str>>(&row, 6)?.map(Into::into),
+                    }),
+                );
                 Ok(())
             },
         )
         .await?;
-        let mut edges = Vec::new();
         for_each_row(
             &tx,
             "SELECT edge_id, tenant_id, upstream_guid, downstream_guid, process_guid, blocked_tags FROM metastore.lineage_edges",
             |row| {
-                edges.push((
+                let tenant = fresh.tenant(get::<&str>(&row, 1)?);
+                fresh.edges.insert(
                     guid(&row, 0)?,
-                    get::<String>(&row, 1)?,
-                    Edge {
-                        tenant: "".into(),
+                    Box::new(Edge {
+                        tenant,
                         upstream: guid(&row, 2)?,
                         downstream: guid(&row, 3)?,
                         process: opt_guid(&row, 4)?,
                         blocked_tags: get(&row, 5)?,
-                    },
-                ));
+                    }),
+                );
                 Ok(())
             },
         )
         .await?;
-        let mut classifications = Vec::new();
         for_each_row(
             &tx,
             "SELECT classification_id, tenant_id, asset_guid, tag, source, propagated_from, propagate FROM metastore.classifications",
             |row| {
-                classifications.push((
-                    guid(&row, 0)?,
-                    get::<String>(&row, 1)?,
-                    Classification {
-                        tenant: "".into(),
-                        asset: guid(&row, 2)?,
-                        tag: get(&row, 3)?,
-                        direct: get::<String>(&row, 4)? != "propagated",
-                        propagated_from: opt_guid(&row, 5)?,
-                        propagate: get(&row, 6)?,
-                    },
-                ));
+                let id = guid(&row, 0)?;
+                let c = Classification {
+                    tenant: fresh.tenant(get::<&str>(&row, 1)?),
+                    asset: guid(&row, 2)?,
+                    tag: get(&row, 3)?,
+                    direct: get::<&str>(&row, 4)? != "propagated",
+                    propagated_from: opt_guid(&row, 5)?,
+                    propagate: get(&row, 6)?,
+                };
+                fresh.classifications_by_asset.entry(c.asset).or_default().push(id);
+                fresh.classifications.insert(id, c);
                 Ok(())
             },
         )
         .await?;
-        let mut propagated = Vec::new();
         for_each_row(
             &tx,
             "SELECT tenant_id, asset_guid, attribute, value, propagated_from FROM metastore.propagated_attributes",
             |row| {
-                propagated.push((
-                    get::<String>(&row, 0)?,
-                    guid(&row, 1)?,
-                    get::<String>(&row, 2)?,
-                    get::<String>(&row, 3)?,
-                    guid(&row, 4)?,
-                ));
+                let value = PropagatedValue {
+                    tenant: fresh.tenant(get::<&str>(&row, 0)?),
+                    attribute: get(&row, 2)?,
+                    value: get(&row, 3)?,
+                    propagated_from: guid(&row, 4)?,
+                };
+                fresh.add_propagated(guid(&row, 1)?, value);
                 Ok(())
             },
         )
@@ -117,46 +115,8 @@ impl CatalogState {
         tx.commit()
             .await
             .map_err(TransformError::sql("ending the catalog load"))?;
-
-        let mut inner = self.lock();
-        inner.assets.clear();
-        inner.edges.clear();
-        inner.classifications.clear();
-        inner.classifications_by_asset.clear();
-        inner.propagated.clear();
-        for (g, tenant, mut a) in assets {
-            a.tenant = inner.tenant(&tenant);
-            inner.assets.insert(g, a);
-        }
-        for (g, tenant, mut e) in edges {
-            e.tenant = inner.tenant(&tenant);
-            inner.edges.insert(g, e);
-        }
-        for (g, tenant, mut c) in classifications {
-            c.tenant = inner.tenant(&tenant);
-            inner
-                .classifications_by_asset
-                .entry(c.asset)
-                .or_default()
-                .push(g);
-            inner.classifications.insert(g, c);
-        }
-        for (tenant, asset, attribute, value, from) in propagated {
-            let tenant = inner.tenant(&tenant);
-            inner
-                .propagated
-                .entry(asset)
-                .or_default()
-                .insert(PropagatedValue {
-                    tenant,
-                    attribute,
-                    value,
-                    propagated_from: from,
-                });
-        }
-        for t in StateTable::ALL {
-            inner.touch(t);
-        }
+        // A fresh state has no snapshots: every table is rebuilt on first use.
+        *self.lock() = fresh;
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ pub type Guid = u128;
 /// The tables of the catalog state, as SQL sees them under `state.`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StateTable {
-    /// `state.assets`: asset identity (guid, tenant, type, names, parent, owners, certificate).
+    /// `state.assets`: asset identity (guid, tenant, type, qualified name, parent, owners, certificate).
     Assets,
     /// `state.lineage_edges`: upstream → downstream, with the tags blocked on the edge.
     LineageEdges,
@@ -68,15 +68,16 @@ impl StateTable {
     }
 }
 
+// Kept small: a catalog holds millions of these. Maps hold them boxed, so
+// growing a map moves pointers, not rows.
 #[derive(Debug, Clone)]
 struct Asset {
     tenant: Arc<str>,
-    type_name: String,
-    qualified_name: String,
-    name: String,
+    type_name: Arc<str>,
+    qualified_name: Box<str>,
     parent: Option<Guid>,
-    owners: Vec<String>,
-    certificate: Option<String>,
+    owners: Box<[String]>,
+    certificate: Option<Box<str>>,
 }
 
 #[derive(Debug, Clone)]
@@ -110,15 +111,18 @@ struct PropagatedValue {
 #[derive(Default)]
 struct Inner {
     tenants: HashSet<Arc<str>>,
-    assets: HashMap<Guid, Asset>,
-    edges: HashMap<Guid, Edge>,
+    assets: HashMap<Guid, Box<Asset>>,
+    edges: HashMap<Guid, Box<Edge>>,
     classifications: HashMap<Guid, Classification>,
     classifications_by_asset: HashMap<Guid, Vec<Guid>>,
     propagated: HashMap<Guid, HashSet<PropagatedValue>>,
+    /// How many propagated attribute values each origin has given.
+    attribute_copies_from: HashMap<Guid, usize>,
     snapshots: [Option<RecordBatch>; 5],
 }
 
 impl Inner {
+    /// The shared copy of a short, much repeated string (tenant ids, type names).
     fn tenant(&mut self, id: &str) -> Arc<str> {
         if let Some(t) = self.tenants.get(id) {
             return t.clone();
@@ -126,6 +130,30 @@ impl Inner {
         let t: Arc<str> = Arc::from(id);
         self.tenants.insert(t.clone());
         t
+    }
+
+    fn add_propagated(&mut self, asset: Guid, value: PropagatedValue) {
+        let origin = value.propagated_from;
+        if self.propagated.entry(asset).or_default().insert(value) {
+            *self.attribute_copies_from.entry(origin).or_default() += 1;
+        }
+    }
+
+    fn remove_propagated(&mut self, asset: Guid, value: &PropagatedValue) {
+        let Some(set) = self.propagated.get_mut(&asset) else {
+            return;
+        };
+        if set.remove(value)
+            && let Some(n) = self.attribute_copies_from.get_mut(&value.propagated_from)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.attribute_copies_from.remove(&value.propagated_from);
+            }
+        }
+        if set.is_empty() {
+            self.propagated.remove(&asset);
+        }
     }
 
     fn touch(&mut self, table: StateTable) {
@@ -258,6 +286,18 @@ impl CatalogState {
         }
         out.dedup();
         out
+    }
+
+    /// Whether a change of `asset` can change attribute propagation: it has
+    /// a value that propagates, or copies of an earlier one are out there.
+    pub fn attributes_matter(&self, asset: Guid) -> bool {
+        let inner = self.lock();
+        inner.attribute_copies_from.contains_key(&asset)
+            || inner.assets.get(&asset).is_some_and(|a| {
+                snapshot::attribute_values(a, &self.attributes)
+                    .next()
+                    .is_some()
+            })
     }
 
     /// Every direct classification that propagates, as (tenant, asset, tag).

@@ -31,7 +31,6 @@ pub fn schema(table: StateTable) -> SchemaRef {
             text("tenant_id"),
             text("type_name"),
             text("qualified_name"),
-            text("name"),
             uuid("parent_guid"),
             text_list("owners"),
             text("certificate"),
@@ -137,7 +136,6 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
             let mut tenant = StringBuilder::new();
             let mut type_name = StringBuilder::new();
             let mut qname = StringBuilder::new();
-            let mut name = StringBuilder::new();
             let mut owners = list_builder();
             let mut certificate = StringBuilder::new();
             for (g, a) in &inner.assets {
@@ -145,7 +143,6 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
                 tenant.append_value(&a.tenant);
                 type_name.append_value(&a.type_name);
                 qname.append_value(&a.qualified_name);
-                name.append_value(&a.name);
                 parent.push(a.parent);
                 push_list(&mut owners, &a.owners);
                 certificate.append_option(a.certificate.as_deref());
@@ -155,7 +152,6 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
                 finish_strings(tenant),
                 finish_strings(type_name),
                 finish_strings(qname),
-                finish_strings(name),
                 parent.finish(),
                 Arc::new(owners.finish()),
                 finish_strings(certificate),
