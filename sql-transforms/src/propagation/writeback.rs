@@ -116,10 +116,16 @@ pub async fn write_back(
             "attribute, value",
         ),
     };
+    // The key makes every look-up into the staged rows an index probe,
+    // whatever plan PostgreSQL picks for the anti-joins below.
     let stage_def = match what {
-        Propagated::Tags => "tenant_id text, asset_guid uuid, tag text, propagated_from uuid",
+        Propagated::Tags => {
+            "tenant_id text, asset_guid uuid, tag text, propagated_from uuid, \
+             PRIMARY KEY (tenant_id, asset_guid, tag, propagated_from)"
+        }
         Propagated::Attributes => {
-            "tenant_id text, asset_guid uuid, attribute text, value text, propagated_from uuid"
+            "tenant_id text, asset_guid uuid, attribute text, value text, propagated_from uuid, \
+             PRIMARY KEY (tenant_id, asset_guid, attribute, value, propagated_from)"
         }
     };
     tx.batch_execute(&format!(
@@ -132,14 +138,14 @@ pub async fn write_back(
     let staged = match what {
         Propagated::Tags => {
             tx.execute(
-                &format!("INSERT INTO {stage} SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::uuid[])"),
+                &format!("INSERT INTO {stage} SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::uuid[]) ON CONFLICT DO NOTHING"),
                 &[&d.tenant, &d.asset, &d.key, &d.origin],
             )
             .await
         }
         Propagated::Attributes => {
             tx.execute(
-                &format!("INSERT INTO {stage} SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::uuid[])"),
+                &format!("INSERT INTO {stage} SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::uuid[]) ON CONFLICT DO NOTHING"),
                 &[&d.tenant, &d.asset, &d.key, &d.value, &d.origin],
             )
             .await
