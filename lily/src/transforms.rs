@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use lily_config::LilyConfig;
-use lily_transforms::slt::{discover_slt, run_slt};
-use lily_transforms::{TransformSet, check_source, discover};
+use lily_transforms::slt::run_all;
+use lily_transforms::{TransformError, TransformSet, check_source, discover};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -34,12 +34,13 @@ pub async fn load_transforms(config: &LilyConfig) -> anyhow::Result<TransformSet
     info!(dir = %dir.display(), loaded = report.loaded.len(), failed = report.errors.len(), "transforms loaded");
     for (sink, transform) in &config.transforms.sinks {
         if set.get(transform).is_none() {
+            let file = dir.join(format!("{transform}.sql"));
             let why = report
                 .errors
                 .iter()
-                .find(|e| e.to_string().contains(&format!("{transform}.sql")))
+                .find(|e| matches!(e, TransformError::Invalid { file: f, .. } if *f == file))
                 .map(|e| format!(": {e}"))
-                .unwrap_or_else(|| format!(": no file {transform}.sql in {}", dir.display()));
+                .unwrap_or_else(|| format!(": no file {}", file.display()));
             anyhow::bail!("sink {sink} is fed by transform {transform}, which did not load{why}");
         }
     }
@@ -189,21 +190,9 @@ pub async fn check(config: &LilyConfig, dir: Option<&Path>) -> anyhow::Result<()
 /// `lily transforms test`: runs the `.slt` files beside the transforms.
 pub async fn test(config: &LilyConfig, dir: Option<&Path>) -> anyhow::Result<()> {
     let dir = transforms_dir(config, dir);
-    let files = discover_slt(&dir).with_context(|| format!("reading {}", dir.display()))?;
-    let (mut passed, mut failed) = (0, 0);
-    for (path, transform) in &files {
-        let shown = path.strip_prefix(&dir).unwrap_or(path).display();
-        match run_slt(path, transform.as_ref()).await {
-            Ok(()) => {
-                passed += 1;
-                println!("ok      {shown}");
-            }
-            Err(e) => {
-                failed += 1;
-                println!("FAILED  {shown}\n{e}");
-            }
-        }
-    }
+    let (passed, failed) = run_all(&dir)
+        .await
+        .with_context(|| format!("reading {}", dir.display()))?;
     println!("{passed} passed, {failed} failed");
     if failed > 0 {
         anyhow::bail!("{failed} .slt file(s) failed");

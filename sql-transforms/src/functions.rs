@@ -14,47 +14,51 @@ use uuid::Uuid;
 
 /// Registers `to_uuid(text)` and `uuid_text(uuid)`.
 pub fn register(ctx: &SessionContext) {
-    ctx.register_udf(to_uuid());
-    ctx.register_udf(uuid_text());
+    // `to_uuid('0b3c…')`: NULL stays NULL; text that is not a uuid is an
+    // error naming the value.
+    ctx.register_udf(text_to_uuid_udf("to_uuid", |s| {
+        Uuid::parse_str(s.trim())
+            .map(|u| *u.as_bytes())
+            .map_err(|e| DataFusionError::Execution(format!("to_uuid: {s:?} is not a uuid: {e}")))
+    }));
+    // `uuid_text(guid)`: the hyphenated text form.
+    ctx.register_udf(uuid_to_text_udf("uuid_text", |b| {
+        Uuid::from_slice(b)
+            .map(|u| u.hyphenated().to_string())
+            .map_err(|e| DataFusionError::Execution(format!("uuid_text: {e}")))
+    }));
 }
 
-/// `to_uuid('0b3c…')`: a uuid from its text form; NULL stays NULL, anything
-/// else that is not a uuid is an error naming the value.
-fn to_uuid() -> ScalarUDF {
+/// A function from text to a 16-byte uuid, converting each value with `parse`.
+pub(crate) fn text_to_uuid_udf(name: &str, parse: fn(&str) -> DfResult<[u8; 16]>) -> ScalarUDF {
     create_udf(
-        "to_uuid",
+        name,
         vec![DataType::Utf8],
         DataType::FixedSizeBinary(16),
         Volatility::Immutable,
-        Arc::new(|args: &[ColumnarValue]| {
+        Arc::new(move |args: &[ColumnarValue]| {
             let arrays = ColumnarValue::values_to_arrays(args)?;
             let text = arrays[0].as_string::<i32>();
             let mut out = FixedSizeBinaryBuilder::with_capacity(text.len(), 16);
             for v in text.iter() {
                 match v {
-                    Some(s) => {
-                        let u = Uuid::parse_str(s.trim()).map_err(|e| {
-                            DataFusionError::Execution(format!("to_uuid: {s:?} is not a uuid: {e}"))
-                        })?;
-                        out.append_value(u.as_bytes())?;
-                    }
+                    Some(s) => out.append_value(parse(s)?)?,
                     None => out.append_null(),
                 }
             }
-            let array: ArrayRef = Arc::new(out.finish());
-            scalar_if_scalar(args, array)
+            scalar_if_scalar(args, Arc::new(out.finish()))
         }),
     )
 }
 
-/// `uuid_text(guid)`: the hyphenated text form of a uuid.
-fn uuid_text() -> ScalarUDF {
+/// A function from a 16-byte uuid to text, converting each value with `show`.
+pub(crate) fn uuid_to_text_udf(name: &str, show: fn(&[u8]) -> DfResult<String>) -> ScalarUDF {
     create_udf(
-        "uuid_text",
+        name,
         vec![DataType::FixedSizeBinary(16)],
         DataType::Utf8,
         Volatility::Immutable,
-        Arc::new(|args: &[ColumnarValue]| {
+        Arc::new(move |args: &[ColumnarValue]| {
             let arrays = ColumnarValue::values_to_arrays(args)?;
             let bin = arrays[0].as_fixed_size_binary();
             let mut out = StringBuilder::with_capacity(bin.len(), bin.len() * 36);
@@ -62,13 +66,10 @@ fn uuid_text() -> ScalarUDF {
                 if bin.is_null(i) {
                     out.append_null();
                 } else {
-                    let u = Uuid::from_slice(bin.value(i))
-                        .map_err(|e| DataFusionError::Execution(format!("uuid_text: {e}")))?;
-                    out.append_value(u.hyphenated().to_string());
+                    out.append_value(show(bin.value(i))?);
                 }
             }
-            let array: ArrayRef = Arc::new(out.finish());
-            scalar_if_scalar(args, array)
+            scalar_if_scalar(args, Arc::new(out.finish()))
         }),
     )
 }

@@ -1,6 +1,5 @@
 //! Planning a transform once and running it on batch after batch.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -147,7 +146,6 @@ pub struct TransformRunner {
     set: TransformSet,
     contract: OutputContract,
     session: TransformSession,
-    inputs: HashMap<String, Arc<SwapTable>>,
     compiled: Compiled,
     sql: String,
     generation: u64,
@@ -164,22 +162,10 @@ impl TransformRunner {
         inputs: Vec<(String, SchemaRef)>,
         contract: OutputContract,
     ) -> Result<Self> {
-        let session = new_session(state).map_err(|e| TransformError::Run {
+        let session = new_session(state, inputs).map_err(|e| TransformError::Run {
             name: name.to_owned(),
             source: e,
         })?;
-        let mut tables = HashMap::new();
-        for (table, schema) in inputs {
-            let swap = Arc::new(SwapTable::new(schema));
-            session
-                .ctx
-                .register_table(table.as_str(), swap.clone())
-                .map_err(|e| TransformError::Run {
-                    name: name.to_owned(),
-                    source: e,
-                })?;
-            tables.insert(table, swap);
-        }
         let generation = set.generation();
         let source = set
             .get(name)
@@ -190,7 +176,6 @@ impl TransformRunner {
             set: set.clone(),
             contract,
             session,
-            inputs: tables,
             compiled,
             sql: source.sql,
             generation,
@@ -200,11 +185,6 @@ impl TransformRunner {
     /// The transform's name.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The schema of what it outputs.
-    pub fn output_schema(&self) -> &SchemaRef {
-        &self.compiled.schema
     }
 
     /// Picks up a new version of the file, if the set has one that plans and
@@ -267,7 +247,7 @@ impl TransformRunner {
         let swap = if table == PAYLOAD {
             self.compiled.payload.clone()
         } else {
-            self.inputs.get(table).cloned()
+            self.session.inputs.get(table).cloned()
         }
         .ok_or_else(|| {
             TransformError::State(format!("transform {} reads no table {table}", self.name))

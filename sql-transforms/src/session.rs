@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -20,10 +21,16 @@ pub struct TransformSession {
     pub ctx: SessionContext,
     /// `changes.<table>`, by table name.
     pub changes: HashMap<String, Arc<SwapTable>>,
+    /// Extra input tables (propagation's `origins`), by name.
+    pub inputs: HashMap<String, Arc<SwapTable>>,
 }
 
-/// A session over `state`, with one empty `changes.<table>` per metastore table.
-pub fn new_session(state: Arc<CatalogState>) -> DfResult<TransformSession> {
+/// A session over `state`, with one empty `changes.<table>` per metastore
+/// table and an empty table for each of `inputs`.
+pub fn new_session(
+    state: Arc<CatalogState>,
+    inputs: Vec<(String, SchemaRef)>,
+) -> DfResult<TransformSession> {
     let mut config = SessionConfig::new()
         .with_target_partitions(1)
         .with_information_schema(false);
@@ -56,5 +63,16 @@ pub fn new_session(state: Arc<CatalogState>) -> DfResult<TransformSession> {
         )?;
     }
     catalog.register_schema("state", state_schema)?;
-    Ok(TransformSession { ctx, changes })
+
+    let mut tables = HashMap::new();
+    for (name, schema) in inputs {
+        let swap = Arc::new(SwapTable::new(schema));
+        ctx.register_table(name.as_str(), swap.clone())?;
+        tables.insert(name, swap);
+    }
+    Ok(TransformSession {
+        ctx,
+        changes,
+        inputs: tables,
+    })
 }

@@ -15,7 +15,6 @@ use crate::runner::compile;
 use crate::session::new_session;
 use crate::source::{TransformKind, TransformSource, discover};
 use crate::state::CatalogState;
-use crate::tables::SwapTable;
 
 /// What a (re)load did.
 #[derive(Debug, Default)]
@@ -66,14 +65,8 @@ pub(crate) fn shape_of(
 /// output has the shape its kind requires. Returns its output schema.
 pub async fn check_source(source: &TransformSource) -> Result<SchemaRef> {
     let (inputs, contract) = shape_of(source)?;
-    let session = new_session(Arc::new(CatalogState::new(Vec::new())))
+    let session = new_session(Arc::new(CatalogState::new(Vec::new())), inputs)
         .map_err(|e| source.datafusion_error(&e))?;
-    for (name, schema) in inputs {
-        session
-            .ctx
-            .register_table(name.as_str(), Arc::new(SwapTable::new(schema)))
-            .map_err(|e| source.datafusion_error(&e))?;
-    }
     Ok(compile(&session, source, &contract).await?.schema)
 }
 

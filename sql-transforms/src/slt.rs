@@ -10,18 +10,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, FixedSizeBinaryBuilder, RecordBatch, StringBuilder};
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::{
     MemTable, MemorySchemaProvider, SchemaProvider, TableProvider, view::ViewTable,
 };
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::DFParserBuilder;
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 
+use crate::functions::{text_to_uuid_udf, uuid_to_text_udf};
 use crate::session::new_session;
 use crate::set::shape_of;
 use crate::source::{TransformSource, discover};
@@ -39,7 +39,7 @@ fn memory_table(schema: arrow::datatypes::SchemaRef) -> DfResult<Arc<dyn TablePr
 impl SltSession {
     /// A session whose `output` view is `transform` (when given).
     pub async fn new(transform: Option<&TransformSource>) -> DfResult<Self> {
-        let session = new_session(Arc::new(CatalogState::new(Vec::new())))?;
+        let session = new_session(Arc::new(CatalogState::new(Vec::new())), Vec::new())?;
         let ctx = session.ctx;
         register_label_functions(&ctx);
         let catalog = ctx
@@ -81,54 +81,20 @@ impl SltSession {
 
 /// `id(label)` and `label(guid)`: readable stand-ins for uuids in tests.
 fn register_label_functions(ctx: &SessionContext) {
-    ctx.register_udf(create_udf(
-        "id",
-        vec![DataType::Utf8],
-        DataType::FixedSizeBinary(16),
-        Volatility::Immutable,
-        Arc::new(|args: &[ColumnarValue]| {
-            let arrays = ColumnarValue::values_to_arrays(args)?;
-            let text = arrays[0].as_string::<i32>();
-            let mut out = FixedSizeBinaryBuilder::new(16);
-            for v in text.iter() {
-                match v {
-                    Some(s) if s.len() <= 16 => {
-                        let mut b = [0u8; 16];
-                        b[..s.len()].copy_from_slice(s.as_bytes());
-                        out.append_value(b)?;
-                    }
-                    Some(s) => {
-                        return Err(DataFusionError::Execution(format!(
-                            "id({s:?}): a label is at most 16 bytes"
-                        )));
-                    }
-                    None => out.append_null(),
-                }
-            }
-            Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
-        }),
-    ));
-    ctx.register_udf(create_udf(
-        "label",
-        vec![DataType::FixedSizeBinary(16)],
-        DataType::Utf8,
-        Volatility::Immutable,
-        Arc::new(|args: &[ColumnarValue]| {
-            let arrays = ColumnarValue::values_to_arrays(args)?;
-            let bin = arrays[0].as_fixed_size_binary();
-            let mut out = StringBuilder::new();
-            for i in 0..bin.len() {
-                if bin.is_null(i) {
-                    out.append_null();
-                } else {
-                    let v = bin.value(i);
-                    let end = v.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
-                    out.append_value(String::from_utf8_lossy(&v[..end]));
-                }
-            }
-            Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
-        }),
-    ));
+    ctx.register_udf(text_to_uuid_udf("id", |s| {
+        if s.len() > 16 {
+            return Err(DataFusionError::Execution(format!(
+                "id({s:?}): a label is at most 16 bytes"
+            )));
+        }
+        let mut b = [0u8; 16];
+        b[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(b)
+    }));
+    ctx.register_udf(uuid_to_text_udf("label", |v| {
+        let end = v.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+        Ok(String::from_utf8_lossy(&v[..end]).into_owned())
+    }));
 }
 
 /// A failed statement in an `.slt` file.
@@ -265,4 +231,24 @@ pub async fn run_slt(path: &Path, transform: Option<&TransformSource>) -> Result
         .run_file_async(path)
         .await
         .map_err(|e| e.display(true).to_string())
+}
+
+/// Runs every `.slt` file under `dir`, printing a line per file (and what
+/// failed); returns (passed, failed).
+pub async fn run_all(dir: &Path) -> crate::Result<(usize, usize)> {
+    let (mut passed, mut failed) = (0, 0);
+    for (path, transform) in discover_slt(dir)? {
+        let shown = path.strip_prefix(dir).unwrap_or(&path).display();
+        match run_slt(&path, transform.as_ref()).await {
+            Ok(()) => {
+                println!("ok      {shown}");
+                passed += 1;
+            }
+            Err(e) => {
+                println!("FAILED  {shown}\n{e}");
+                failed += 1;
+            }
+        }
+    }
+    Ok((passed, failed))
 }

@@ -15,6 +15,19 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::state::{CatalogState, StateTable};
 
+/// A scan of rows held in memory, as one partition.
+fn memory_scan(
+    rows: Vec<RecordBatch>,
+    schema: SchemaRef,
+    projection: Option<&Vec<usize>>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    Ok(MemorySourceConfig::try_new_exec(
+        &[rows],
+        schema,
+        projection.cloned(),
+    )?)
+}
+
 /// A table with a fixed schema whose rows are swapped before each run: the
 /// current change batch, the payload, the propagation origins.
 #[derive(Debug)]
@@ -89,11 +102,7 @@ impl TableProvider for SwapTable {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let rows = self.rows.read().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(MemorySourceConfig::try_new_exec(
-            &[rows.as_ref().clone()],
-            self.schema.clone(),
-            projection.cloned(),
-        )?)
+        memory_scan(rows.as_ref().clone(), self.schema.clone(), projection)
     }
 }
 
@@ -128,11 +137,10 @@ impl TableProvider for StateTableProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let batch = self.state.snapshot(self.table);
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
+        memory_scan(
+            vec![self.state.snapshot(self.table)],
             self.table.schema(),
-            projection.cloned(),
-        )?)
+            projection,
+        )
     }
 }

@@ -118,9 +118,8 @@ impl PropagationSink {
             }
             let started = Instant::now();
             let batch = origins_batch(what, &origins)?;
-            let runner = &mut self.runners[i].1;
-            runner.refresh().await;
-            let rows = runner.run_with(ORIGINS, vec![batch]).await?;
+            // New file versions were picked up in `flush`.
+            let rows = self.runners[i].1.run_with(ORIGINS, vec![batch]).await?;
             let computed = started.elapsed();
             // Deletion covers every re-computed origin, including those
             // the allow-list filtered out (their copies must go).

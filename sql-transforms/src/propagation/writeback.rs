@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::Propagated;
@@ -95,6 +96,56 @@ fn desired(what: Propagated, rows: &RecordBatch) -> Result<Desired> {
     Ok(out)
 }
 
+/// The SQL that differs between what propagates.
+struct Target {
+    /// The metastore table the copies live in.
+    table: &'static str,
+    /// The temporary table the desired rows are staged in.
+    stage: &'static str,
+    /// Its columns; the key makes every look-up into it an index probe,
+    /// whatever plan PostgreSQL picks for the anti-joins.
+    stage_def: &'static str,
+    /// The arrays the staged rows are sent as.
+    unnest: &'static str,
+    /// A staged row `w` is the copy `c`.
+    same: &'static str,
+    /// Which rows of the table are copies.
+    propagated_only: &'static str,
+    /// Inserting staged rows `w` as copies (the FROM clause follows).
+    insert: &'static str,
+}
+
+impl Target {
+    fn of(what: Propagated) -> Self {
+        match what {
+            Propagated::Tags => Target {
+                table: "metastore.classifications",
+                stage: "lily_desired_tags",
+                stage_def: "tenant_id text, asset_guid uuid, tag text, propagated_from uuid, \
+                            PRIMARY KEY (tenant_id, asset_guid, tag, propagated_from)",
+                unnest: "$1::text[], $2::uuid[], $3::text[], $4::uuid[]",
+                same: "w.tenant_id = c.tenant_id AND w.asset_guid = c.asset_guid \
+                       AND w.propagated_from = c.propagated_from AND w.tag = c.tag",
+                propagated_only: "c.source = 'propagated'",
+                insert: "INSERT INTO metastore.classifications (tenant_id, asset_guid, tag, source, propagated_from, propagate) \
+                         SELECT w.tenant_id, w.asset_guid, w.tag, 'propagated', w.propagated_from, false",
+            },
+            Propagated::Attributes => Target {
+                table: "metastore.propagated_attributes",
+                stage: "lily_desired_attributes",
+                stage_def: "tenant_id text, asset_guid uuid, attribute text, value text, propagated_from uuid, \
+                            PRIMARY KEY (tenant_id, asset_guid, attribute, value, propagated_from)",
+                unnest: "$1::text[], $2::uuid[], $3::text[], $4::text[], $5::uuid[]",
+                same: "w.tenant_id = c.tenant_id AND w.asset_guid = c.asset_guid \
+                       AND w.propagated_from = c.propagated_from AND w.attribute = c.attribute AND w.value = c.value",
+                propagated_only: "true",
+                insert: "INSERT INTO metastore.propagated_attributes (tenant_id, asset_guid, attribute, value, propagated_from) \
+                         SELECT w.tenant_id, w.asset_guid, w.attribute, w.value, w.propagated_from",
+            },
+        }
+    }
+}
+
 /// Makes the propagated rows of `origins` (all origins when `None`) exactly
 /// `rows`, the output of the propagation transform.
 pub async fn write_back(
@@ -108,68 +159,35 @@ pub async fn write_back(
         .transaction()
         .await
         .map_err(TransformError::sql("starting the propagation write-back"))?;
-    let (table, stage, key_cols) = match what {
-        Propagated::Tags => ("metastore.classifications", "lily_desired_tags", "tag"),
-        Propagated::Attributes => (
-            "metastore.propagated_attributes",
-            "lily_desired_attributes",
-            "attribute, value",
-        ),
-    };
-    // The key makes every look-up into the staged rows an index probe,
-    // whatever plan PostgreSQL picks for the anti-joins below.
-    let stage_def = match what {
-        Propagated::Tags => {
-            "tenant_id text, asset_guid uuid, tag text, propagated_from uuid, \
-             PRIMARY KEY (tenant_id, asset_guid, tag, propagated_from)"
-        }
-        Propagated::Attributes => {
-            "tenant_id text, asset_guid uuid, attribute text, value text, propagated_from uuid, \
-             PRIMARY KEY (tenant_id, asset_guid, attribute, value, propagated_from)"
-        }
-    };
+    let t = Target::of(what);
+    let (table, stage, same, propagated_only) = (t.table, t.stage, t.same, t.propagated_only);
     tx.batch_execute(&format!(
-        "CREATE TEMP TABLE IF NOT EXISTS {stage} ({stage_def}) ON COMMIT DELETE ROWS"
+        "CREATE TEMP TABLE IF NOT EXISTS {stage} ({}) ON COMMIT DELETE ROWS",
+        t.stage_def
     ))
     .await
     .map_err(TransformError::sql(
         "creating the propagation staging table",
     ))?;
-    let staged = match what {
-        Propagated::Tags => {
-            tx.execute(
-                &format!("INSERT INTO {stage} SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::uuid[]) ON CONFLICT DO NOTHING"),
-                &[&d.tenant, &d.asset, &d.key, &d.origin],
-            )
-            .await
-        }
-        Propagated::Attributes => {
-            tx.execute(
-                &format!("INSERT INTO {stage} SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::uuid[]) ON CONFLICT DO NOTHING"),
-                &[&d.tenant, &d.asset, &d.key, &d.value, &d.origin],
-            )
-            .await
-        }
+    let params: Vec<&(dyn ToSql + Sync)> = match what {
+        Propagated::Tags => vec![&d.tenant, &d.asset, &d.key, &d.origin],
+        Propagated::Attributes => vec![&d.tenant, &d.asset, &d.key, &d.value, &d.origin],
     };
-    staged.map_err(TransformError::sql("staging the propagation result"))?;
+    tx.execute(
+        &format!(
+            "INSERT INTO {stage} SELECT * FROM unnest({}) ON CONFLICT DO NOTHING",
+            t.unnest
+        ),
+        &params,
+    )
+    .await
+    .map_err(TransformError::sql("staging the propagation result"))?;
     if d.tenant.len() > 1000 {
         tx.batch_execute(&format!("ANALYZE {stage}"))
             .await
             .map_err(TransformError::sql("analyzing the propagation result"))?;
     }
 
-    let same = format!(
-        "w.tenant_id = c.tenant_id AND w.asset_guid = c.asset_guid AND w.propagated_from = c.propagated_from AND {}",
-        key_cols
-            .split(", ")
-            .map(|k| format!("w.{k} = c.{k}"))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    );
-    let propagated_only = match what {
-        Propagated::Tags => "c.source = 'propagated'",
-        Propagated::Attributes => "true",
-    };
     let key = what.key();
     let deleted = match origins {
         Some(origins) => {
@@ -199,16 +217,7 @@ pub async fn write_back(
     }
     .map_err(TransformError::sql(format!("retracting propagated rows from {table}")))?;
 
-    let insert = match what {
-        Propagated::Tags => {
-            "INSERT INTO metastore.classifications (tenant_id, asset_guid, tag, source, propagated_from, propagate) \
-             SELECT w.tenant_id, w.asset_guid, w.tag, 'propagated', w.propagated_from, false"
-        }
-        Propagated::Attributes => {
-            "INSERT INTO metastore.propagated_attributes (tenant_id, asset_guid, attribute, value, propagated_from) \
-             SELECT w.tenant_id, w.asset_guid, w.attribute, w.value, w.propagated_from"
-        }
-    };
+    let insert = t.insert;
     // Assets deleted since the state was read are skipped, not an error.
     let inserted = tx
         .execute(

@@ -240,11 +240,6 @@ impl CatalogState {
         )
     }
 
-    /// The tenant of an asset, when it is known.
-    pub fn tenant_of(&self, asset: Guid) -> Option<Arc<str>> {
-        self.lock().assets.get(&asset).map(|a| a.tenant.clone())
-    }
-
     /// The classifications on `asset`.
     pub fn tags_at(&self, asset: Guid) -> Vec<TagAt> {
         let inner = self.lock();
@@ -323,10 +318,5 @@ impl CatalogState {
         out.sort();
         out.dedup();
         out
-    }
-
-    /// Whether any attribute propagates at all.
-    pub fn propagates_attributes(&self) -> bool {
-        !self.attributes.is_empty()
     }
 }
