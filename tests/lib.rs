@@ -13,6 +13,9 @@ use deltalake::datafusion::prelude::SessionContext;
 use lily_config::LilyConfig;
 use lily_embedded::{ClusterBuilder, PgCluster};
 
+pub mod api;
+pub mod broker;
+
 /// Database the tests use.
 pub const DB: &str = "lily";
 
@@ -46,6 +49,8 @@ impl TestEnv {
         config.postgres.url = cluster.url(DB);
         config.lake.root = dir.path().join("lake").display().to_string();
         config.metrics.listen = String::new();
+        // Tests that use the API give it a free port (TestEnv::enable_api).
+        config.api.listen = String::new();
         config.replication.status_interval_ms = 200;
         config.lake.flush_interval_ms = 200;
         let env = TestEnv {
@@ -89,6 +94,7 @@ impl TestEnv {
                 c.lake.flush_interval_ms.to_string(),
             ),
             ("LILY_METRICS__LISTEN".into(), c.metrics.listen.clone()),
+            ("LILY_API__LISTEN".into(), c.api.listen.clone()),
             (
                 "LILY_TRANSFORMS__DIR".into(),
                 transforms_dir().display().to_string(),
@@ -106,11 +112,29 @@ impl TestEnv {
 
     /// Starts `lily <args>` against this environment; its output goes to a log file.
     pub fn spawn_lily(&self, args: &[&str]) -> anyhow::Result<LilyProcess> {
+        self.spawn_lily_with(args, &[])
+    }
+
+    /// Same, with more `LILY_*` variables.
+    pub fn spawn_lily_with(
+        &self,
+        args: &[&str],
+        extra: &[(String, String)],
+    ) -> anyhow::Result<LilyProcess> {
         let log = self
             .dir
             .path()
             .join(format!("lily-{}.log", rand::random::<u32>()));
-        LilyProcess::spawn(args, &self.lily_env(), &log)
+        let mut env = self.lily_env();
+        env.extend_from_slice(extra);
+        LilyProcess::spawn(args, &env, &log)
+    }
+
+    /// Gives the API a free loopback port; returns its base URL.
+    pub fn enable_api(&mut self) -> anyhow::Result<String> {
+        let port = free_port()?;
+        self.config.api.listen = format!("127.0.0.1:{port}");
+        Ok(format!("http://127.0.0.1:{port}"))
     }
 
     /// Reads the audit table with DataFusion: the result of `sql` over table `audit`.

@@ -1,4 +1,5 @@
-//! Environment overrides: `LILY_<SECTION>__<KEY>=value` sets `<section>.<key>`.
+//! Environment overrides: `LILY_<SECTION>__<KEY>=value` sets `<section>.<key>`;
+//! a list of strings is given comma-separated (`LILY_PROPAGATION__TAGS=PII,GDPR`).
 //!
 //! The overrides are applied to the parsed TOML table before it is turned
 //! into a [`LilyConfig`]. The TOML type of each value (integer, boolean,
@@ -153,6 +154,14 @@ fn resolve(defaults: &Table, var: &str, raw: &str) -> Result<Override, ConfigErr
                 .map_err(|_| env_err(format!("{raw:?} is not a valid number for {dotted}")))?;
             Value::Float(x)
         }
+        // A list of strings is given comma-separated: "a,b".
+        Some(Value::Array(items)) if items.iter().all(Value::is_str) => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
+        ),
         Some(Value::Array(_) | Value::Datetime(_) | Value::Table(_)) => {
             return Err(env_err(format!(
                 "{dotted} cannot be set from the environment; set it in the configuration file"

@@ -53,7 +53,8 @@ use std::path::Path;
 pub use env::{ENV_PREFIX, ENV_SEPARATOR};
 pub use error::ConfigError;
 pub use model::{
-    LakeConfig, LilyConfig, LogConfig, LogFormat, MetricsConfig, PostgresConfig,
+    ApiConfig, AuthConfig, DeactivatedOwner, JiraConfig, KafkaSourceConfig, LakeConfig, LilyConfig,
+    LogConfig, LogFormat, MetricsConfig, MonteCarloConfig, OktaConfig, PostgresConfig,
     PropagatedAttribute, PropagationConfig, ReplicationConfig, TransformsConfig,
 };
 pub use validate::PROPAGATABLE_ATTRIBUTES;

@@ -21,6 +21,18 @@ pub struct LilyConfig {
     pub transforms: TransformsConfig,
     /// `[propagation]`: lineage propagation of tags and attributes.
     pub propagation: PropagationConfig,
+    /// `[api]`: the HTTP API that `lily run` serves.
+    pub api: ApiConfig,
+    /// `[auth]`: how bearer tokens are verified.
+    pub auth: AuthConfig,
+    /// `[monte_carlo]`: the Monte Carlo incident webhook.
+    pub monte_carlo: MonteCarloConfig,
+    /// `[okta]`: Okta Event Hooks.
+    pub okta: OktaConfig,
+    /// `[jira]`: JIRA webhooks.
+    pub jira: JiraConfig,
+    /// `[kafka_source]`: Monte Carlo events consumed from Kafka topics.
+    pub kafka_source: KafkaSourceConfig,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
     /// `[log]`: logging.
@@ -245,6 +257,200 @@ pub struct PropagatedAttribute {
     /// Only these values propagate; empty means every value.
     #[serde(default)]
     pub values: Vec<String>,
+}
+
+/// `[api]`: the HTTP API (ingest, catalog) served by `lily run`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address (IP and port) the API listens on, e.g. `"0.0.0.0:8080"`; an
+    /// empty string disables the API.
+    ///
+    /// Default `"127.0.0.1:8080"`.
+    pub listen: String,
+    /// Largest request body accepted, in bytes; a larger one is refused
+    /// with 413. Must be at least 1024.
+    ///
+    /// Default `1048576` (1 MiB).
+    pub body_limit_bytes: usize,
+    /// Database connections shared by the API and the inbound sources.
+    /// Must be at least 1.
+    ///
+    /// Default `8`.
+    pub pool_size: usize,
+    /// How long in milliseconds a verified API key is trusted before it is
+    /// looked up again: the longest a revoked key keeps working.
+    ///
+    /// Default `30000`.
+    pub api_key_cache_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            body_limit_bytes: 1024 * 1024,
+            pool_size: 8,
+            api_key_cache_ms: 30_000,
+        }
+    }
+}
+
+/// `[auth]`: JWT bearer tokens. API keys need no configuration: they are
+/// created with `lily api-key create` and stored hashed in the metastore.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Shared secrets that sign HS256 tokens, for development and tests.
+    /// Empty: HS256 tokens are refused.
+    ///
+    /// Default `[]`.
+    pub jwt_hs256_secrets: Vec<String>,
+    /// JWKS URL of the OpenID Connect provider whose RS256 and ES256 tokens
+    /// are accepted (Keycloak: `<realm>/protocol/openid-connect/certs`, Okta:
+    /// `<issuer>/v1/keys`). Empty: none.
+    ///
+    /// Default `""`.
+    pub jwks_url: String,
+    /// How often in milliseconds the JWKS is fetched again. A token whose
+    /// `kid` is not known also triggers a fetch, at most once per
+    /// `jwks_min_refresh_ms`, so rotated keys are picked up at once.
+    ///
+    /// Default `300000`.
+    pub jwks_refresh_ms: u64,
+    /// Least time in milliseconds between two JWKS fetches.
+    ///
+    /// Default `5000`.
+    pub jwks_min_refresh_ms: u64,
+    /// Required `iss` claim; empty: not checked.
+    ///
+    /// Default `""`.
+    pub jwt_issuer: String,
+    /// Required `aud` claim; empty: not checked.
+    ///
+    /// Default `""`.
+    pub jwt_audience: String,
+    /// Claim that holds the caller's grants, each `"<tenant>:<role>"` with
+    /// role one of admin, steward, viewer, ingest; a string or a list.
+    ///
+    /// Default `"lily_roles"`.
+    pub roles_claim: String,
+    /// Clock skew in seconds allowed when checking `exp` and `nbf`.
+    ///
+    /// Default `30`.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_hs256_secrets: Vec::new(),
+            jwks_url: String::new(),
+            jwks_refresh_ms: 300_000,
+            jwks_min_refresh_ms: 5_000,
+            jwt_issuer: String::new(),
+            jwt_audience: String::new(),
+            roles_claim: "lily_roles".to_owned(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+/// `[monte_carlo]`: `POST /v1/tenants/{tenant}/ingest/monte-carlo`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonteCarloConfig {
+    /// Signing secret of each tenant's webhook: `tenant = "secret"` (set
+    /// them with `LILY_MONTE_CARLO__SECRETS__<TENANT>`). A tenant without a
+    /// secret cannot receive Monte Carlo webhooks.
+    ///
+    /// Default: none.
+    pub secrets: BTreeMap<String, String>,
+    /// The pre-ingest transform that maps an event onto an incident.
+    ///
+    /// Default `"ingest/monte_carlo_incident"`.
+    pub transform: String,
+}
+
+impl Default for MonteCarloConfig {
+    fn default() -> Self {
+        Self {
+            secrets: BTreeMap::new(),
+            transform: "ingest/monte_carlo_incident".to_owned(),
+        }
+    }
+}
+
+/// `[okta]`: `/v1/tenants/{tenant}/ingest/okta`, an Okta Event Hook. Okta
+/// sends an API key of the tenant (role ingest) in its Authorization header.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OktaConfig {
+    /// What a deactivated or deleted user's assets get: `"remove"` takes
+    /// the user out of their owners, `"flag"` keeps the owner and lists the
+    /// user under the asset attribute `deactivated_owners`.
+    ///
+    /// Default `"remove"`.
+    pub on_deactivate: DeactivatedOwner,
+}
+
+/// What happens to the assets a deactivated user owns.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum DeactivatedOwner {
+    /// Removed from the owners (`"remove"`).
+    #[default]
+    Remove,
+    /// Kept, and listed in the attribute `deactivated_owners` (`"flag"`).
+    Flag,
+}
+
+/// `[jira]`: `POST /v1/tenants/{tenant}/ingest/jira`, a JIRA webhook.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JiraConfig {
+    /// Secret of each tenant's JIRA webhook (`tenant = "secret"`), which JIRA
+    /// uses to sign its requests (`X-Hub-Signature: sha256=...`). A tenant
+    /// without one can still be reached with an API key.
+    ///
+    /// Default: none.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// `[kafka_source]`: Monte Carlo events read from Kafka topics by a
+/// consumer group; an offset is committed only once its event is written.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers, e.g. `"kafka-1:9092,kafka-2:9092"`; empty
+    /// disables the source.
+    ///
+    /// Default `""`.
+    pub brokers: String,
+    /// Consumer group id.
+    ///
+    /// Default `"lily-inbound"`.
+    pub group_id: String,
+    /// Which tenant each topic's events belong to: `"topic" = "tenant"`.
+    ///
+    /// Default: none.
+    pub topics: BTreeMap<String, String>,
+    /// Extra librdkafka settings passed as they are (security.protocol,
+    /// sasl.*, session.timeout.ms, ...).
+    ///
+    /// Default: none.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSourceConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            group_id: "lily-inbound".to_owned(),
+            topics: BTreeMap::new(),
+            options: BTreeMap::new(),
+        }
+    }
 }
 
 /// `[metrics]`: the Prometheus endpoint.

@@ -96,6 +96,45 @@ impl LilyConfig {
         at_least("lake.flush_interval_ms", lake.flush_interval_ms, 1)?;
         at_least("lake.flush_max_rows", lake.flush_max_rows as u64, 1)?;
 
+        for (key, listen) in [("api.listen", &self.api.listen)] {
+            if !listen.is_empty() && listen.parse::<SocketAddr>().is_err() {
+                return Err(invalid_str(
+                    key,
+                    listen,
+                    "give an IP address and port such as \"127.0.0.1:8080\", or an empty string to disable it",
+                ));
+            }
+        }
+        at_least(
+            "api.body_limit_bytes",
+            self.api.body_limit_bytes as u64,
+            1024,
+        )?;
+        at_least("api.pool_size", self.api.pool_size as u64, 1)?;
+        at_least("auth.jwks_refresh_ms", self.auth.jwks_refresh_ms, 1000)?;
+        if !self.auth.jwks_url.is_empty() && url::Url::parse(&self.auth.jwks_url).is_err() {
+            return Err(invalid_str(
+                "auth.jwks_url",
+                &self.auth.jwks_url,
+                "give an http(s) URL such as \"https://idp.example/realms/lily/protocol/openid-connect/certs\"",
+            ));
+        }
+        if self.auth.roles_claim.trim().is_empty() {
+            return Err(invalid_str(
+                "auth.roles_claim",
+                &self.auth.roles_claim,
+                "name the token claim that holds \"tenant:role\" grants",
+            ));
+        }
+        let ks = &self.kafka_source;
+        if !ks.brokers.is_empty() && ks.topics.is_empty() {
+            return Err(invalid_str(
+                "kafka_source.topics",
+                "",
+                "with kafka_source.brokers set, map at least one topic to its tenant",
+            ));
+        }
+
         let listen = &self.metrics.listen;
         if !listen.is_empty() && listen.parse::<SocketAddr>().is_err() {
             return Err(invalid_str(

@@ -1,6 +1,7 @@
 //! The `lily` command.
 
 mod demo;
+mod inbound;
 mod lake;
 mod pipeline;
 mod telemetry;
@@ -55,6 +56,38 @@ enum Command {
     Transforms {
         #[command(subcommand)]
         command: TransformsCommand,
+    },
+    /// API keys of machine senders (extraction jobs, Okta, JIRA).
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key and print it (shown once; only its hash is stored).
+    Create {
+        /// Tenant the key belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// Its role there: admin, steward, viewer or ingest.
+        #[arg(long, default_value = "ingest")]
+        role: String,
+        /// What it is for.
+        #[arg(long)]
+        name: String,
+    },
+    /// List keys (id, tenant, role, name), without secrets.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by its id.
+    Revoke {
+        /// The key id (the part after lily_).
+        key_id: String,
     },
 }
 
@@ -161,6 +194,15 @@ async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
         Command::Transforms {
             command: TransformsCommand::Reload,
         } => transforms::reload(&config).await,
+        Command::ApiKey {
+            command: ApiKeyCommand::Create { tenant, role, name },
+        } => inbound::create_key(&config, &tenant, &role, &name).await,
+        Command::ApiKey {
+            command: ApiKeyCommand::List { tenant },
+        } => inbound::list_keys(&config, tenant.as_deref()).await,
+        Command::ApiKey {
+            command: ApiKeyCommand::Revoke { key_id },
+        } => inbound::revoke_key(&config, &key_id).await,
     }
 }
 

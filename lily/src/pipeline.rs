@@ -103,6 +103,7 @@ pub async fn run(
         Duration::from_millis(config.transforms.reload_interval_ms),
         shutdown.clone(),
     ));
+    crate::inbound::start(config, &transforms, &state, shutdown.clone()).await?;
     let mut delay = Duration::from_millis(500);
     loop {
         let mut sinks = default_sinks(config).await?;

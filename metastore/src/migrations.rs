@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "propagation",
         sql: include_str!("../migrations/0002_propagation.sql"),
     },
+    Migration {
+        version: 3,
+        name: "inbound",
+        sql: include_str!("../migrations/0003_inbound.sql"),
+    },
 ];
 
 /// A stable checksum (FNV-1a) of the migration text as shipped.

@@ -121,6 +121,17 @@ const TABLES: &[TableSpec] = &[
             ("created_at", TIMESTAMPTZ, true),
         ],
     ),
+    (
+        "incident_tickets",
+        ReplicaIdentity::Full,
+        &[
+            ("tenant_id", TEXT, true),
+            ("incident_id", UUID, true),
+            ("system", TEXT, true),
+            ("ticket_key", TEXT, true),
+            ("created_at", TIMESTAMPTZ, true),
+        ],
+    ),
 ];
 
 /// Every replicated metastore table as a Relation message would describe it

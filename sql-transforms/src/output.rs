@@ -20,6 +20,11 @@ pub enum OutputContract {
     IntoTable(String),
 }
 
+/// An output column that a pre-ingest transform into `incidents` may add:
+/// the qualified names of the assets the incident concerns (a list of
+/// text), written as `incident_assets` links.
+pub const INCIDENT_ASSET_NAMES: &str = "asset_qualified_names";
+
 /// Types match when they are equal, lists by their element type.
 fn same_type(a: &DataType, b: &DataType) -> bool {
     match (a, b) {
@@ -94,6 +99,22 @@ pub fn check_output(
             };
             let target = TableSchema::from_relation(&rel);
             for got in schema.fields() {
+                if table == "incidents" && got.name() == INCIDENT_ASSET_NAMES {
+                    if !same_type(
+                        got.data_type(),
+                        &DataType::List(std::sync::Arc::new(Field::new(
+                            "item",
+                            DataType::Utf8,
+                            true,
+                        ))),
+                    ) {
+                        return Err(source.error(format!(
+                            "output column {INCIDENT_ASSET_NAMES} is {}, it must be a list of text",
+                            got.data_type()
+                        )));
+                    }
+                    continue;
+                }
                 let Some(col) = target.columns.iter().find(|c| c.name == *got.name()) else {
                     return Err(source.error(format!(
                         "output column {} is not a column of metastore.{table}",

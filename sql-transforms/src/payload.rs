@@ -28,12 +28,17 @@ pub fn payload_from_json(schema: SchemaRef, body: &[u8]) -> Result<RecordBatch> 
             )));
         }
     };
+    payload_from_values(schema, &rows)
+}
+
+/// Decodes JSON objects into a batch of `schema`, as [`payload_from_json`].
+pub fn payload_from_values(schema: SchemaRef, rows: &[serde_json::Value]) -> Result<RecordBatch> {
     let mut decoder = ReaderBuilder::new(schema.clone())
         .with_strict_mode(false)
         .build_decoder()
         .map_err(|e| TransformError::Payload(e.to_string()))?;
     decoder
-        .serialize(&rows)
+        .serialize(rows)
         .map_err(|e| TransformError::Payload(e.to_string()))?;
     Ok(decoder
         .flush()

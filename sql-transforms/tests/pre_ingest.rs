@@ -27,8 +27,10 @@ async fn a_webhook_payload_becomes_incident_rows() {
     .unwrap();
     let schema = runner.payload_schema().expect("a payload declaration");
     let body = br#"[
-        {"incident_id": "mc-7", "incident_type": "Freshness", "severity": "sev-1", "extra": {"ignored": true}},
-        {"title": "no id"}
+        {"type": "new_freshness_anomaly_incident", "extra": {"ignored": true},
+         "payload": {"incident_id": "mc-7", "severity": "sev-1", "unknown": 1,
+                     "event_list": [{"table_name": "dw:sales.orders", "created_time": "now"}]}},
+        {"type": "incident_status_update", "payload": {"url": "no id"}}
     ]"#;
     let payload = payload_from_json(schema.clone(), body).unwrap();
     assert_eq!(payload.num_rows(), 2);
@@ -46,11 +48,24 @@ async fn a_webhook_payload_becomes_incident_rows() {
             .to_owned()
     };
     assert_eq!(col("external_id"), "mc-7");
-    assert_eq!(col("incident_type"), "freshness");
-    assert_eq!(col("state"), "open");
+    assert_eq!(col("incident_type"), "freshness_anomaly");
     assert_eq!(col("severity"), "SEV-1");
+    assert!(
+        out.column_by_name("state").unwrap().is_null(0),
+        "no status: unchanged"
+    );
+    let names = out
+        .column_by_name(lily_transforms::INCIDENT_ASSET_NAMES)
+        .unwrap()
+        .as_list::<i32>()
+        .value(0);
+    assert_eq!(names.as_string::<i32>().value(0), "dw.sales.orders");
 
-    let err = payload_from_json(schema.clone(), br#"{"incident_id": {"nested": 1}}"#).unwrap_err();
+    let err = payload_from_json(
+        schema.clone(),
+        br#"{"payload": {"incident_id": {"nested": 1}}}"#,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("incident_id"), "{err}");
     let err = payload_from_json(schema, b"not json").unwrap_err();
     assert!(matches!(err, TransformError::Payload(_)), "{err}");

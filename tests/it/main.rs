@@ -6,6 +6,8 @@ mod crash;
 mod demo;
 mod handoff;
 mod heartbeat;
+mod inbound;
+mod kafka_source;
 mod object_store;
 mod observability;
 mod propagation;

@@ -1,0 +1,93 @@
+//! The catalog API for people and extraction jobs: bulk upserts and
+//! removals of assets, lineage and classifications, reads of assets and
+//! incidents, tickets linked to incidents, and the tenant's API keys.
+//! Every route checks the caller's role in the tenant of its path, and
+//! writes run in a transaction scoped to that tenant.
+
+mod assets;
+mod classifications;
+mod incidents;
+mod keys;
+mod lineage;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{delete, get, post};
+use deadpool_postgres::Transaction;
+use uuid::Uuid;
+
+use crate::error::{InboundError, Result};
+use crate::server::Inbound;
+
+/// The catalog routes.
+pub fn routes() -> Router<Arc<Inbound>> {
+    Router::new()
+        .route(
+            "/v1/tenants/{tenant}/assets",
+            post(assets::upsert).delete(assets::remove),
+        )
+        .route(
+            "/v1/tenants/{tenant}/assets/{qualified_name}",
+            get(assets::get_one),
+        )
+        .route(
+            "/v1/tenants/{tenant}/lineage",
+            post(lineage::upsert).delete(lineage::remove),
+        )
+        .route(
+            "/v1/tenants/{tenant}/classifications",
+            post(classifications::upsert).delete(classifications::remove),
+        )
+        .route("/v1/tenants/{tenant}/incidents", get(incidents::list))
+        .route(
+            "/v1/tenants/{tenant}/incidents/{incident_id}",
+            get(incidents::get_one),
+        )
+        .route(
+            "/v1/tenants/{tenant}/incidents/{incident_id}/tickets",
+            post(incidents::link_ticket),
+        )
+        .route(
+            "/v1/tenants/{tenant}/api-keys",
+            post(keys::create).get(keys::list),
+        )
+        .route(
+            "/v1/tenants/{tenant}/api-keys/{key_id}",
+            delete(keys::revoke),
+        )
+}
+
+/// The guids of the assets named `names` in the transaction's tenant; an
+/// error lists the names that are not in the catalog.
+async fn resolve(tx: &Transaction<'_>, names: &[&str]) -> Result<HashMap<String, Uuid>> {
+    let mut unique: Vec<&str> = names.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    let rows = tx
+        .query(
+            "SELECT qualified_name, guid FROM metastore.assets
+              WHERE tenant_id = current_setting('lily.tenant_id') AND qualified_name = ANY($1)",
+            &[&unique],
+        )
+        .await?;
+    let found: HashMap<String, Uuid> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let missing: Vec<&str> = unique
+        .iter()
+        .copied()
+        .filter(|n| !found.contains_key(*n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(InboundError::Unprocessable(format!(
+            "not in the catalog: {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(found)
+}
+
+/// Deserializes a body that its schema has already checked.
+fn decode<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| InboundError::Unprocessable(e.to_string()))
+}

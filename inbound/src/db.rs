@@ -1,0 +1,85 @@
+//! Metastore connections for inbound writes. Every tenant write runs in a
+//! transaction that has switched to the tenant role with `lily.tenant_id`
+//! set, so row-level security holds even if a query forgot its tenant.
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction};
+use tokio_postgres::NoTls;
+
+use crate::error::{InboundError, Result};
+
+/// A pool of metastore connections.
+#[derive(Clone)]
+pub struct Metastore {
+    pool: Pool,
+    tenant_role: String,
+}
+
+impl Metastore {
+    /// A pool of at most `size` connections to `url`; `tenant_role` is the
+    /// role tenant transactions switch to.
+    pub fn new(url: &str, size: usize, tenant_role: &str) -> Result<Self> {
+        let pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| InboundError::Internal(format!("bad postgres.url: {e}")))?;
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .build()
+            .map_err(|e| InboundError::Internal(format!("building the connection pool: {e}")))?;
+        Ok(Self {
+            pool,
+            tenant_role: tenant_role.to_owned(),
+        })
+    }
+
+    /// A connection of the pool (not tenant-scoped: Lily's own bookkeeping).
+    pub async fn connection(&self) -> Result<Object> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Starts a transaction scoped to `tenant` on `conn`. Fails with
+    /// [`InboundError::UnknownTenant`] if the tenant does not exist.
+    pub async fn tenant_transaction<'a>(
+        &self,
+        conn: &'a mut Object,
+        tenant: &str,
+    ) -> Result<Transaction<'a>> {
+        let tx = conn.transaction().await?;
+        tx.execute("SELECT set_config('lily.tenant_id', $1, true)", &[&tenant])
+            .await?;
+        // The role name was validated as an identifier by the config.
+        tx.batch_execute(&format!("SET LOCAL ROLE \"{}\"", self.tenant_role))
+            .await?;
+        let exists = tx
+            .query_opt(
+                "SELECT 1 FROM metastore.tenants WHERE tenant_id = $1",
+                &[&tenant],
+            )
+            .await?
+            .is_some();
+        if !exists {
+            return Err(InboundError::UnknownTenant(tenant.to_owned()));
+        }
+        Ok(tx)
+    }
+}
+
+impl Metastore {
+    /// Whether `tenant` exists.
+    pub async fn tenant_exists(&self, tenant: &str) -> Result<bool> {
+        let conn = self.connection().await?;
+        Ok(conn
+            .query_opt(
+                "SELECT 1 FROM metastore.tenants WHERE tenant_id = $1",
+                &[&tenant],
+            )
+            .await?
+            .is_some())
+    }
+}

@@ -1,0 +1,213 @@
+//! The HTTP service: shared state, the router of every route, request
+//! metrics and spans, and the body reader with its size limit.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, MatchedPath, Request};
+use axum::http::{HeaderMap, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use lily_config::LilyConfig;
+use lily_transforms::{CatalogState, TransformSet};
+use serde_json::Value;
+use tracing::{Instrument, info, info_span};
+
+use crate::auth::{ApiKeys, Authenticator, JwtVerifier};
+use crate::db::Metastore;
+use crate::error::{ErrorCode, InboundError, Result};
+use crate::incidents::IncidentIngest;
+use crate::schemas::{Schemas, parse_json};
+
+/// The OpenAPI description of every route, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// What every route shares.
+pub struct Inbound {
+    /// The configuration `lily run` started with.
+    pub config: LilyConfig,
+    /// Metastore connections.
+    pub db: Metastore,
+    /// Credential checks.
+    pub auth: Authenticator,
+    /// Compiled JSON Schemas.
+    pub schemas: Schemas,
+    /// Monte Carlo incidents: transform and writer (None when the
+    /// transform does not load; the webhook then answers 503).
+    pub incidents: Option<IncidentIngest>,
+}
+
+impl Inbound {
+    /// Everything the routes need: connection pool, JWKS, schemas, and the
+    /// Monte Carlo pre-ingest transform planned from `transforms`.
+    pub async fn new(
+        config: &LilyConfig,
+        transforms: &TransformSet,
+        state: Arc<CatalogState>,
+    ) -> Result<Arc<Self>> {
+        let db = Metastore::new(
+            &config.postgres.url,
+            config.api.pool_size,
+            &config.postgres.tenant_role,
+        )?;
+        let auth = Authenticator::new(
+            JwtVerifier::new(&config.auth)?,
+            ApiKeys::new(
+                db.clone(),
+                Duration::from_millis(config.api.api_key_cache_ms),
+            ),
+        );
+        let incidents =
+            match IncidentIngest::new(db.clone(), transforms, state, &config.monte_carlo.transform)
+                .await
+            {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Monte Carlo incidents cannot be received");
+                    None
+                }
+            };
+        Ok(Arc::new(Self {
+            config: config.clone(),
+            db,
+            auth,
+            schemas: Schemas::compile()?,
+            incidents,
+        }))
+    }
+
+    /// The incident writer, or why there is none.
+    pub fn incidents(&self) -> Result<&IncidentIngest> {
+        self.incidents.as_ref().ok_or_else(|| {
+            InboundError::Unavailable(format!(
+                "the pre-ingest transform {} is not loaded; see `lily transforms check`",
+                self.config.monte_carlo.transform
+            ))
+        })
+    }
+
+    /// Parses `body` as JSON and checks it against the schema `schema`.
+    pub fn json(&self, schema: &str, body: &[u8]) -> Result<Value> {
+        let value = parse_json(body)?;
+        self.schemas.validate(schema, &value)?;
+        Ok(value)
+    }
+}
+
+/// Refuses a tenant name that cannot exist (the metastore's own rule), so
+/// it never reaches a query.
+pub fn check_tenant(tenant: &str) -> Result<()> {
+    let ok = !tenant.is_empty()
+        && tenant.len() <= 63
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && tenant
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(InboundError::UnknownTenant(tenant.to_owned()))
+    }
+}
+
+/// A request body, read up to `api.body_limit_bytes`.
+pub struct Body(pub Bytes);
+
+impl FromRequest<Arc<Inbound>> for Body {
+    type Rejection = InboundError;
+
+    async fn from_request(req: Request, state: &Arc<Inbound>) -> Result<Self> {
+        let limit = state.config.api.body_limit_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(InboundError::TooLarge { limit });
+        }
+        axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map(Body)
+            .map_err(|e| {
+                if e.to_string().contains("length limit") {
+                    InboundError::TooLarge { limit }
+                } else {
+                    InboundError::MalformedJson(format!("the body could not be read: {e}"))
+                }
+            })
+    }
+}
+
+/// A header's text, if present.
+pub fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Every route.
+pub fn router(inbound: Arc<Inbound>) -> Router {
+    Router::new()
+        .merge(crate::catalog::routes())
+        .merge(crate::sources::routes())
+        .route_layer(middleware::from_fn(track))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .with_state(inbound)
+}
+
+/// Counts and times every request by route and outcome, inside a span.
+async fn track(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
+    let route = matched
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let span = info_span!("request", method = %method, route = %route);
+    let started = Instant::now();
+    let response = next.run(req).instrument(span).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("lily_inbound_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(started.elapsed().as_secs_f64());
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        metrics::counter!("lily_inbound_rejected_total", "route" => route.clone(), "reason" => *code)
+            .increment(1);
+    }
+    metrics::counter!("lily_inbound_requests_total", "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    response.into_response()
+}
+
+/// Binds the API's address (so a taken port fails `lily run` at once).
+pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| InboundError::Internal(format!("cannot listen on {listen}: {e}")))
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    inbound: Arc<Inbound>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        info!(listen = %addr, "API listening");
+    }
+    axum::serve(listener, router(inbound))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| InboundError::Internal(format!("API server: {e}")))
+}

@@ -1,0 +1,51 @@
+//! Monte Carlo incident webhooks: `POST /v1/tenants/{tenant}/ingest/monte-carlo`,
+//! signed with the tenant's secret (`x-mcd-signature`, HMAC-SHA512), checked
+//! against `monte-carlo-event.v1`, mapped by the pre-ingest transform.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::error::{InboundError, Result};
+use crate::server::{Body, Inbound, check_tenant, header_text};
+use crate::signature::{MONTE_CARLO_HEADER, verify_monte_carlo};
+
+/// Name of the event schema.
+pub const SCHEMA: &str = "monte-carlo-event.v1";
+
+pub(super) fn routes() -> Router<Arc<Inbound>> {
+    Router::new().route("/v1/tenants/{tenant}/ingest/monte-carlo", post(receive))
+}
+
+async fn receive(
+    State(inbound): State<Arc<Inbound>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Json<Value>> {
+    check_tenant(&tenant)?;
+    let Some(secret) = inbound.config.monte_carlo.secrets.get(&tenant) else {
+        return Err(if inbound.db.tenant_exists(&tenant).await? {
+            InboundError::Forbidden(format!(
+                "tenant {tenant:?} has no Monte Carlo secret (monte_carlo.secrets.{tenant})"
+            ))
+        } else {
+            InboundError::UnknownTenant(tenant)
+        });
+    };
+    let signature = header_text(&headers, MONTE_CARLO_HEADER)
+        .ok_or(InboundError::MissingSignature(MONTE_CARLO_HEADER))?;
+    if !verify_monte_carlo(secret.as_bytes(), &body, signature) {
+        return Err(InboundError::BadSignature(MONTE_CARLO_HEADER));
+    }
+    let event = inbound.json(SCHEMA, &body)?;
+    let written = inbound
+        .incidents()?
+        .ingest(&tenant, std::slice::from_ref(&event))
+        .await?;
+    Ok(Json(json!({ "incidents": written })))
+}

@@ -1,0 +1,865 @@
+//! The inbound API over real HTTP against `lily run` and a real metastore:
+//! signed Monte Carlo webhooks, JWTs (HS256, RS256 and ES256 from a JWKS
+//! that rotates), API keys, roles and tenants, the catalog API, Okta and
+//! JIRA, and bad input refused with nothing written.
+
+use std::time::Duration;
+
+use lily_inbound::signature::{hmac_sha256_hex, hmac_sha512_hex};
+use lily_tests::api::{ApiClient, JwksServer, claims, hs256, monte_carlo_signature, signed};
+use lily_tests::{LilyProcess, TestEnv, free_port, http_get, run_lily, wait_for};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+const HS_SECRET: &str = "hs256-test-secret";
+const MC_ACME: &str = "mc-secret-acme";
+const MC_BETA: &str = "mc-secret-beta";
+const JIRA_ACME: &str = "jira-secret-acme";
+
+/// A metastore with tenants acme and beta, and `lily run` serving the API.
+struct Setup {
+    env: TestEnv,
+    lily: LilyProcess,
+    api: ApiClient,
+    metrics: String,
+    _jwks: Option<JwksServer>,
+}
+
+async fn start(jwks: Option<JwksServer>) -> anyhow::Result<Setup> {
+    let mut env = TestEnv::new().await?;
+    let base = env.enable_api()?;
+    let client = env.client().await?;
+    client
+        .batch_execute(
+            "INSERT INTO metastore.tenants (tenant_id, name) VALUES ('acme', 'Acme'), ('beta', 'Beta');
+             INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name)
+             VALUES ('acme', 'table', 'analytics.sales.orders', 'orders')",
+        )
+        .await?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut extra: Vec<(String, String)> = vec![
+        ("LILY_METRICS__LISTEN".into(), metrics.clone()),
+        ("LILY_AUTH__JWT_HS256_SECRETS".into(), HS_SECRET.into()),
+        ("LILY_MONTE_CARLO__SECRETS__ACME".into(), MC_ACME.into()),
+        ("LILY_MONTE_CARLO__SECRETS__BETA".into(), MC_BETA.into()),
+        ("LILY_JIRA__SECRETS__ACME".into(), JIRA_ACME.into()),
+        ("LILY_API__BODY_LIMIT_BYTES".into(), "16384".into()),
+        ("LILY_API__API_KEY_CACHE_MS".into(), "0".into()),
+    ];
+    if let Some(j) = &jwks {
+        extra.push(("LILY_AUTH__JWKS_URL".into(), j.url.clone()));
+        extra.push(("LILY_AUTH__JWKS_MIN_REFRESH_MS".into(), "0".into()));
+    }
+    let lily = env.spawn_lily_with(&["run"], &extra)?;
+    let api = ApiClient::new(&base);
+    if let Err(e) = api.wait_ready().await {
+        anyhow::bail!("{e}\n{}", lily.output());
+    }
+    Ok(Setup {
+        env,
+        lily,
+        api,
+        metrics,
+        _jwks: jwks,
+    })
+}
+
+fn mc_event(kind: &str, id: &str, payload: Value) -> Vec<u8> {
+    let mut p = json!({ "incident_id": id });
+    if let (Some(p), Value::Object(extra)) = (p.as_object_mut(), payload) {
+        p.extend(extra);
+    }
+    // Keys in the order Monte Carlo sends them; the signature depends on it.
+    serde_json::to_vec(&json!({
+        "account": { "id": "9a59c6f1-203a-4c72-8cd7-132db7f21b92" },
+        "action": "incident",
+        "payload": p,
+        "type": kind,
+        "version": "v0.1",
+    }))
+    .expect("JSON")
+}
+
+async fn post_mc(
+    api: &ApiClient,
+    tenant: &str,
+    body: &[u8],
+    signature: Option<&str>,
+) -> anyhow::Result<lily_tests::api::Reply> {
+    let headers: Vec<(&str, &str)> = signature
+        .map(|s| ("x-mcd-signature", s))
+        .into_iter()
+        .collect();
+    api.send(
+        reqwest::Method::POST,
+        &format!("/v1/tenants/{tenant}/ingest/monte-carlo"),
+        Some(body.to_vec()),
+        &headers,
+    )
+    .await
+}
+
+async fn incident_state(env: &TestEnv) -> anyhow::Result<(String, String, i64, String)> {
+    let row = env
+        .client()
+        .await?
+        .query_one("SELECT state, severity, version, title FROM metastore.incidents WHERE external_id = 'mc-100'", &[])
+        .await?;
+    Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
+}
+
+async fn scalar(env: &TestEnv, sql: &str) -> anyhow::Result<i64> {
+    Ok(env.client().await?.query_one(sql, &[]).await?.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn monte_carlo_incidents_are_verified_linked_updated_and_resolved() -> anyhow::Result<()> {
+    let s = start(None).await?;
+    let incidents = "SELECT count(*) FROM metastore.incidents";
+    let created = mc_event(
+        "new_freshness_anomaly_incident",
+        "mc-100",
+        json!({
+            "url": "https://getmontecarlo.com/incidents/mc-100",
+            "severity": "SEV-2",
+            "event_list": [
+                {"table_name": "analytics:sales.orders", "type": "freshness_anomaly", "created_time": "2026-11-21T10:00:00Z"},
+                {"table_name": "analytics:sales.refunds", "type": "freshness_anomaly", "created_time": "2026-11-21T10:00:00Z"}
+            ],
+            "group_id": null
+        }),
+    );
+
+    // Unsigned, signed with another tenant's secret, or tampered: refused, nothing written.
+    let r = post_mc(&s.api, "acme", &created, None).await?;
+    assert_eq!((r.status, r.error()), (401, "missing_signature"), "{r:?}");
+    let beta_sig = monte_carlo_signature(MC_BETA, &created)?;
+    let r = post_mc(&s.api, "acme", &created, Some(&beta_sig)).await?;
+    assert_eq!((r.status, r.error()), (401, "bad_signature"), "{r:?}");
+    let acme_sig = monte_carlo_signature(MC_ACME, &created)?;
+    let mut tampered = created.clone();
+    let at = tampered.len() - 5;
+    tampered[at] = b'9';
+    let r = post_mc(&s.api, "acme", &tampered, Some(&acme_sig)).await?;
+    assert_eq!((r.status, r.error()), (401, "bad_signature"), "{r:?}");
+    let r = post_mc(&s.api, "nosuch", &created, Some(&acme_sig)).await?;
+    assert_eq!((r.status, r.error()), (404, "unknown_tenant"), "{r:?}");
+    assert_eq!(scalar(&s.env, incidents).await?, 0);
+
+    // Signed as Monte Carlo documents it (computed by Python): created and linked.
+    let r = post_mc(&s.api, "acme", &created, Some(&acme_sig)).await?;
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.lily.output());
+    let written = &r.body["incidents"][0];
+    assert_eq!(written["external_id"], "mc-100");
+    assert_eq!(written["created"], true);
+    assert_eq!(
+        (
+            written["linked_assets"].as_i64(),
+            written["pending_assets"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+    let row = s
+        .env
+        .client()
+        .await?
+        .query_one(
+            "SELECT incident_type, state, severity, url, title, version FROM metastore.incidents
+              WHERE tenant_id = 'acme' AND source_system = 'monte_carlo' AND external_id = 'mc-100'",
+            &[],
+        )
+        .await?;
+    assert_eq!(row.get::<_, String>(0), "freshness_anomaly");
+    assert_eq!(row.get::<_, String>(1), "open");
+    assert_eq!(row.get::<_, String>(2), "SEV-2");
+    assert_eq!(
+        row.get::<_, String>(3),
+        "https://getmontecarlo.com/incidents/mc-100"
+    );
+    assert_eq!(
+        row.get::<_, String>(4),
+        "freshness anomaly on analytics.sales.orders"
+    );
+    assert_eq!(row.get::<_, i64>(5), 1);
+
+    // The same event again is the same incident, unchanged.
+    let r = post_mc(&s.api, "acme", &created, Some(&acme_sig)).await?;
+    assert_eq!(
+        (r.status, &r.body["incidents"][0]["changed"]),
+        (200, &json!(false)),
+        "{r:?}"
+    );
+    assert_eq!(scalar(&s.env, incidents).await?, 1);
+    assert_eq!(
+        scalar(&s.env, "SELECT max(version) FROM metastore.incidents").await?,
+        1
+    );
+
+    // The table it named arrives later (through the catalog API): linked then.
+    let token = hs256(HS_SECRET, &claims("steward@acme", &["acme:steward"], 300))?;
+    let bearer = format!("Bearer {token}");
+    let r = s
+        .api
+        .post(
+            "/v1/tenants/acme/assets",
+            &json!({"assets": [{"qualified_name": "analytics.sales.refunds", "type": "table"}]}),
+            &[("authorization", &bearer)],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        scalar(
+            &s.env,
+            "SELECT count(asset_guid) FROM metastore.incident_assets"
+        )
+        .await?,
+        2,
+        "the late table is linked"
+    );
+
+    // Later events update it: acknowledged with a new severity, then resolved.
+    let ack = mc_event(
+        "incident_status_update",
+        "mc-100",
+        json!({"status": "acknowledged", "severity": "SEV-1"}),
+    );
+    let r = post_mc(
+        &s.api,
+        "acme",
+        &ack,
+        Some(&monte_carlo_signature(MC_ACME, &ack)?),
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        incident_state(&s.env).await?,
+        (
+            "acknowledged".into(),
+            "SEV-1".into(),
+            2,
+            "freshness anomaly on analytics.sales.orders".into()
+        )
+    );
+    let fixed = mc_event(
+        "incident_status_update",
+        "mc-100",
+        json!({"status": "fixed"}),
+    );
+    // A signature over the raw body is accepted too.
+    let raw_sig = hmac_sha512_hex(MC_ACME.as_bytes(), &fixed);
+    let r = post_mc(&s.api, "acme", &fixed, Some(&raw_sig)).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(incident_state(&s.env).await?.0, "resolved");
+    assert_eq!(scalar(&s.env, incidents).await?, 1);
+    assert_eq!(
+        scalar(&s.env, "SELECT count(*) FROM metastore.incident_assets").await?,
+        2
+    );
+
+    // Bad input: a 4xx naming the problem, nothing written, good requests unaffected.
+    let not_json = b"{\"type\": \"new_volume_incident\", \"payload\": ".to_vec();
+    let r = post_mc(
+        &s.api,
+        "acme",
+        &not_json,
+        Some(&hmac_sha512_hex(MC_ACME.as_bytes(), &not_json)),
+    )
+    .await?;
+    assert_eq!((r.status, r.error()), (400, "malformed_json"), "{r:?}");
+    let no_id =
+        serde_json::to_vec(&json!({"type": "new_volume_incident", "payload": {"url": "x"}}))?;
+    let r = post_mc(
+        &s.api,
+        "acme",
+        &no_id,
+        Some(&monte_carlo_signature(MC_ACME, &no_id)?),
+    )
+    .await?;
+    assert_eq!((r.status, r.error()), (422, "schema_violation"), "{r:?}");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("incident_id"),
+        "{r:?}"
+    );
+    let huge = mc_event(
+        "new_volume_incident",
+        "mc-big",
+        json!({"url": "x".repeat(20_000)}),
+    );
+    let r = post_mc(
+        &s.api,
+        "acme",
+        &huge,
+        Some(&hmac_sha512_hex(MC_ACME.as_bytes(), &huge)),
+    )
+    .await?;
+    assert_eq!((r.status, r.error()), (413, "body_too_large"), "{r:?}");
+    assert_eq!(scalar(&s.env, incidents).await?, 1);
+    let good = mc_event(
+        "new_volume_incident",
+        "mc-101",
+        json!({"event_list": [{"table_name": "analytics:sales.orders"}]}),
+    );
+    let r = post_mc(
+        &s.api,
+        "acme",
+        &good,
+        Some(&monte_carlo_signature(MC_ACME, &good)?),
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(scalar(&s.env, incidents).await?, 2);
+
+    // Each refusal is counted by route and reason.
+    let metrics = http_get(&s.metrics, "/metrics")?;
+    for reason in [
+        "missing_signature",
+        "bad_signature",
+        "unknown_tenant",
+        "malformed_json",
+        "schema_violation",
+        "body_too_large",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("lily_inbound_rejected_total")
+                    && l.contains("ingest/monte-carlo")
+                    && l.contains(&format!("reason=\"{reason}\""))),
+            "no rejected metric for {reason}"
+        );
+    }
+    s.lily.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_roles_and_tenants_are_enforced() -> anyhow::Result<()> {
+    let jwks = JwksServer::start().await?;
+    let s = start(Some(jwks)).await?;
+    let api = &s.api;
+    let asset = json!({"assets": [{"qualified_name": "analytics.sales.customers", "type": "table", "owners": ["ana@acme.example"]}]});
+    let bearer = |t: String| format!("Bearer {t}");
+    let post_assets = |tenant: &'static str, header: (&'static str, String)| {
+        let asset = asset.clone();
+        async move {
+            api.post(
+                &format!("/v1/tenants/{tenant}/assets"),
+                &asset,
+                &[(header.0, header.1.as_str())],
+            )
+            .await
+        }
+    };
+
+    // No credentials, a wrong secret, an expired token: 401.
+    let r = api.post("/v1/tenants/acme/assets", &asset, &[]).await?;
+    assert_eq!((r.status, r.error()), (401, "unauthenticated"), "{r:?}");
+    let r = post_assets(
+        "acme",
+        (
+            "authorization",
+            bearer(hs256("not-the-secret", &claims("x", &["acme:admin"], 300))?),
+        ),
+    )
+    .await?;
+    assert_eq!((r.status, r.error()), (401, "bad_credentials"), "{r:?}");
+    let r = post_assets(
+        "acme",
+        (
+            "authorization",
+            bearer(hs256(HS_SECRET, &claims("x", &["acme:admin"], -600))?),
+        ),
+    )
+    .await?;
+    assert_eq!((r.status, r.error()), (401, "bad_credentials"), "{r:?}");
+    assert!(
+        r.body["message"].as_str().unwrap_or("").contains("expired"),
+        "{r:?}"
+    );
+
+    // Roles: a viewer reads but does not write; a steward writes in its tenant only.
+    let viewer = bearer(hs256(HS_SECRET, &claims("v", &["acme:viewer"], 300))?);
+    let r = post_assets("acme", ("authorization", viewer.clone())).await?;
+    assert_eq!((r.status, r.error()), (403, "forbidden"), "{r:?}");
+    let steward = bearer(hs256(HS_SECRET, &claims("s", &["acme:steward"], 300))?);
+    assert_eq!(
+        post_assets("acme", ("authorization", steward.clone()))
+            .await?
+            .status,
+        200
+    );
+    let r = post_assets("beta", ("authorization", steward.clone())).await?;
+    assert_eq!((r.status, r.error()), (403, "forbidden"), "{r:?}");
+    let r = api
+        .get(
+            "/v1/tenants/acme/assets/analytics.sales.customers",
+            &[("authorization", &viewer)],
+        )
+        .await?;
+    assert_eq!(
+        (r.status, &r.body["owners"]),
+        (200, &json!(["ana@acme.example"])),
+        "{r:?}"
+    );
+    let r = api
+        .get(
+            "/v1/tenants/beta/assets/analytics.sales.customers",
+            &[("authorization", &viewer)],
+        )
+        .await?;
+    assert_eq!(r.status, 403, "{r:?}");
+
+    // RS256 and ES256 from the JWKS; rotation retires rsa-a and brings rsa-b.
+    let rs_a = signed("rsa-a", &claims("oidc-a", &["acme:steward"], 300))?;
+    let rs_b = signed("rsa-b", &claims("oidc-b", &["acme:steward"], 300))?;
+    let es = signed("ec-a", &claims("oidc-ec", &["acme:steward"], 300))?;
+    assert_eq!(
+        post_assets("acme", ("authorization", bearer(rs_a.clone())))
+            .await?
+            .status,
+        200
+    );
+    assert_eq!(
+        post_assets("acme", ("authorization", bearer(es.clone())))
+            .await?
+            .status,
+        200
+    );
+    let r = post_assets("acme", ("authorization", bearer(rs_b.clone()))).await?;
+    assert_eq!(r.status, 401, "rsa-b is not published yet: {r:?}");
+    s._jwks.as_ref().expect("jwks").rotate()?;
+    let r = post_assets("acme", ("authorization", bearer(rs_b))).await?;
+    assert_eq!(r.status, 200, "rotated key accepted: {r:?}");
+    let r = post_assets("acme", ("authorization", bearer(rs_a))).await?;
+    assert_eq!(
+        (r.status, r.error()),
+        (401, "bad_credentials"),
+        "retired key refused: {r:?}"
+    );
+    let r = post_assets("beta", ("authorization", bearer(es))).await?;
+    assert_eq!(r.status, 403, "{r:?}");
+
+    // API keys: created by the CLI (stored hashed), scoped to a tenant and a role, revocable.
+    let (code, out) = run_lily(
+        &[
+            "api-key",
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "ingest",
+            "--name",
+            "extractor",
+        ],
+        &s.env.lily_env(),
+    )?;
+    assert_eq!(code, 0, "{out}");
+    let key = out
+        .lines()
+        .find(|l| l.starts_with("lily_"))
+        .expect("a key")
+        .trim()
+        .to_owned();
+    let stored: Vec<u8> = s
+        .env
+        .client()
+        .await?
+        .query_one("SELECT secret_hash FROM lily.api_keys", &[])
+        .await?
+        .get(0);
+    assert_eq!(stored.len(), 32);
+    assert!(
+        !stored
+            .windows(8)
+            .any(|w| key.as_bytes().windows(8).any(|k| k == w)),
+        "only a hash is stored"
+    );
+    assert_eq!(
+        post_assets("acme", ("x-api-key", key.clone()))
+            .await?
+            .status,
+        200
+    );
+    assert_eq!(
+        post_assets("acme", ("authorization", bearer(key.clone())))
+            .await?
+            .status,
+        200
+    );
+    let r = post_assets("beta", ("x-api-key", key.clone())).await?;
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = api
+        .get("/v1/tenants/acme/incidents", &[("x-api-key", &key)])
+        .await?;
+    assert_eq!(r.status, 403, "an ingest key reads nothing: {r:?}");
+    let tag =
+        json!({"classifications": [{"qualified_name": "analytics.sales.customers", "tag": "PII"}]});
+    let r = api
+        .post(
+            "/v1/tenants/acme/classifications",
+            &tag,
+            &[("x-api-key", &key)],
+        )
+        .await?;
+    assert_eq!(r.status, 403, "tagging is a steward's: {r:?}");
+    let wrong = format!("{}x", &key[..key.len() - 1]);
+    assert_eq!(post_assets("acme", ("x-api-key", wrong)).await?.status, 401);
+
+    // A tenant admin manages the tenant's keys over HTTP; another tenant's admin cannot.
+    let admin = bearer(hs256(HS_SECRET, &claims("a", &["acme:admin"], 300))?);
+    let beta_admin = bearer(hs256(HS_SECRET, &claims("b", &["beta:admin"], 300))?);
+    let r = api
+        .post(
+            "/v1/tenants/acme/api-keys",
+            &json!({"role": "viewer", "name": "bi"}),
+            &[("authorization", &beta_admin)],
+        )
+        .await?;
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = api
+        .post(
+            "/v1/tenants/acme/api-keys",
+            &json!({"role": "viewer", "name": "bi"}),
+            &[("authorization", &admin)],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let viewer_key = r.body["key"].as_str().unwrap_or_default().to_owned();
+    let r = api
+        .get(
+            "/v1/tenants/acme/assets/analytics.sales.customers",
+            &[("x-api-key", &viewer_key)],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let key_id = key.split('_').nth(1).unwrap_or_default().to_owned();
+    let (code, out) = run_lily(&["api-key", "revoke", &key_id], &s.env.lily_env())?;
+    assert_eq!(code, 0, "{out}");
+    let r = post_assets("acme", ("x-api-key", key)).await?;
+    assert_eq!(
+        (r.status, r.error()),
+        (401, "bad_credentials"),
+        "revoked: {r:?}"
+    );
+    s.lily.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_catalog_api_tags_a_column_and_propagation_follows() -> anyhow::Result<()> {
+    let s = start(None).await?;
+    let api = &s.api;
+    let steward = format!(
+        "Bearer {}",
+        hs256(HS_SECRET, &claims("s", &["acme:steward"], 300))?
+    );
+    let auth = [("authorization", steward.as_str())];
+    let r = api
+        .post(
+            "/v1/tenants/acme/assets",
+            &json!({"assets": [
+                {"qualified_name": "analytics.sales.orders.email", "type": "column", "parent": "analytics.sales.orders"},
+                {"qualified_name": "analytics.marts", "type": "schema"},
+                {"qualified_name": "analytics.marts.customers", "type": "table", "parent": "analytics.marts"},
+                {"qualified_name": "analytics.marts.customers.email", "type": "column", "parent": "analytics.marts.customers"}
+            ]}),
+            &auth,
+        )
+        .await?;
+    assert_eq!((r.status, &r.body["created"]), (200, &json!(4)), "{r:?}");
+    // A parent that does not exist: the whole request is refused.
+    let r = api
+        .post(
+            "/v1/tenants/acme/assets",
+            &json!({"assets": [{"qualified_name": "x.y", "type": "table"}, {"qualified_name": "x.y.z", "type": "column", "parent": "x.nope"}]}),
+            &auth,
+        )
+        .await?;
+    assert_eq!((r.status, r.error()), (422, "unprocessable"), "{r:?}");
+    assert!(
+        r.body["message"].as_str().unwrap_or("").contains("x.nope"),
+        "{r:?}"
+    );
+    let r = api
+        .post(
+            "/v1/tenants/acme/assets",
+            &json!({"assets": [{"qualified_name": "q", "type": "tabel"}]}),
+            &auth,
+        )
+        .await?;
+    assert_eq!(r.status, 422, "an unknown type: {r:?}");
+    assert_eq!(scalar(&s.env, "SELECT count(*) FROM metastore.assets WHERE qualified_name LIKE 'x.%' OR qualified_name = 'q'").await?, 0);
+
+    let edge = json!({"edges": [{"upstream": "analytics.sales.orders.email", "downstream": "analytics.marts.customers.email"}]});
+    assert_eq!(
+        api.post("/v1/tenants/acme/lineage", &edge, &auth)
+            .await?
+            .status,
+        200
+    );
+    let r = api
+        .post("/v1/tenants/acme/lineage", &json!({"edges": [{"upstream": "analytics.sales.orders.email", "downstream": "nowhere"}]}), &auth)
+        .await?;
+    assert_eq!(r.status, 422, "{r:?}");
+
+    let tag = json!({"classifications": [{"qualified_name": "analytics.sales.orders.email", "tag": "PII"}]});
+    assert_eq!(
+        api.post("/v1/tenants/acme/classifications", &tag, &auth)
+            .await?
+            .status,
+        200
+    );
+    let downstream = "/v1/tenants/acme/assets/analytics.marts.customers.email";
+    wait_for("PII to propagate downstream", WAIT, || async {
+        let r = api.get(downstream, &auth).await?;
+        Ok((r.body["tags"] == json!([{"tag": "PII", "source": "propagated", "propagated_from": "analytics.sales.orders.email"}])).then_some(()))
+    })
+    .await?;
+
+    let r = api
+        .delete("/v1/tenants/acme/classifications", &tag, &auth)
+        .await?;
+    assert_eq!((r.status, &r.body["removed"]), (200, &json!(1)), "{r:?}");
+    wait_for("the propagated tag to be taken back", WAIT, || async {
+        let r = api.get(downstream, &auth).await?;
+        Ok((r.body["tags"] == json!([])).then_some(()))
+    })
+    .await?;
+
+    let r = api.delete("/v1/tenants/acme/lineage", &edge, &auth).await?;
+    assert_eq!((r.status, &r.body["removed"]), (200, &json!(1)), "{r:?}");
+    let r = api
+        .delete(
+            "/v1/tenants/acme/assets",
+            &json!({"qualified_names": ["analytics.marts", "gone"]}),
+            &auth,
+        )
+        .await?;
+    assert_eq!(
+        (r.status, &r.body["removed"], &r.body["not_found"]),
+        (200, &json!(1), &json!(["gone"])),
+        "{r:?}"
+    );
+    assert_eq!(
+        scalar(
+            &s.env,
+            "SELECT count(*) FROM metastore.assets WHERE qualified_name LIKE 'analytics.marts%'"
+        )
+        .await?,
+        0
+    );
+    s.lily.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn okta_deactivations_and_jira_done_reach_the_catalog() -> anyhow::Result<()> {
+    let s = start(None).await?;
+    let api = &s.api;
+    let (code, out) = run_lily(
+        &[
+            "api-key", "create", "--tenant", "acme", "--role", "ingest", "--name", "okta",
+        ],
+        &s.env.lily_env(),
+    )?;
+    assert_eq!(code, 0, "{out}");
+    let key = out
+        .lines()
+        .find(|l| l.starts_with("lily_"))
+        .expect("a key")
+        .trim()
+        .to_owned();
+    // Okta sends the configured Authorization header value as it is.
+    let okta_auth = format!("Bearer {key}");
+
+    // The one-time verification challenge.
+    let r = api
+        .get(
+            "/v1/tenants/acme/ingest/okta",
+            &[
+                ("authorization", &okta_auth),
+                ("x-okta-verification-challenge", "c9f1e3a7"),
+            ],
+        )
+        .await?;
+    assert_eq!(
+        (r.status, &r.body),
+        (200, &json!({"verification": "c9f1e3a7"})),
+        "{r:?}"
+    );
+    let r = api
+        .get(
+            "/v1/tenants/acme/ingest/okta",
+            &[("x-okta-verification-challenge", "c9f1e3a7")],
+        )
+        .await?;
+    assert_eq!(r.status, 401, "{r:?}");
+
+    s.env
+        .client()
+        .await?
+        .batch_execute(
+            "UPDATE metastore.assets SET owners = '{Jane.Doe@acme.example,ana@acme.example}' WHERE qualified_name = 'analytics.sales.orders'",
+        )
+        .await?;
+    let hook = json!({
+        "eventType": "com.okta.event_hook",
+        "eventTypeVersion": "1.0",
+        "cloudEventsVersion": "0.1",
+        "source": "https://acme.okta.com/api/v1/eventHooks/who8vt36qfNpCGz9H1e6",
+        "eventId": "b5a188b9-5ece-4636-b041-482ffda96311",
+        "data": {"events": [
+            {"uuid": "7f0d1c5e", "published": "2026-11-21T10:00:00.000Z", "eventType": "user.session.start",
+             "target": [{"id": "00u1", "type": "User", "alternateId": "ana@acme.example"}]},
+            {"uuid": "8f0d1c5e", "published": "2026-11-21T10:00:01.000Z", "eventType": "user.lifecycle.deactivate",
+             "displayMessage": "Deactivate Okta user",
+             "target": [{"id": "00u2", "type": "User", "alternateId": "jane.doe@acme.example", "displayName": "Jane Doe"}]}
+        ]},
+        "eventTime": "2026-11-21T10:00:02.000Z",
+        "contentType": "application/json"
+    });
+    let r = api
+        .post(
+            "/v1/tenants/acme/ingest/okta",
+            &hook,
+            &[("authorization", &okta_auth)],
+        )
+        .await?;
+    assert_eq!(
+        (r.status, &r.body["assets_updated"]),
+        (200, &json!(1)),
+        "{r:?}"
+    );
+    let owners: Vec<String> = s
+        .env
+        .client()
+        .await?
+        .query_one(
+            "SELECT owners FROM metastore.assets WHERE qualified_name = 'analytics.sales.orders'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(
+        owners,
+        vec!["ana@acme.example".to_owned()],
+        "the deactivated user is no owner any more"
+    );
+
+    // JIRA: an incident linked to OPS-7 is resolved when OPS-7 is done.
+    let event = mc_event(
+        "new_schema_change_incident",
+        "mc-200",
+        json!({"event_list": [{"table_name": "analytics:sales.orders"}]}),
+    );
+    let r = post_mc(
+        api,
+        "acme",
+        &event,
+        Some(&monte_carlo_signature(MC_ACME, &event)?),
+    )
+    .await?;
+    let incident_id = r.body["incidents"][0]["incident_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let r = api
+        .post(
+            &format!("/v1/tenants/acme/incidents/{incident_id}/tickets"),
+            &json!({"system": "jira", "key": "OPS-7"}),
+            &[("x-api-key", &key)],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let issue = |status: &str, category: &str| {
+        serde_json::to_vec(&json!({
+            "timestamp": 1_763_719_200_000i64,
+            "webhookEvent": "jira:issue_updated",
+            "issue_event_type_name": "issue_generic",
+            "issue": {"id": "10007", "key": "OPS-7", "fields": {
+                "summary": "orders is late",
+                "status": {"name": status, "statusCategory": {"id": 3, "key": category, "name": status}}}},
+            "changelog": {"items": [{"field": "status", "toString": status}]}
+        }))
+        .expect("JSON")
+    };
+    let post_jira = |body: Vec<u8>, sig: String| async move {
+        api.send(
+            reqwest::Method::POST,
+            "/v1/tenants/acme/ingest/jira",
+            Some(body),
+            &[("x-hub-signature", sig.as_str())],
+        )
+        .await
+    };
+    let in_progress = issue("In Progress", "indeterminate");
+    let sig = format!(
+        "sha256={}",
+        hmac_sha256_hex(JIRA_ACME.as_bytes(), &in_progress)
+    );
+    let r = post_jira(in_progress, sig).await?;
+    assert_eq!((r.status, &r.body["resolved"]), (200, &json!([])), "{r:?}");
+    let done = issue("Done", "done");
+    let r = post_jira(done.clone(), "sha256=00".into()).await?;
+    assert_eq!((r.status, r.error()), (401, "bad_signature"), "{r:?}");
+    let state = "SELECT count(*) FROM metastore.incidents WHERE external_id = 'mc-200' AND state = 'resolved'";
+    assert_eq!(scalar(&s.env, state).await?, 0);
+    let sig = format!("sha256={}", hmac_sha256_hex(JIRA_ACME.as_bytes(), &done));
+    let r = post_jira(done, sig).await?;
+    assert_eq!(
+        (r.status, &r.body["resolved"]),
+        (200, &json!(["mc-200"])),
+        "{r:?}"
+    );
+    assert_eq!(scalar(&s.env, state).await?, 1);
+    s.lily.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_description_lists_every_route() -> anyhow::Result<()> {
+    let s = start(None).await?;
+    let r = s.api.get("/openapi.json", &[]).await?;
+    assert_eq!(r.status, 200);
+    let paths = r.body["paths"].as_object().cloned().unwrap_or_default();
+    for path in [
+        "/v1/tenants/{tenant}/ingest/monte-carlo",
+        "/v1/tenants/{tenant}/ingest/okta",
+        "/v1/tenants/{tenant}/ingest/jira",
+        "/v1/tenants/{tenant}/assets",
+        "/v1/tenants/{tenant}/lineage",
+        "/v1/tenants/{tenant}/classifications",
+        "/v1/tenants/{tenant}/incidents",
+    ] {
+        assert!(paths.contains_key(path), "{path} is not described");
+    }
+    // Every described route exists: none answers 404 for its path itself.
+    for (path, ops) in &paths {
+        let concrete = path
+            .replace("{tenant}", "acme")
+            .replace("{qualified_name}", "analytics.sales.orders")
+            .replace("{incident_id}", "00000000-0000-0000-0000-000000000000")
+            .replace("{key_id}", "aaaaaaaaaaaa");
+        for method in ops
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let method: reqwest::Method = method.to_uppercase().parse()?;
+            let r = s
+                .api
+                .send(method.clone(), &concrete, Some(b"{}".to_vec()), &[])
+                .await?;
+            assert!(
+                r.status != 404 && r.status != 405 || r.error() == "not_found",
+                "{method} {concrete}: {r:?}"
+            );
+        }
+    }
+    s.lily.stop().await?;
+    Ok(())
+}
