@@ -23,6 +23,7 @@ use lily_sinks::{FlushPolicy, NullSink, Sink, SinkError, SinkRunner};
 use tokio::sync::{mpsc, watch};
 
 mod propagation;
+mod webhooks;
 
 const DB: &str = "bench";
 
@@ -62,6 +63,12 @@ struct Args {
     /// Propagation: lineage edges in the whole graph (about).
     #[arg(long, default_value_t = 1_000_000)]
     edges: i64,
+    /// Run only the Monte Carlo webhook benchmark (for --seconds each side).
+    #[arg(long)]
+    webhooks: bool,
+    /// Webhooks: concurrent senders.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +95,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .batch_execute("INSERT INTO metastore.tenants (tenant_id, name) VALUES ('bench', 'Bench')")
         .await?;
 
+    if args.webhooks {
+        return webhooks::run(&cluster, dir.path(), args.seconds, args.concurrency).await;
+    }
     if args.propagation {
         return propagation::run(
             &cluster,

@@ -16,37 +16,73 @@ use crate::pipeline;
 
 const DATABASE: &str = "lily";
 
+/// How a demo edit reaches the metastore.
+enum Via {
+    /// Straight SQL, as any writer of the metastore.
+    Sql(&'static str),
+    /// The catalog API, with an API key of the demo tenant.
+    Catalog {
+        method: &'static str,
+        path: &'static str,
+        body: &'static str,
+    },
+    /// A Monte Carlo notification, signed with the tenant's secret and sent
+    /// to the webhook; `{id}` is the incident of this round.
+    MonteCarlo(&'static str),
+}
+
 /// Catalog edits the demo makes, one every few seconds, round and round.
-const EDITS: &[(&str, &str)] = &[
+const EDITS: &[(&str, Via)] = &[
     (
         "describe a table",
-        "UPDATE metastore.assets SET description = 'Orders placed on the web shop, edited at ' || now()::time(0) WHERE tenant_id = 'acme' AND qualified_name = 'analytics.sales.orders'",
+        Via::Sql(
+            "UPDATE metastore.assets SET description = 'Orders placed on the web shop, edited at ' || now()::time(0) WHERE tenant_id = 'acme' AND qualified_name = 'analytics.sales.orders'",
+        ),
     ),
     (
         "certify the revenue mart",
-        "UPDATE metastore.assets SET certificate = CASE WHEN certificate = 'verified' THEN 'draft' ELSE 'verified' END WHERE tenant_id = 'acme' AND qualified_name = 'analytics.marts.daily_revenue'",
+        Via::Sql(
+            "UPDATE metastore.assets SET certificate = CASE WHEN certificate = 'verified' THEN 'draft' ELSE 'verified' END WHERE tenant_id = 'acme' AND qualified_name = 'analytics.marts.daily_revenue'",
+        ),
     ),
     (
-        "tag a column GDPR (propagates downstream through lineage)",
-        "INSERT INTO metastore.classifications (tenant_id, asset_guid, tag) SELECT 'acme', guid, 'GDPR' FROM metastore.assets WHERE tenant_id = 'acme' AND qualified_name = 'analytics.raw.customers.country' ON CONFLICT DO NOTHING",
+        "tag a column PII through the catalog API (propagates downstream through lineage)",
+        Via::Catalog {
+            method: "POST",
+            path: "/v1/tenants/acme/classifications",
+            body: r#"{"classifications": [{"qualified_name": "analytics.raw.customers.email", "tag": "PII"}]}"#,
+        },
     ),
     (
-        "Monte Carlo raises a freshness incident on orders",
-        "WITH i AS (INSERT INTO metastore.incidents (tenant_id, source_system, external_id, incident_type, title, severity) VALUES ('acme', 'monte-carlo', 'demo-' || txid_current(), 'freshness_anomaly', 'orders is late', 'SEV-2') RETURNING tenant_id, incident_id) INSERT INTO metastore.incident_assets (tenant_id, incident_id, qualified_name) SELECT tenant_id, incident_id, 'analytics.sales.orders' FROM i",
+        "Monte Carlo raises a freshness incident on orders (signed webhook)",
+        Via::MonteCarlo(
+            r#"{"account": {"id": "demo"}, "action": "incident", "payload": {"incident_id": "{id}", "url": "https://getmontecarlo.com/incidents/{id}", "severity": "SEV-2", "event_list": [{"table_name": "analytics:sales.orders", "type": "freshness_anomaly"}]}, "type": "new_freshness_anomaly_incident", "version": "v0.1"}"#,
+        ),
     ),
     (
-        "the incident is acknowledged",
-        "UPDATE metastore.incidents SET state = 'acknowledged' WHERE tenant_id = 'acme' AND state = 'open'",
+        "the incident is acknowledged (signed webhook)",
+        Via::MonteCarlo(
+            r#"{"payload": {"incident_id": "{id}", "status": "acknowledged"}, "type": "incident_status_update"}"#,
+        ),
     ),
     (
-        "remove the GDPR tag (its propagated copies go too)",
-        "DELETE FROM metastore.classifications WHERE tenant_id = 'acme' AND tag = 'GDPR'",
+        "untag the column (its propagated copies go too)",
+        Via::Catalog {
+            method: "DELETE",
+            path: "/v1/tenants/acme/classifications",
+            body: r#"{"classifications": [{"qualified_name": "analytics.raw.customers.email", "tag": "PII"}]}"#,
+        },
     ),
     (
-        "the incident is resolved",
-        "UPDATE metastore.incidents SET state = 'resolved', severity = 'SEV-3' WHERE tenant_id = 'acme' AND state = 'acknowledged'",
+        "the incident is resolved (signed webhook)",
+        Via::MonteCarlo(
+            r#"{"payload": {"incident_id": "{id}", "status": "fixed", "severity": "SEV-3"}, "type": "incident_status_update"}"#,
+        ),
     ),
 ];
+
+/// The demo tenant's Monte Carlo webhook secret, unless one is configured.
+const DEMO_SECRET: &str = "demo-monte-carlo-secret";
 
 /// Runs the demo in `dir` until Ctrl-C.
 pub async fn run(dir: &Path, base: LilyConfig) -> anyhow::Result<()> {
@@ -66,6 +102,11 @@ pub async fn run(dir: &Path, base: LilyConfig) -> anyhow::Result<()> {
     let mut config = base;
     config.postgres.url = cluster.url(DATABASE);
     config.lake.root = dir.join("lake").display().to_string();
+    config
+        .monte_carlo
+        .secrets
+        .entry("acme".to_owned())
+        .or_insert_with(|| DEMO_SECRET.to_owned());
     // The written config must find the transforms from any folder.
     if let Ok(transforms) = std::fs::canonicalize(&config.transforms.dir) {
         config.transforms.dir = transforms.display().to_string();
@@ -99,8 +140,37 @@ pub async fn run(dir: &Path, base: LilyConfig) -> anyhow::Result<()> {
         pipeline::run(&pipeline_config, console, shutdown_rx).await
     });
 
+    let api = if config.api.listen.is_empty() {
+        None
+    } else {
+        let key = lily_inbound::auth::ApiKeys::new(
+            lily_inbound::db::Metastore::new(
+                &config.postgres.url,
+                1,
+                &config.postgres.tenant_role,
+            )?,
+            Duration::ZERO,
+        )
+        .create("acme", lily_inbound::auth::Role::Steward, "demo")
+        .await?;
+        println!(
+            "  API on http://{}: catalog edits below use API key {} (steward of acme)",
+            config.api.listen, key.key_id
+        );
+        Some(DemoApi {
+            base: format!("http://{}", config.api.listen),
+            key: key.key,
+            secret: config
+                .monte_carlo
+                .secrets
+                .get("acme")
+                .cloned()
+                .unwrap_or_default(),
+            http: reqwest::Client::new(),
+        })
+    };
     let client = Arc::new(client);
-    let editor = tokio::spawn(edit_forever(client.clone()));
+    let editor = tokio::spawn(edit_forever(client.clone(), api));
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
         r = wait_for_terminate() => r?,
@@ -131,14 +201,66 @@ async fn wait_for_terminate() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn edit_forever(client: Arc<tokio_postgres::Client>) {
+/// The demo's own use of the API.
+struct DemoApi {
+    base: String,
+    key: String,
+    secret: String,
+    http: reqwest::Client,
+}
+
+impl DemoApi {
+    async fn send(&self, via: &Via, round: usize) -> anyhow::Result<()> {
+        let request = match via {
+            Via::Sql(_) => return Ok(()),
+            Via::Catalog { method, path, body } => self
+                .http
+                .request(method.parse()?, format!("{}{path}", self.base))
+                .header("x-api-key", &self.key)
+                .body(*body),
+            Via::MonteCarlo(template) => {
+                let body = template.replace("{id}", &format!("demo-{round}"));
+                let form =
+                    lily_inbound::signature::python_form(body.as_bytes()).unwrap_or_default();
+                let signature = lily_inbound::signature::hmac_sha512_hex(
+                    self.secret.as_bytes(),
+                    form.as_bytes(),
+                );
+                self.http
+                    .post(format!("{}/v1/tenants/acme/ingest/monte-carlo", self.base))
+                    .header("x-mcd-signature", signature)
+                    .body(body)
+            }
+        };
+        let response = request
+            .header("content-type", "application/json")
+            .send()
+            .await?;
+        let status = response.status();
+        anyhow::ensure!(
+            status.is_success(),
+            "HTTP {status}: {}",
+            response.text().await?
+        );
+        Ok(())
+    }
+}
+
+async fn edit_forever(client: Arc<tokio_postgres::Client>, api: Option<DemoApi>) {
     let mut tick = tokio::time::interval(Duration::from_secs(3));
     tick.tick().await;
-    for (what, sql) in EDITS.iter().cycle() {
+    for (i, (what, via)) in EDITS.iter().cycle().enumerate() {
         tick.tick().await;
+        let round = i / EDITS.len();
+        let result = match (via, &api) {
+            (Via::Sql(sql), _) => client.batch_execute(sql).await.map_err(anyhow::Error::from),
+            (_, Some(api)) => api.send(via, round).await,
+            // Without the API (api.listen empty) its edits are skipped.
+            (_, None) => continue,
+        };
         println!("  -- {what}");
-        if let Err(e) = client.batch_execute(sql).await {
-            println!("  !! {what} failed: {e}");
+        if let Err(e) = result {
+            println!("  !! {what} failed: {e:#}");
         }
     }
 }

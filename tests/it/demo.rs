@@ -8,10 +8,16 @@ use lily_tests::{LilyProcess, free_port, query_delta, wait_for};
 async fn demo_streams_the_sample_estate_and_live_edits_then_stops_cleanly() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("lily-demo-").tempdir()?;
     let demo_dir = dir.path().join("demo");
-    let env = vec![(
-        "LILY_METRICS__LISTEN".to_string(),
-        format!("127.0.0.1:{}", free_port()?),
-    )];
+    let env = vec![
+        (
+            "LILY_METRICS__LISTEN".to_string(),
+            format!("127.0.0.1:{}", free_port()?),
+        ),
+        (
+            "LILY_API__LISTEN".to_string(),
+            format!("127.0.0.1:{}", free_port()?),
+        ),
+    ];
     let mut demo = LilyProcess::spawn(
         &["demo", "--dir", demo_dir.to_str().unwrap_or_default()],
         &env,

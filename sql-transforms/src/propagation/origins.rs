@@ -57,9 +57,11 @@ impl Dirty {
             + usize::from(self.full)
     }
 
-    /// Notes what `batch` changes. Snapshot rows are left to the full
-    /// re-computation that follows a start. Asset changes count only when
-    /// `state` (already past this batch) says attributes matter for them.
+    /// Notes what `batch` changes. Snapshot rows count as inserts: the
+    /// start-up pass ran on the state loaded before the slot's snapshot, so
+    /// a tag committed in between reaches propagation only through them.
+    /// Asset changes count only when `state` (already past this batch) says
+    /// attributes matter for them.
     pub fn collect(
         &mut self,
         batch: &ChangeBatch,
@@ -92,9 +94,6 @@ impl Dirty {
         let before = before_array.map(|b| Columns::of_before(table, b));
         for i in 0..records.num_rows() {
             let op = ops.value(i);
-            if op == "r" {
-                continue;
-            }
             if op == "t" {
                 self.full = true;
                 continue;

@@ -1,0 +1,204 @@
+//! Signed Monte Carlo webhooks against one `lily run`: sustained requests
+//! per second and request-to-commit latency (the API answers 200 only after
+//! the incident's transaction committed). Side by side, the baseline: the
+//! same incident upserts sent straight to PostgreSQL over as many
+//! connections, which is what the metastore alone can take.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lily_embedded::PgCluster;
+use lily_inbound::signature::{hmac_sha512_hex, python_form};
+
+use crate::DB;
+
+const SECRET: &str = "bench-monte-carlo-secret";
+const TABLES: i64 = 1000;
+
+fn event(id: u64) -> Vec<u8> {
+    let table = id as i64 % TABLES;
+    serde_json::to_vec(&serde_json::json!({
+        "account": {"id": "bench"},
+        "action": "incident",
+        "payload": {
+            "incident_id": format!("bench-{id}"),
+            "url": format!("https://getmontecarlo.com/incidents/bench-{id}"),
+            "severity": "SEV-2",
+            "event_list": [
+                {"table_name": format!("dw:bench.t{table}"), "type": "freshness_anomaly"},
+                {"table_name": format!("dw:bench.t{}", (table + 1) % TABLES), "type": "freshness_anomaly"}
+            ]
+        },
+        "type": "new_freshness_anomaly_incident",
+        "version": "v0.1"
+    }))
+    .expect("JSON")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn report(label: &str, mut lat: Vec<Duration>, elapsed: Duration) -> f64 {
+    lat.sort_unstable();
+    let rate = lat.len() as f64 / elapsed.as_secs_f64();
+    println!(
+        "  {label:<28} {:>8.0} incidents/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} in {:.1} s)",
+        rate,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        lat.len(),
+        elapsed.as_secs_f64()
+    );
+    rate
+}
+
+/// Runs the benchmark for `seconds` with `concurrency` senders.
+pub async fn run(
+    cluster: &PgCluster,
+    dir: &Path,
+    seconds: u64,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    println!("\n== Monte Carlo webhooks: {concurrency} senders, {seconds} s each ==");
+    let client = cluster.connect(DB).await?;
+    client
+        .execute(
+            "INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name)
+             SELECT 'bench', 'table', 'dw.bench.t' || n, 't' || n FROM generate_series(0, $1 - 1) n",
+            &[&TABLES],
+        )
+        .await?;
+
+    let lily = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("lily"))
+        .context("no folder")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let transforms = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql-transforms");
+    let log = dir.join("lily-webhooks.log");
+    let mut child = std::process::Command::new(&lily)
+        .arg("run")
+        .env("LILY_POSTGRES__URL", cluster.url(DB))
+        .env("LILY_LAKE__ROOT", dir.join("lake-webhooks"))
+        .env("LILY_METRICS__LISTEN", "")
+        .env("LILY_REPLICATION__SLOT", "webhooks")
+        .env("LILY_TRANSFORMS__DIR", &transforms)
+        .env("LILY_API__LISTEN", format!("127.0.0.1:{port}"))
+        .env("LILY_API__POOL_SIZE", concurrency.to_string())
+        .env("LILY_MONTE_CARLO__SECRETS__BENCH", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .with_context(|| format!("starting {} (build it with --release too)", lily.display()))?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let ready = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(120),
+            "lily run did not start; see {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Lily: signed POSTs, each answered after its commit.
+    let next = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, base, next) = (http.clone(), base.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let body = event(next.fetch_add(1, Ordering::Relaxed));
+                let form = python_form(&body).unwrap_or_default();
+                let sig = hmac_sha512_hex(SECRET.as_bytes(), form.as_bytes());
+                let t = Instant::now();
+                let resp = http
+                    .post(format!("{base}/v1/tenants/bench/ingest/monte-carlo"))
+                    .header("x-mcd-signature", sig)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    resp.status().is_success(),
+                    "HTTP {}: {}",
+                    resp.status(),
+                    resp.text().await?
+                );
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let lily_rate = report("lily (HTTP, signed)", lat, started.elapsed());
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Baseline: the same writes straight to PostgreSQL.
+    let next = Arc::new(AtomicU64::new(1 << 32));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let mut pg = cluster.connect(DB).await?;
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                let table = id as i64 % TABLES;
+                let names = vec![format!("dw.bench.t{table}"), format!("dw.bench.t{}", (table + 1) % TABLES)];
+                let payload: serde_json::Value = serde_json::from_slice(&event(id))?;
+                let t = Instant::now();
+                let tx = pg.transaction().await?;
+                let row = tx
+                    .query_one(
+                        "INSERT INTO metastore.incidents AS i (tenant_id, source_system, external_id, incident_type, title, state, severity, url, payload)
+                         VALUES ('bench', 'monte_carlo', $1, 'freshness_anomaly', $2, 'open', 'SEV-2', $3, $4)
+                         ON CONFLICT (tenant_id, source_system, external_id) DO UPDATE SET payload = EXCLUDED.payload
+                         RETURNING incident_id",
+                        &[&format!("base-{id}"), &format!("freshness anomaly on {}", names[0]), &format!("https://getmontecarlo.com/incidents/base-{id}"), &payload],
+                    )
+                    .await?;
+                let incident: uuid::Uuid = row.get(0);
+                tx.execute(
+                    "INSERT INTO metastore.incident_assets (tenant_id, incident_id, qualified_name)
+                     SELECT 'bench', $1, n FROM unnest($2::text[]) n ON CONFLICT DO NOTHING",
+                    &[&incident, &names],
+                )
+                .await?;
+                tx.commit().await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let base_rate = report("baseline (SQL, no HTTP)", lat, started.elapsed());
+    println!("  ratio lily / baseline: {:.2}", lily_rate / base_rate);
+    Ok(())
+}
