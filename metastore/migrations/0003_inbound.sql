@@ -15,6 +15,15 @@ CREATE TABLE lily.api_keys (
 );
 CREATE INDEX api_keys_tenant ON lily.api_keys (tenant_id);
 
+-- API and inbound writes switch to the tenant role (SET LOCAL ROLE) so that
+-- row-level security applies; the role running Lily must be a member of it.
+DO $$
+BEGIN
+    IF NOT pg_has_role(current_user, '${tenant_role}', 'MEMBER') THEN
+        EXECUTE format('GRANT %I TO %I', '${tenant_role}', current_user);
+    END IF;
+END $$;
+
 CREATE TABLE metastore.incident_tickets (
     tenant_id   text NOT NULL,
     incident_id uuid NOT NULL,
