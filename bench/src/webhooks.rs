@@ -72,7 +72,7 @@ pub async fn run(
     client
         .execute(
             "INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name)
-             SELECT 'bench', 'table', 'dw.bench.t' || n, 't' || n FROM generate_series(0, $1 - 1) n",
+             SELECT 'bench', 'table', 'dw.bench.t' || n, 't' || n FROM generate_series(0, $1::bigint - 1) n",
             &[&TABLES],
         )
         .await?;

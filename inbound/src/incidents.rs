@@ -55,7 +55,10 @@ struct IncidentRow {
 pub struct IncidentIngest {
     db: Metastore,
     transform: String,
-    runner: Mutex<TransformRunner>,
+    /// One runner per core: a run holds its runner (its tables are swapped
+    /// per run), so concurrent requests take different ones.
+    runners: Vec<Mutex<TransformRunner>>,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 const UPSERT: &str = "
@@ -92,24 +95,32 @@ impl IncidentIngest {
         state: Arc<CatalogState>,
         transform: &str,
     ) -> Result<Self> {
-        let runner = TransformRunner::new(
-            set,
-            transform,
-            state,
-            Vec::new(),
-            OutputContract::IntoTable("incidents".into()),
-        )
-        .await
-        .map_err(|e| InboundError::Internal(format!("pre-ingest transform {transform}: {e}")))?;
-        if runner.payload_schema().is_none() {
-            return Err(InboundError::Internal(format!(
-                "{transform} is not a pre-ingest transform (it declares no payload)"
-            )));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut runners = Vec::with_capacity(cores);
+        for _ in 0..cores {
+            let runner = TransformRunner::new(
+                set,
+                transform,
+                state.clone(),
+                Vec::new(),
+                OutputContract::IntoTable("incidents".into()),
+            )
+            .await
+            .map_err(|e| {
+                InboundError::Internal(format!("pre-ingest transform {transform}: {e}"))
+            })?;
+            if runner.payload_schema().is_none() {
+                return Err(InboundError::Internal(format!(
+                    "{transform} is not a pre-ingest transform (it declares no payload)"
+                )));
+            }
+            runners.push(Mutex::new(runner));
         }
         Ok(Self {
             db,
             transform: transform.to_owned(),
-            runner: Mutex::new(runner),
+            runners,
+            next: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -124,7 +135,14 @@ impl IncidentIngest {
 
     /// Maps `events` with the transform.
     async fn map(&self, events: &[Value]) -> Result<Vec<IncidentRow>> {
-        let mut runner = self.runner.lock().await;
+        // A free runner if there is one, else wait for the next in turn.
+        let mut runner = match self.runners.iter().find_map(|r| r.try_lock().ok()) {
+            Some(free) => free,
+            None => {
+                let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.runners[i % self.runners.len()].lock().await
+            }
+        };
         runner.refresh().await;
         let schema = runner
             .payload_schema()
