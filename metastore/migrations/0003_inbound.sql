@@ -17,11 +17,15 @@ CREATE INDEX api_keys_tenant ON lily.api_keys (tenant_id);
 
 -- API and inbound writes switch to the tenant role (SET LOCAL ROLE) so that
 -- row-level security applies; the role running Lily must be a member of it.
+-- Granted here when this role may; otherwise a warning names the GRANT an
+-- administrator must run before the API can write.
 DO $$
 BEGIN
     IF NOT pg_has_role(current_user, '${tenant_role}', 'MEMBER') THEN
         EXECUTE format('GRANT %I TO %I', '${tenant_role}', current_user);
     END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE WARNING 'the API needs: GRANT "%" TO "%"', '${tenant_role}', current_user;
 END $$;
 
 CREATE TABLE metastore.incident_tickets (
