@@ -85,17 +85,10 @@ impl ApiKeys {
     pub async fn create(&self, tenant: &str, role: Role, name: &str) -> Result<CreatedKey> {
         let key_id = random_chars(ID_LEN);
         let key = format!("{KEY_PREFIX}{key_id}_{}", random_chars(40));
-        let conn = self.db.connection().await?;
-        let exists = conn
-            .query_opt(
-                "SELECT 1 FROM metastore.tenants WHERE tenant_id = $1",
-                &[&tenant],
-            )
-            .await?
-            .is_some();
-        if !exists {
+        if !self.db.tenant_exists(tenant).await? {
             return Err(InboundError::UnknownTenant(tenant.to_owned()));
         }
+        let conn = self.db.connection().await?;
         conn.execute(
             "INSERT INTO lily.api_keys (key_id, tenant_id, role, name, secret_hash) VALUES ($1, $2, $3, $4, $5)",
             &[&key_id, &tenant, &role.as_str(), &name, &hash(&key)],
