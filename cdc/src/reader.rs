@@ -98,6 +98,10 @@ pub struct ChangeReader {
     slot: ReplicationSlot,
     tables: HashMap<u32, usize>,
     builders: Vec<TableBatchBuilder>,
+    /// Batches closed early to keep stream order, waiting for the next flush.
+    sealed: Vec<ChangeBatch>,
+    /// The builder that took the last row.
+    last_builder: Option<usize>,
     last_batch_seq: u64,
     buffered_rows: usize,
     buffered_bytes: usize,
@@ -128,6 +132,8 @@ impl ChangeReader {
             slot,
             tables: HashMap::new(),
             builders: Vec::new(),
+            sealed: Vec::new(),
+            last_builder: None,
             last_batch_seq: 0,
             buffered_rows: 0,
             buffered_bytes: 0,
@@ -411,6 +417,14 @@ impl ChangeReader {
                 "row for relation {relation_id} before its Relation message"
             ))
         })?;
+        // Batches go out in stream order, so every sink sees positions only
+        // grow. A transaction that goes back to a table after touching
+        // another (assets, classifications, assets) would put a later row in
+        // an earlier batch: close what is buffered first.
+        if self.builders[i].rows() > 0 && self.last_builder != Some(i) {
+            self.seal()?;
+        }
+        self.last_builder = Some(i);
         let builder = &mut self.builders[i];
         let before_bytes = builder.bytes();
         builder.append(meta, row, before)?;
@@ -422,19 +436,31 @@ impl ChangeReader {
         Ok(())
     }
 
-    /// Closes every non-empty builder into a batch and hands them on, in stream order.
-    /// `conn`, when streaming, is kept alive while the pipeline applies
-    /// backpressure: status updates go out although nothing more is read, so
-    /// the server does not take a slow sink for a dead client.
-    async fn flush(&mut self, mut conn: Option<&mut ReplicationConnection>) -> Result<()> {
+    /// Closes every non-empty builder into a batch kept for the next flush,
+    /// in stream order.
+    fn seal(&mut self) -> Result<()> {
         let mut order: Vec<usize> = (0..self.builders.len())
             .filter(|&i| self.builders[i].rows() > 0)
             .collect();
         order.sort_by_key(|&i| self.builders[i].first_position());
         for i in order {
-            let Some(batch) = self.builders[i].finish(self.last_batch_seq + 1)? else {
-                continue;
-            };
+            // The sequence number is given when the batch is sent.
+            if let Some(batch) = self.builders[i].finish(0)? {
+                self.sealed.push(batch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every non-empty builder into a batch and hands them on, in stream order.
+    /// `conn`, when streaming, is kept alive while the pipeline applies
+    /// backpressure: status updates go out although nothing more is read, so
+    /// the server does not take a slow sink for a dead client.
+    async fn flush(&mut self, mut conn: Option<&mut ReplicationConnection>) -> Result<()> {
+        self.seal()?;
+        self.last_builder = None;
+        for mut batch in std::mem::take(&mut self.sealed) {
+            batch.seq = self.last_batch_seq + 1;
             self.last_batch_seq += 1;
             let table = batch.table.qualified_name();
             metrics::counter!("lily_changes_read_total", "table" => table.clone())
