@@ -12,6 +12,7 @@ pub mod checkpoint;
 mod column;
 mod copy;
 pub mod error;
+pub mod json;
 pub mod lsn;
 pub mod pgoutput;
 pub mod reader;

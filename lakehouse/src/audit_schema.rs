@@ -15,7 +15,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, UInt32Type,
 use lily_cdc::batch::{BEFORE, COMMIT_LSN, COMMIT_TIME, OP, SEQ, UNCHANGED_TOAST, XID};
 use lily_cdc::{ChangeBatch, Lsn, Position, TableSchema};
 
-use crate::row_json::{RowEncoder, StructEncoder};
+use lily_cdc::json::{RowEncoder, StructEncoder};
 
 /// Path of the audit table under the lake root.
 pub const AUDIT_TABLE: &str = "audit/changes";

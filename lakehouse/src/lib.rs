@@ -9,7 +9,6 @@ mod audit_schema;
 mod error;
 mod location;
 pub mod maintenance;
-mod row_json;
 mod sink;
 
 pub use audit_schema::{AUDIT_TABLE, audit_schema};
