@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "inbound",
         sql: include_str!("../migrations/0003_inbound.sql"),
     },
+    Migration {
+        version: 4,
+        name: "outbound",
+        sql: include_str!("../migrations/0004_outbound.sql"),
+    },
 ];
 
 /// A stable checksum (FNV-1a) of the migration text as shipped.

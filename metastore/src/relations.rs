@@ -36,10 +36,10 @@ const TABLES: &[TableSpec] = &[
     ),
     (
         "assets",
-        ReplicaIdentity::Default,
+        ReplicaIdentity::Index,
         &[
             ("guid", UUID, true),
-            ("tenant_id", TEXT, false),
+            ("tenant_id", TEXT, true),
             ("type_name", TEXT, false),
             ("qualified_name", TEXT, false),
             ("name", TEXT, false),
@@ -82,10 +82,10 @@ const TABLES: &[TableSpec] = &[
     ),
     (
         "incidents",
-        ReplicaIdentity::Default,
+        ReplicaIdentity::Index,
         &[
             ("incident_id", UUID, true),
-            ("tenant_id", TEXT, false),
+            ("tenant_id", TEXT, true),
             ("source_system", TEXT, false),
             ("external_id", TEXT, false),
             ("incident_type", TEXT, false),

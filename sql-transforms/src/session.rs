@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use lily_cdc::TableSchema;
+use lily_cdc::types::PG_TYPE_OID;
 
 use crate::functions;
 use crate::state::{CatalogState, StateTable};
@@ -23,6 +24,27 @@ pub struct TransformSession {
     pub changes: HashMap<String, Arc<SwapTable>>,
     /// Extra input tables (propagation's `origins`), by name.
     pub inputs: HashMap<String, Arc<SwapTable>>,
+}
+
+/// `schema` without the PostgreSQL type oids on its fields. SQL has no use
+/// for them, and a uuid from `changes.` must look like one from `state.`:
+/// DataFusion refuses a UNION whose inputs differ in field metadata.
+fn without_type_oids(schema: &Schema) -> SchemaRef {
+    fn field(f: &Field) -> Field {
+        let mut md = f.metadata().clone();
+        md.remove(PG_TYPE_OID);
+        let f = match f.data_type() {
+            DataType::Struct(children) => f.clone().with_data_type(DataType::Struct(
+                children.iter().map(|c| Arc::new(field(c))).collect(),
+            )),
+            _ => f.clone(),
+        };
+        f.with_metadata(md)
+    }
+    Arc::new(Schema::new_with_metadata(
+        schema.fields().iter().map(|f| field(f)).collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
 }
 
 /// A session over `state`, with one empty `changes.<table>` per metastore
@@ -49,7 +71,7 @@ pub fn new_session(
     let mut changes = HashMap::new();
     for rel in lily_metastore::metastore_relations() {
         let table = TableSchema::from_relation(&rel);
-        let swap = Arc::new(SwapTable::new(table.arrow.clone()));
+        let swap = Arc::new(SwapTable::new(without_type_oids(&table.arrow)));
         changes_schema.register_table(rel.name.clone(), swap.clone())?;
         changes.insert(rel.name, swap);
     }

@@ -5,7 +5,10 @@ use lily_cdc::ChangeBatch;
 use lily_cdc::batch::{BEFORE, OP};
 
 use super::columns::Columns;
-use super::{Asset, CatalogState, Classification, Edge, Guid, Inner, PropagatedValue, StateTable};
+use super::{
+    Asset, CatalogState, Classification, Edge, Guid, Incident, IncidentLink, Inner,
+    PropagatedValue, StateTable,
+};
 use crate::error::{Result, TransformError};
 
 impl CatalogState {
@@ -21,6 +24,8 @@ impl CatalogState {
             "lineage_edges" => StateTable::LineageEdges,
             "classifications" => StateTable::Classifications,
             "propagated_attributes" => StateTable::PropagatedAttributes,
+            "incidents" => StateTable::Incidents,
+            "incident_assets" => StateTable::IncidentAssets,
             _ => return Ok(()),
         };
         let records = &batch.records;
@@ -65,6 +70,18 @@ impl CatalogState {
                     let tenant = key(row.text("tenant_id")?.get(i), table, "tenant_id")?;
                     let tenant = inner.tenant(tenant);
                     let type_name = inner.tenant(row.text("type_name")?.get(i).unwrap_or_default());
+                    // A large value that did not change arrives as NULL: keep the one we have.
+                    let previous = inner.assets.get(&guid);
+                    let description = if row.unchanged_toast(i, "description") {
+                        previous.and_then(|p| p.description.clone())
+                    } else {
+                        row.text("description")?.get(i).map(Into::into)
+                    };
+                    let owners = if row.unchanged_toast(i, "owners") {
+                        previous.map(|p| p.owners.clone()).unwrap_or_default()
+                    } else {
+                        row.text_list("owners")?.get(i).into_boxed_slice()
+                    };
                     let asset = Asset {
                         tenant,
                         type_name,
@@ -73,8 +90,10 @@ impl CatalogState {
                             .get(i)
                             .unwrap_or_default()
                             .into(),
+                        name: row.text("name")?.get(i).unwrap_or_default().into(),
+                        description,
                         parent: row.uuid("parent_guid")?.get(i),
-                        owners: row.text_list("owners")?.get(i).into_boxed_slice(),
+                        owners,
                         certificate: row.text("certificate")?.get(i).map(Into::into),
                     };
                     inner.assets.insert(guid, Box::new(asset));
@@ -156,10 +175,74 @@ impl CatalogState {
                         inner.add_propagated(asset, value);
                     }
                 }
+                StateTable::Incidents => {
+                    let id = key(row.uuid("incident_id")?.get(i), table, "incident_id")?;
+                    if delete {
+                        inner.incidents.remove(&id);
+                        continue;
+                    }
+                    let tenant = key(row.text("tenant_id")?.get(i), table, "tenant_id")?;
+                    let tenant = inner.tenant(tenant);
+                    let state = inner.tenant(row.text("state")?.get(i).unwrap_or("open"));
+                    let severity = row.text("severity")?.get(i).map(|s| inner.tenant(s));
+                    let incident_type = row.text("incident_type")?.get(i).map(|s| inner.tenant(s));
+                    let incident = Incident {
+                        tenant,
+                        title: row.text("title")?.get(i).map(Into::into),
+                        state,
+                        severity,
+                        incident_type,
+                        url: row.text("url")?.get(i).map(Into::into),
+                        updated_at: row.timestamp("updated_at")?.get(i),
+                    };
+                    inner.incidents.insert(id, Box::new(incident));
+                }
+                StateTable::IncidentAssets => {
+                    if op == "u"
+                        && has_before(i)
+                        && let Some(b) = &before
+                    {
+                        let (incident, old) = incident_link(&mut inner, b, i, table)?;
+                        remove_link(&mut inner, incident, &old.qualified_name);
+                    }
+                    let (incident, link) = incident_link(&mut inner, &row, i, table)?;
+                    remove_link(&mut inner, incident, &link.qualified_name);
+                    if !delete {
+                        inner.incident_links.entry(incident).or_default().push(link);
+                    }
+                }
                 StateTable::AssetAttributes => {}
             }
         }
         Ok(())
+    }
+}
+
+fn incident_link(
+    inner: &mut Inner,
+    cols: &Columns<'_>,
+    i: usize,
+    table: &str,
+) -> Result<(Guid, IncidentLink)> {
+    let tenant = key(cols.text("tenant_id")?.get(i), table, "tenant_id")?;
+    let tenant = inner.tenant(tenant);
+    Ok((
+        key(cols.uuid("incident_id")?.get(i), table, "incident_id")?,
+        IncidentLink {
+            tenant,
+            qualified_name: key(cols.text("qualified_name")?.get(i), table, "qualified_name")?
+                .into(),
+            asset: cols.uuid("asset_guid")?.get(i),
+        },
+    ))
+}
+
+fn remove_link(inner: &mut Inner, incident: Guid, qualified_name: &str) {
+    if let Some(links) = inner.incident_links.get_mut(&incident) {
+        links.retain(|l| &*l.qualified_name != qualified_name);
+        if links.is_empty() {
+            inner.incident_links.remove(&incident);
+        }
     }
 }
 
@@ -179,6 +262,8 @@ fn clear(inner: &mut Inner, table: StateTable) {
             inner.propagated.clear();
             inner.attribute_copies_from.clear();
         }
+        StateTable::Incidents => inner.incidents.clear(),
+        StateTable::IncidentAssets => inner.incident_links.clear(),
         StateTable::AssetAttributes => {}
     }
 }

@@ -76,6 +76,38 @@ impl<'a> Columns<'a> {
         Ok(BoolColumn(a.as_boolean()))
     }
 
+    /// A timestamptz column, as microseconds since the Unix epoch.
+    pub fn timestamp(&self, name: &str) -> Result<TimestampColumn<'a>> {
+        let a = self.array(name)?;
+        a.as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>()
+            .map(TimestampColumn)
+            .ok_or_else(|| {
+                TransformError::State(format!(
+                    "column {name} of {} is {}, expected a timestamp",
+                    self.table,
+                    a.data_type()
+                ))
+            })
+    }
+
+    /// Whether the change at `i` left `name` out because its large value did
+    /// not change (the row then holds NULL, which is not the value).
+    pub fn unchanged_toast(&self, i: usize, name: &str) -> bool {
+        let Ok(list) = self.array(lily_cdc::batch::UNCHANGED_TOAST) else {
+            return false;
+        };
+        let Some(list) = list.as_list_opt::<i32>() else {
+            return false;
+        };
+        if list.is_null(i) {
+            return false;
+        }
+        let values = list.value(i);
+        values
+            .as_string_opt::<i32>()
+            .is_some_and(|v| v.iter().flatten().any(|c| c == name))
+    }
+
     /// A text[] column.
     pub fn text_list(&self, name: &str) -> Result<TextListColumn<'a>> {
         let a = self.typed(
@@ -106,6 +138,16 @@ pub struct TextColumn<'a>(&'a arrow::array::StringArray);
 impl<'a> TextColumn<'a> {
     /// The value at `i`.
     pub fn get(&self, i: usize) -> Option<&'a str> {
+        (!self.0.is_null(i)).then(|| self.0.value(i))
+    }
+}
+
+/// A timestamp column in microseconds.
+pub struct TimestampColumn<'a>(&'a arrow::array::TimestampMicrosecondArray);
+
+impl TimestampColumn<'_> {
+    /// The value at `i`.
+    pub fn get(&self, i: usize) -> Option<i64> {
         (!self.0.is_null(i)).then(|| self.0.value(i))
     }
 }

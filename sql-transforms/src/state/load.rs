@@ -5,7 +5,9 @@ use futures::{StreamExt, pin_mut};
 use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
-use super::{Asset, CatalogState, Classification, Edge, Guid, Inner, PropagatedValue};
+use super::{
+    Asset, CatalogState, Classification, Edge, Guid, Incident, IncidentLink, Inner, PropagatedValue,
+};
 use crate::error::{Result, TransformError};
 
 fn guid(row: &Row, i: usize) -> Result<Guid> {
@@ -40,7 +42,7 @@ impl CatalogState {
         let mut fresh = Inner::default();
         for_each_row(
             &tx,
-            "SELECT guid, tenant_id, type_name, qualified_name, parent_guid, owners, certificate FROM metastore.assets",
+            "SELECT guid, tenant_id, type_name, qualified_name, parent_guid, owners, certificate, name, description FROM metastore.assets",
             |row| {
                 let tenant = fresh.tenant(get::<&str>(&row, 1)?);
                 let type_name = fresh.tenant(get::<&str>(&row, 2)?);
@@ -53,6 +55,8 @@ impl CatalogState {
                         parent: opt_guid(&row, 4)?,
                         owners: get::<Vec<String>>(&row, 5)?.into_boxed_slice(),
                         certificate: get::<Option<&str>>(&row, 6)?.map(Into::into),
+                        name: get::<&str>(&row, 7)?.into(),
+                        description: get::<Option<&str>>(&row, 8)?.map(Into::into),
                     }),
                 );
                 Ok(())
@@ -108,6 +112,44 @@ impl CatalogState {
                     propagated_from: guid(&row, 4)?,
                 };
                 fresh.add_propagated(guid(&row, 1)?, value);
+                Ok(())
+            },
+        )
+        .await?;
+        for_each_row(
+            &tx,
+            "SELECT incident_id, tenant_id, title, state, severity, incident_type, url, updated_at FROM metastore.incidents",
+            |row| {
+                let tenant = fresh.tenant(get::<&str>(&row, 1)?);
+                let incident = Incident {
+                    tenant,
+                    title: get::<Option<&str>>(&row, 2)?.map(Into::into),
+                    state: fresh.tenant(get::<&str>(&row, 3)?),
+                    severity: get::<Option<&str>>(&row, 4)?.map(|s| fresh.tenant(s)),
+                    incident_type: get::<Option<&str>>(&row, 5)?.map(|s| fresh.tenant(s)),
+                    url: get::<Option<&str>>(&row, 6)?.map(Into::into),
+                    updated_at: get::<Option<chrono::DateTime<chrono::Utc>>>(&row, 7)?
+                        .map(|t| t.timestamp_micros()),
+                };
+                fresh.incidents.insert(guid(&row, 0)?, Box::new(incident));
+                Ok(())
+            },
+        )
+        .await?;
+        for_each_row(
+            &tx,
+            "SELECT tenant_id, incident_id, qualified_name, asset_guid FROM metastore.incident_assets",
+            |row| {
+                let link = IncidentLink {
+                    tenant: fresh.tenant(get::<&str>(&row, 0)?),
+                    qualified_name: get::<&str>(&row, 2)?.into(),
+                    asset: opt_guid(&row, 3)?,
+                };
+                fresh
+                    .incident_links
+                    .entry(guid(&row, 1)?)
+                    .or_default()
+                    .push(link);
                 Ok(())
             },
         )

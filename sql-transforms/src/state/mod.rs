@@ -1,6 +1,7 @@
 //! The catalog state transforms join against: assets, lineage edges,
-//! classifications and propagated attributes, kept current from the change
-//! stream itself (after one load from PostgreSQL at start-up).
+//! classifications, propagated attributes, incidents and the assets they
+//! concern, kept current from the change stream itself (after one load from
+//! PostgreSQL at start-up).
 //!
 //! Changes are applied as upserts and deletes by key, so replaying changes
 //! the load already saw converges on the same state. The state reflects the
@@ -35,16 +36,22 @@ pub enum StateTable {
     /// `state.asset_attributes`: the values of the attributes configured to
     /// propagate, one row per (asset, attribute, value).
     AssetAttributes,
+    /// `state.incidents`: data-quality incidents (state, severity, title).
+    Incidents,
+    /// `state.incident_assets`: which assets each incident concerns.
+    IncidentAssets,
 }
 
 impl StateTable {
     /// Every state table.
-    pub const ALL: [StateTable; 5] = [
+    pub const ALL: [StateTable; 7] = [
         StateTable::Assets,
         StateTable::LineageEdges,
         StateTable::Classifications,
         StateTable::PropagatedAttributes,
         StateTable::AssetAttributes,
+        StateTable::Incidents,
+        StateTable::IncidentAssets,
     ];
 
     /// The table's name under `state.`.
@@ -55,6 +62,8 @@ impl StateTable {
             StateTable::Classifications => "classifications",
             StateTable::PropagatedAttributes => "propagated_attributes",
             StateTable::AssetAttributes => "asset_attributes",
+            StateTable::Incidents => "incidents",
+            StateTable::IncidentAssets => "incident_assets",
         }
     }
 
@@ -75,9 +84,31 @@ struct Asset {
     tenant: Arc<str>,
     type_name: Arc<str>,
     qualified_name: Box<str>,
+    name: Box<str>,
+    description: Option<Box<str>>,
     parent: Option<Guid>,
     owners: Box<[String]>,
     certificate: Option<Box<str>>,
+}
+
+#[derive(Debug, Clone)]
+struct Incident {
+    tenant: Arc<str>,
+    title: Option<Box<str>>,
+    state: Arc<str>,
+    severity: Option<Arc<str>>,
+    incident_type: Option<Arc<str>>,
+    url: Option<Box<str>>,
+    /// Microseconds since the Unix epoch.
+    updated_at: Option<i64>,
+}
+
+/// One row of `metastore.incident_assets`, less its incident (the map key).
+#[derive(Debug, Clone, PartialEq)]
+struct IncidentLink {
+    tenant: Arc<str>,
+    qualified_name: Box<str>,
+    asset: Option<Guid>,
 }
 
 #[derive(Debug, Clone)]
@@ -118,7 +149,9 @@ struct Inner {
     propagated: HashMap<Guid, HashSet<PropagatedValue>>,
     /// How many propagated attribute values each origin has given.
     attribute_copies_from: HashMap<Guid, usize>,
-    snapshots: [Option<RecordBatch>; 5],
+    incidents: HashMap<Guid, Box<Incident>>,
+    incident_links: HashMap<Guid, Vec<IncidentLink>>,
+    snapshots: [Option<RecordBatch>; 7],
 }
 
 impl Inner {

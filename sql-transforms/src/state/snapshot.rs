@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BooleanBuilder, FixedSizeBinaryBuilder, ListBuilder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use lily_cdc::types::ValueKind;
 use lily_config::PropagatedAttribute;
 
@@ -34,6 +35,8 @@ pub fn schema(table: StateTable) -> SchemaRef {
             uuid("parent_guid"),
             text_list("owners"),
             text("certificate"),
+            text("name"),
+            text("description"),
         ],
         StateTable::LineageEdges => vec![
             uuid("edge_id"),
@@ -64,6 +67,26 @@ pub fn schema(table: StateTable) -> SchemaRef {
             uuid("asset_guid"),
             text("attribute"),
             text("value"),
+        ],
+        StateTable::Incidents => vec![
+            uuid("incident_id"),
+            text("tenant_id"),
+            text("title"),
+            text("state"),
+            text("severity"),
+            text("incident_type"),
+            text("url"),
+            Field::new(
+                "updated_at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+        ],
+        StateTable::IncidentAssets => vec![
+            text("tenant_id"),
+            uuid("incident_id"),
+            text("qualified_name"),
+            uuid("asset_guid"),
         ],
     };
     Arc::new(Schema::new(fields))
@@ -138,6 +161,8 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
             let mut qname = StringBuilder::new();
             let mut owners = list_builder();
             let mut certificate = StringBuilder::new();
+            let mut name = StringBuilder::new();
+            let mut description = StringBuilder::new();
             for (g, a) in &inner.assets {
                 guid.push(Some(*g));
                 tenant.append_value(&a.tenant);
@@ -146,6 +171,8 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
                 parent.push(a.parent);
                 push_list(&mut owners, &a.owners);
                 certificate.append_option(a.certificate.as_deref());
+                name.append_value(&a.name);
+                description.append_option(a.description.as_deref());
             }
             vec![
                 guid.finish(),
@@ -155,6 +182,8 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
                 parent.finish(),
                 Arc::new(owners.finish()),
                 finish_strings(certificate),
+                finish_strings(name),
+                finish_strings(description),
             ]
         }
         StateTable::LineageEdges => {
@@ -246,6 +275,55 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
                 asset.finish(),
                 finish_strings(attribute),
                 finish_strings(value),
+            ]
+        }
+        StateTable::Incidents => {
+            let mut id = Uuids::new(inner.incidents.len());
+            let mut tenant = StringBuilder::new();
+            let mut title = StringBuilder::new();
+            let mut state = StringBuilder::new();
+            let mut severity = StringBuilder::new();
+            let mut incident_type = StringBuilder::new();
+            let mut url = StringBuilder::new();
+            let mut updated = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+            for (g, i) in &inner.incidents {
+                id.push(Some(*g));
+                tenant.append_value(&i.tenant);
+                title.append_option(i.title.as_deref());
+                state.append_value(&i.state);
+                severity.append_option(i.severity.as_deref());
+                incident_type.append_option(i.incident_type.as_deref());
+                url.append_option(i.url.as_deref());
+                updated.append_option(i.updated_at);
+            }
+            vec![
+                id.finish(),
+                finish_strings(tenant),
+                finish_strings(title),
+                finish_strings(state),
+                finish_strings(severity),
+                finish_strings(incident_type),
+                finish_strings(url),
+                Arc::new(updated.finish()),
+            ]
+        }
+        StateTable::IncidentAssets => {
+            let (mut incident, mut asset) = (Uuids::new(0), Uuids::new(0));
+            let mut tenant = StringBuilder::new();
+            let mut qname = StringBuilder::new();
+            for (g, links) in &inner.incident_links {
+                for l in links {
+                    tenant.append_value(&l.tenant);
+                    incident.push(Some(*g));
+                    qname.append_value(&l.qualified_name);
+                    asset.push(l.asset);
+                }
+            }
+            vec![
+                finish_strings(tenant),
+                incident.finish(),
+                finish_strings(qname),
+                asset.finish(),
             ]
         }
     };
