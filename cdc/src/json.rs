@@ -67,10 +67,55 @@ impl RowEncoder {
         }
     }
 
+    /// An encoder of the data columns of `batch`: those whose names do not
+    /// start with `_` (Lily's change metadata and a transform's directives).
+    pub fn data_columns(batch: &RecordBatch) -> Self {
+        let indices: Vec<usize> = batch
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.name().starts_with('_'))
+            .map(|(i, _)| i)
+            .collect();
+        Self::new(batch, &indices)
+    }
+
+    /// An encoder of every column of `batch`.
+    pub fn all_columns(batch: &RecordBatch) -> Self {
+        let indices: Vec<usize> = (0..batch.num_columns()).collect();
+        Self::new(batch, &indices)
+    }
+
     /// Appends row `row` as a JSON object.
     pub fn encode(&self, row: usize, out: &mut String) {
         encode_object(&self.cols, row, out)
     }
+}
+
+/// The value at `row` of column `name` as text: a string as it is, any
+/// other value as its JSON (a uuid as `8-4-4-4-12`, a list as an array);
+/// `None` for NULL or a missing column.
+pub fn cell_text(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
+    let i = batch.schema().index_of(name).ok()?;
+    value_text(batch.schema().field(i), batch.column(i), row)
+}
+
+/// The value at `row` of `array` (a column described by `field`) as text,
+/// as [`cell_text`] gives it.
+pub fn value_text(field: &Field, array: &ArrayRef, row: usize) -> Option<String> {
+    if array.is_null(row) {
+        return None;
+    }
+    if let DataType::Utf8 = array.data_type() {
+        return Some(array.as_string::<i32>().value(row).to_owned());
+    }
+    let mut out = String::new();
+    encode_value(field, array, row, &mut out);
+    Some(match serde_json::from_str::<String>(&out) {
+        Ok(unquoted) => unquoted,
+        Err(_) => out,
+    })
 }
 
 /// Encodes the rows of a struct column.

@@ -53,9 +53,10 @@ use std::path::Path;
 pub use env::{ENV_PREFIX, ENV_SEPARATOR};
 pub use error::ConfigError;
 pub use model::{
-    ApiConfig, AuthConfig, DeactivatedOwner, JiraConfig, KafkaSourceConfig, LakeConfig, LilyConfig,
-    LogConfig, LogFormat, MetricsConfig, MonteCarloConfig, OktaConfig, PostgresConfig,
-    PropagatedAttribute, PropagationConfig, ReplicationConfig, TransformsConfig,
+    ApiConfig, AuthConfig, DeactivatedOwner, ElasticsearchConfig, JiraConfig, KafkaSinkConfig,
+    KafkaSourceConfig, LakeConfig, LilyConfig, LogConfig, LogFormat, MetricsConfig,
+    MonteCarloConfig, NotifyTargetConfig, OktaConfig, PostgresConfig, PropagatedAttribute,
+    PropagationConfig, ReplicationConfig, TransformsConfig,
 };
 pub use validate::PROPAGATABLE_ATTRIBUTES;
 

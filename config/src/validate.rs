@@ -135,6 +135,88 @@ impl LilyConfig {
             ));
         }
 
+        let es = &self.elasticsearch;
+        for u in &es.urls {
+            if url::Url::parse(u).is_err() {
+                return Err(invalid_str(
+                    "elasticsearch.urls",
+                    u,
+                    "give node URLs such as \"https://es-1.example:9200\"",
+                ));
+            }
+        }
+        for (key, value) in [
+            ("elasticsearch.index_prefix", &es.index_prefix),
+            ("elasticsearch.index", &es.index),
+        ] {
+            if !is_index_part(value) {
+                return Err(invalid_str(
+                    key,
+                    value,
+                    "index names take lower-case letters, digits, - and _, and do not start with - or _",
+                ));
+            }
+        }
+        if !["", "true", "wait_for"].contains(&es.refresh.as_str()) {
+            return Err(invalid_str(
+                "elasticsearch.refresh",
+                &es.refresh,
+                "one of \"\" (the index's refresh interval), \"wait_for\", \"true\"",
+            ));
+        }
+        at_least("elasticsearch.flush_interval_ms", es.flush_interval_ms, 1)?;
+        at_least("elasticsearch.flush_max_docs", es.flush_max_docs as u64, 1)?;
+        at_least(
+            "elasticsearch.bulk_max_bytes",
+            es.bulk_max_bytes as u64,
+            1024,
+        )?;
+
+        let ks = &self.kafka_sink;
+        if ks.topic_prefix.is_empty()
+            || !ks
+                .topic_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(invalid_str(
+                "kafka_sink.topic_prefix",
+                &ks.topic_prefix,
+                "topic names take letters, digits, '.', '_' and '-'",
+            ));
+        }
+        at_least("kafka_sink.partitions", ks.partitions.max(0) as u64, 1)?;
+        at_least(
+            "kafka_sink.replication_factor",
+            ks.replication_factor.max(0) as u64,
+            1,
+        )?;
+        at_least("kafka_sink.flush_interval_ms", ks.flush_interval_ms, 1)?;
+
+        for (name, target) in &self.notify {
+            if !is_slot_name(&name.replace('-', "_")) {
+                return Err(invalid_str(
+                    "notify",
+                    name,
+                    "a target name is 1-63 characters of a-z, 0-9, - and _",
+                ));
+            }
+            if target.filter.trim().is_empty() {
+                return Err(invalid_str(
+                    &format!("notify.{name}.filter"),
+                    &target.filter,
+                    "name the transform that chooses the target's notifications",
+                ));
+            }
+            if !(target.rate_per_sec >= 0.0 && target.rate_per_sec.is_finite()) {
+                return Err(ConfigError::Invalid {
+                    key: format!("notify.{name}.rate_per_sec"),
+                    value: target.rate_per_sec.to_string(),
+                    message: "deliveries per second: 0 (the vendor's pace) or more".into(),
+                });
+            }
+        }
+
         let listen = &self.metrics.listen;
         if !listen.is_empty() && listen.parse::<SocketAddr>().is_err() {
             return Err(invalid_str(
@@ -161,6 +243,16 @@ fn is_slot_name(name: &str) -> bool {
 /// slot name, but not starting with a digit.
 fn is_identifier(name: &str) -> bool {
     is_slot_name(name) && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// A part of an Elasticsearch index name.
+fn is_index_part(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with(['-', '_'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {

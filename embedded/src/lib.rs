@@ -1,4 +1,5 @@
-//! A private PostgreSQL 15 cluster under a local folder, for `lily demo` and the tests.
+//! A private PostgreSQL 15 cluster under a local folder, for `lily demo` and the tests;
+//! and a local search server ([`SearchServer`]) for the same.
 //!
 //! The binaries come from `/usr/lib/postgresql/15/bin`, or the folder named by `LILY_PG_BIN`.
 //! PostgreSQL refuses to run as root, so when we are root the cluster folder is given to the
@@ -22,8 +23,10 @@ mod cluster;
 mod conf;
 mod error;
 mod process;
+mod search;
 mod server;
 
 pub use builder::ClusterBuilder;
 pub use cluster::PgCluster;
 pub use error::ClusterError;
+pub use search::{SearchServer, SearchServerError};

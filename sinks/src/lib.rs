@@ -1,5 +1,7 @@
 //! Where changes leave Lily: the [`Sink`] trait, its acknowledgement
-//! contract, and the [`SinkRunner`] that drives a sink.
+//! contract, the [`SinkRunner`] that drives a sink, and the sinks:
+//! Elasticsearch ([`elasticsearch`]), Kafka ([`kafka`]), SaaS notifications
+//! ([`notify`]), and the dead-letter store ([`dead_letter`]) they share.
 //!
 //! # The contract
 //! Delivery is at least once. A sink receives change batches in stream order
@@ -12,6 +14,10 @@
 //! which only grows.
 
 mod console;
+pub mod dead_letter;
+pub mod elasticsearch;
+pub mod kafka;
+pub mod notify;
 mod null;
 mod runner;
 
@@ -42,6 +48,19 @@ pub enum SinkError {
         /// Why.
         message: String,
     },
+}
+
+/// An error with its causes, `outer: inner: innermost` (an HTTP client's
+/// error says little without the connection error under it).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
 }
 
 /// A destination of change batches.

@@ -1,0 +1,192 @@
+//! One index per tenant behind an alias.
+//!
+//! Documents are written to and searched through the alias
+//! `<prefix>-<tenant>-<index>`; the index behind it is named after its
+//! mapping's fingerprint, `<alias>-<fingerprint>`. A changed mapping
+//! therefore means a new index, which can be filled (reindexed) and swapped
+//! in behind the alias without the writers or the search API noticing.
+
+use elasticsearch::Elasticsearch;
+use elasticsearch::http::StatusCode;
+use elasticsearch::indices::{IndicesCreateParts, IndicesDeleteParts, IndicesGetAliasParts};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::SearchError;
+
+/// The built-in mapping of asset documents (settings and mappings).
+pub const ASSETS_MAPPING: &str = include_str!("assets.json");
+
+/// Names the aliases and indices of one kind of document.
+#[derive(Debug, Clone)]
+pub struct IndexNaming {
+    prefix: String,
+    index: String,
+}
+
+impl IndexNaming {
+    /// Aliases `<prefix>-<tenant>-<index>`.
+    pub fn new(prefix: &str, index: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            index: index.to_owned(),
+        }
+    }
+
+    /// The alias of `tenant`'s documents.
+    pub fn alias(&self, tenant: &str) -> String {
+        format!("{}-{tenant}-{}", self.prefix, self.index)
+    }
+
+    /// The alias pattern of every tenant.
+    pub fn all_aliases(&self) -> String {
+        format!("{}-*-{}", self.prefix, self.index)
+    }
+}
+
+/// An index body (settings and mappings) with its fingerprint.
+#[derive(Debug, Clone)]
+pub struct IndexMapping {
+    /// The body of the create-index request, without aliases.
+    pub body: Value,
+    /// First 8 hex digits of the SHA-256 of the body.
+    pub fingerprint: String,
+}
+
+impl IndexMapping {
+    /// Parses a mapping file's text.
+    pub fn parse(text: &str) -> Result<Self, SearchError> {
+        let body: Value = serde_json::from_str(text)
+            .map_err(|e| SearchError::Config(format!("the index mapping is not JSON: {e}")))?;
+        if !body.get("mappings").is_some_and(Value::is_object) {
+            return Err(SearchError::Config(
+                "the index mapping has no \"mappings\" object".into(),
+            ));
+        }
+        // The canonical text (serde_json sorts keys) so formatting does not matter.
+        let canonical = serde_json::to_string(&body).unwrap_or_default();
+        let fingerprint = hex::encode(Sha256::digest(canonical.as_bytes()))[..8].to_owned();
+        Ok(Self { body, fingerprint })
+    }
+
+    /// The index that should stand behind `alias`.
+    pub fn index_name(&self, alias: &str) -> String {
+        format!("{alias}-{}", self.fingerprint)
+    }
+}
+
+/// Which indices an alias points at (empty when it does not exist).
+pub async fn alias_targets(
+    client: &Elasticsearch,
+    alias: &str,
+) -> Result<Vec<String>, SearchError> {
+    let response = client
+        .indices()
+        .get_alias(IndicesGetAliasParts::Name(&[alias]))
+        .send()
+        .await?;
+    if response.status_code() == StatusCode::NOT_FOUND {
+        return Ok(Vec::new());
+    }
+    let status = response.status_code();
+    let body: Value = response.json().await?;
+    if !status.is_success() {
+        return Err(SearchError::Refused(format!(
+            "reading alias {alias}: HTTP {status}: {body}"
+        )));
+    }
+    Ok(body
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default())
+}
+
+/// Makes sure `alias` exists, creating the index behind it from `mapping`
+/// if needed. Returns the index it points at; a warning is the caller's to
+/// give when that is not the current mapping's.
+pub async fn ensure_alias(
+    client: &Elasticsearch,
+    alias: &str,
+    mapping: &IndexMapping,
+) -> Result<String, SearchError> {
+    if let Some(existing) = alias_targets(client, alias).await?.into_iter().next() {
+        return Ok(existing);
+    }
+    let index = mapping.index_name(alias);
+    let mut body = mapping.body.clone();
+    body["aliases"] = serde_json::json!({ alias: {"is_write_index": true} });
+    let response = client
+        .indices()
+        .create(IndicesCreateParts::Index(&index))
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status_code();
+    if status.is_success() {
+        return Ok(index);
+    }
+    let text = response.text().await.unwrap_or_default();
+    // Another writer created it first: fine.
+    if text.contains("resource_already_exists_exception") {
+        return Ok(index);
+    }
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(SearchError::Unavailable(format!(
+            "creating index {index}: HTTP {status}: {text}"
+        )));
+    }
+    Err(SearchError::Refused(format!(
+        "creating index {index}: HTTP {status}: {text}"
+    )))
+}
+
+/// Deletes every index behind the aliases of `naming` (an unfinished
+/// snapshot is thrown away before the next one fills them again).
+pub async fn delete_all(
+    client: &Elasticsearch,
+    naming: &IndexNaming,
+) -> Result<usize, SearchError> {
+    let indices = alias_targets(client, &naming.all_aliases()).await?;
+    for index in &indices {
+        let response = client
+            .indices()
+            .delete(IndicesDeleteParts::Index(&[index]))
+            .send()
+            .await?;
+        let status = response.status_code();
+        if !status.is_success() && status != StatusCode::NOT_FOUND {
+            let text = response.text().await.unwrap_or_default();
+            return Err(SearchError::Unavailable(format!(
+                "deleting index {index}: HTTP {status}: {text}"
+            )));
+        }
+    }
+    Ok(indices.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_mapping_parses_and_its_fingerprint_ignores_formatting() {
+        let m = IndexMapping::parse(ASSETS_MAPPING).unwrap();
+        assert_eq!(m.fingerprint.len(), 8);
+        let compact = serde_json::to_string(&m.body).unwrap();
+        assert_eq!(
+            IndexMapping::parse(&compact).unwrap().fingerprint,
+            m.fingerprint
+        );
+        assert_eq!(
+            m.body["mappings"]["properties"]["incidents"]["type"],
+            "nested"
+        );
+        let naming = IndexNaming::new("lily", "assets");
+        assert_eq!(naming.alias("acme"), "lily-acme-assets");
+        assert_eq!(
+            m.index_name("lily-acme-assets"),
+            format!("lily-acme-assets-{}", m.fingerprint)
+        );
+        assert!(IndexMapping::parse("{\"settings\": {}}").is_err());
+    }
+}

@@ -1,0 +1,183 @@
+//! Elasticsearch: the search sink and the queries of the search API.
+//!
+//! Documents come from a post-consume transform (by default
+//! `search_documents.sql`: an asset with its tags, direct and propagated,
+//! and its open incidents). Each tenant has its own index behind an alias
+//! ([`index`]); writes are `_bulk` requests versioned by commit LSN
+//! ([`bulk`]), so replays and late changes never overwrite newer documents.
+//! Speaks the API Elasticsearch 8 serves (OpenSearch serves the same).
+
+pub mod bulk;
+pub mod index;
+pub mod search;
+mod sink;
+
+use std::time::Duration;
+
+use elasticsearch::Elasticsearch;
+use elasticsearch::auth::Credentials;
+use elasticsearch::http::transport::{
+    MultiNodeConnectionPool, SingleNodeConnectionPool, TransportBuilder,
+};
+use elasticsearch::params::Refresh;
+use lily_config::ElasticsearchConfig;
+
+pub use index::{ASSETS_MAPPING, IndexMapping, IndexNaming};
+pub use search::{SearchHit, SearchPage, SearchQuery};
+pub use sink::ElasticsearchSink;
+
+use crate::dead_letter::{DeadLetter, DeadLetters};
+
+/// The dead-letter source of refused documents.
+pub const DEAD_LETTER_SOURCE: &str = "elasticsearch";
+
+/// The name of the search sink in the pipeline.
+pub const SINK_NAME: &str = "search";
+
+/// Why a search call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// The cluster could not be reached or is overloaded; later may work.
+    #[error("search cluster unavailable: {0}")]
+    Unavailable(String),
+    /// The cluster refused the request.
+    #[error("search cluster refused: {0}")]
+    Refused(String),
+    /// The configuration is wrong.
+    #[error("[elasticsearch]: {0}")]
+    Config(String),
+}
+
+impl From<elasticsearch::Error> for SearchError {
+    fn from(e: elasticsearch::Error) -> Self {
+        SearchError::Unavailable(crate::error_chain(&e))
+    }
+}
+
+/// Elasticsearch as `[elasticsearch]` describes it: its client, the naming
+/// of its indices and the mapping of its documents.
+#[derive(Clone)]
+pub struct SearchCluster {
+    /// The client.
+    pub client: Elasticsearch,
+    /// Alias names.
+    pub naming: IndexNaming,
+    /// The mapping new indices get.
+    pub mapping: IndexMapping,
+    config: ElasticsearchConfig,
+}
+
+impl SearchCluster {
+    /// `None` when `config.urls` is empty (no search).
+    pub fn from_config(config: &ElasticsearchConfig) -> Result<Option<Self>, SearchError> {
+        if config.urls.is_empty() {
+            return Ok(None);
+        }
+        let urls = config
+            .urls
+            .iter()
+            .map(|u| {
+                url::Url::parse(u)
+                    .map_err(|e| SearchError::Config(format!("urls: {u:?} is not a URL: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut builder = if urls.len() == 1 {
+            TransportBuilder::new(SingleNodeConnectionPool::new(urls[0].clone()))
+        } else {
+            TransportBuilder::new(MultiNodeConnectionPool::round_robin(urls, None))
+        };
+        builder = builder
+            .timeout(Duration::from_millis(config.timeout_ms.max(1)))
+            .disable_proxy();
+        if !config.api_key.is_empty() {
+            builder = builder.auth(Credentials::EncodedApiKey(config.api_key.clone()));
+        } else if !config.username.is_empty() {
+            builder = builder.auth(Credentials::Basic(
+                config.username.clone(),
+                config.password.clone(),
+            ));
+        }
+        let transport = builder
+            .build()
+            .map_err(|e| SearchError::Config(format!("client: {e}")))?;
+        let mapping = if config.mapping.is_empty() {
+            IndexMapping::parse(ASSETS_MAPPING)?
+        } else {
+            let text = std::fs::read_to_string(&config.mapping).map_err(|e| {
+                SearchError::Config(format!("mapping: cannot read {}: {e}", config.mapping))
+            })?;
+            IndexMapping::parse(&text)?
+        };
+        Ok(Some(Self {
+            client: Elasticsearch::new(transport),
+            naming: IndexNaming::new(&config.index_prefix, &config.index),
+            mapping,
+            config: config.clone(),
+        }))
+    }
+
+    /// The search sink writing to this cluster.
+    pub fn sink(&self, dead_letters: DeadLetters) -> ElasticsearchSink {
+        let refresh = match self.config.refresh.as_str() {
+            "true" => Some(Refresh::True),
+            "wait_for" => Some(Refresh::WaitFor),
+            _ => None,
+        };
+        ElasticsearchSink::new(
+            SINK_NAME,
+            self.client.clone(),
+            self.naming.clone(),
+            self.mapping.clone(),
+            refresh,
+            self.config.bulk_max_bytes,
+            dead_letters,
+        )
+    }
+
+    /// Searches `tenant`'s documents.
+    pub async fn search(&self, tenant: &str, q: &SearchQuery) -> Result<SearchPage, SearchError> {
+        search::search(&self.client, &self.naming, tenant, q).await
+    }
+
+    /// Sends a dead letter of this sink again (its stored `_bulk` lines;
+    /// the version keeps a replay from overwriting anything newer).
+    pub async fn replay(&self, letter: &DeadLetter) -> Result<(), SearchError> {
+        let payload = letter.payload.clone().unwrap_or_default();
+        let text = String::from_utf8(payload)
+            .map_err(|_| SearchError::Refused("the dead letter holds no _bulk lines".into()))?;
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.is_empty()
+            || lines
+                .iter()
+                .any(|l| serde_json::from_str::<serde_json::Value>(l).is_err())
+        {
+            return Err(SearchError::Refused(
+                "the dead letter holds no _bulk lines".into(),
+            ));
+        }
+        if let Some(tenant) = &letter.tenant_id {
+            index::ensure_alias(&self.client, &self.naming.alias(tenant), &self.mapping).await?;
+        }
+        let response = self
+            .client
+            .bulk(elasticsearch::BulkParts::None)
+            .body(lines)
+            .send()
+            .await?;
+        let status = response.status_code();
+        let body: serde_json::Value = response.json().await?;
+        if !status.is_success() {
+            return Err(SearchError::Unavailable(format!(
+                "_bulk: HTTP {status}: {body}"
+            )));
+        }
+        match bulk::item_outcomes(&body).into_iter().next() {
+            Some(bulk::ItemOutcome::Done | bulk::ItemOutcome::Superseded) => Ok(()),
+            Some(bulk::ItemOutcome::Retry(m)) => Err(SearchError::Unavailable(m)),
+            Some(bulk::ItemOutcome::Refused { code, reason }) => {
+                Err(SearchError::Refused(format!("{code}: {reason}")))
+            }
+            None => Err(SearchError::Unavailable("_bulk answered no item".into())),
+        }
+    }
+}

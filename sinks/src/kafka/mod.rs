@@ -1,0 +1,379 @@
+//! Kafka change streams: every change as a keyed record on
+//! `<prefix>.<tenant>.<stream>` ([`envelope`]).
+//!
+//! The producer is idempotent with `acks=all`, so librdkafka's retries
+//! neither lose, duplicate nor reorder records within a partition. A batch
+//! counts as durable only when the broker confirmed every record of it: the
+//! flush awaits the delivery reports. A broker outage makes the flush fail
+//! (the runner retries, the slot holds the changes); a record the broker
+//! refuses for good (too large, not authorized) goes to the dead-letter
+//! store and the rest flow on. Consumers deduplicate a redelivery by
+//! (key, `commit_lsn`, `seq`).
+
+pub mod envelope;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lily_cdc::{ChangeBatch, Lsn};
+use lily_config::KafkaSinkConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use serde_json::json;
+use tracing::{info, warn};
+
+pub use envelope::{ChangeRecord, SCHEMA, change_records, key_column};
+
+use crate::dead_letter::{DeadLetter, DeadLetters, NewDeadLetter};
+use crate::{Sink, SinkError};
+
+/// The dead-letter source of refused records.
+pub const DEAD_LETTER_SOURCE: &str = "kafka";
+
+/// The name of the Kafka sink in the pipeline.
+pub const SINK_NAME: &str = "kafka";
+
+/// Why the Kafka sink cannot start.
+#[derive(Debug, thiserror::Error)]
+#[error("[kafka_sink]: {0}")]
+pub struct KafkaSinkError(String);
+
+struct InFlight {
+    record: ChangeRecord,
+    delivery: DeliveryFuture,
+}
+
+/// The Kafka sink.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    admin: Option<AdminClient<DefaultClientContext>>,
+    prefix: String,
+    partitions: i32,
+    replication: i32,
+    flush_timeout: Duration,
+    known_topics: HashSet<String>,
+    /// Produced, delivery not yet confirmed; in stream order.
+    in_flight: VecDeque<InFlight>,
+    /// To produce again (a retriable failure), in stream order.
+    resend: Vec<ChangeRecord>,
+    dead_letters: DeadLetters,
+}
+
+/// Settings librdkafka gets before the user's `options`.
+fn producer_config(config: &KafkaSinkConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        // Never give up on a record inside librdkafka: an outage holds the
+        // pipeline (and the slot) instead of failing records.
+        .set("message.timeout.ms", "0");
+    for (k, v) in &config.options {
+        c.set(k, v);
+    }
+    c
+}
+
+impl KafkaSink {
+    /// A producer for `config` (which must name brokers).
+    pub fn new(
+        config: &KafkaSinkConfig,
+        dead_letters: DeadLetters,
+    ) -> Result<Self, KafkaSinkError> {
+        let producer: FutureProducer = producer_config(config)
+            .create()
+            .map_err(|e| KafkaSinkError(format!("producer: {e}")))?;
+        let admin = if config.create_topics {
+            let mut c = ClientConfig::new();
+            c.set("bootstrap.servers", &config.brokers);
+            for (k, v) in &config.options {
+                // Connection settings (TLS, SASL) apply to the admin client
+                // too; producer settings would only make it warn.
+                if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+                    c.set(k, v);
+                }
+            }
+            Some(
+                c.create()
+                    .map_err(|e| KafkaSinkError(format!("admin client: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            producer,
+            admin,
+            prefix: config.topic_prefix.clone(),
+            partitions: config.partitions.max(1),
+            replication: config.replication_factor.max(1),
+            flush_timeout: Duration::from_millis(config.flush_timeout_ms.max(1)),
+            known_topics: HashSet::new(),
+            in_flight: VecDeque::new(),
+            resend: Vec::new(),
+            dead_letters,
+        })
+    }
+
+    fn unavailable(message: impl std::fmt::Display) -> SinkError {
+        SinkError::Unavailable {
+            sink: SINK_NAME.to_owned(),
+            message: message.to_string(),
+        }
+    }
+
+    async fn ensure_topic(&mut self, topic: &str) -> Result<(), SinkError> {
+        if self.known_topics.contains(topic) {
+            return Ok(());
+        }
+        if let Some(admin) = &self.admin {
+            let new = NewTopic::new(
+                topic,
+                self.partitions,
+                TopicReplication::Fixed(self.replication),
+            );
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let results = admin
+                .create_topics([&new], &opts)
+                .await
+                .map_err(|e| Self::unavailable(format!("creating topic {topic}: {e}")))?;
+            for r in results {
+                match r {
+                    Ok(_) => info!(topic, partitions = self.partitions, "topic created"),
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((t, code)) => {
+                        return Err(Self::unavailable(format!("creating topic {t}: {code}")));
+                    }
+                }
+            }
+        }
+        self.known_topics.insert(topic.to_owned());
+        Ok(())
+    }
+
+    /// Hands `record` to librdkafka, waiting for room when its queue is full.
+    async fn produce(&mut self, record: ChangeRecord) -> Result<(), SinkError> {
+        self.ensure_topic(&record.topic).await?;
+        loop {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "lily-schema",
+                    value: Some(SCHEMA),
+                })
+                .insert(Header {
+                    key: "lily-commit-lsn",
+                    value: Some(&record.commit_lsn.to_string()),
+                });
+            let sent = self.producer.send_result(
+                FutureRecord::to(&record.topic)
+                    .key(&record.key)
+                    .payload(&record.payload)
+                    .headers(headers),
+            );
+            match sent {
+                Ok(delivery) => {
+                    self.in_flight.push_back(InFlight { record, delivery });
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // Backpressure: wait for the oldest delivery before queueing more.
+                    self.await_oldest().await?;
+                }
+                Err((e, _)) => return Err(Self::unavailable(format!("producing: {e}"))),
+            }
+        }
+    }
+
+    /// Waits for the oldest record in flight and settles it.
+    async fn await_oldest(&mut self) -> Result<(), SinkError> {
+        let Some(f) = self.in_flight.pop_front() else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            return Ok(());
+        };
+        self.settle(f.record, f.delivery.await).await;
+        Ok(())
+    }
+
+    async fn settle(
+        &mut self,
+        record: ChangeRecord,
+        result: Result<
+            rdkafka::producer::future_producer::OwnedDeliveryResult,
+            futures::channel::oneshot::Canceled,
+        >,
+    ) {
+        match result {
+            Ok(Ok(_)) => {
+                metrics::counter!("lily_kafka_records_total", "outcome" => "delivered")
+                    .increment(1);
+            }
+            Ok(Err((e, _))) if permanent(&e) => {
+                metrics::counter!("lily_kafka_records_total", "outcome" => "dead_letter")
+                    .increment(1);
+                if let Err(dl) = self.bury(&record, &e).await {
+                    warn!(error = %dl, "could not store the dead letter; producing again");
+                    self.resend.push(record);
+                }
+            }
+            Ok(Err((e, _))) => {
+                metrics::counter!("lily_kafka_records_total", "outcome" => "retry").increment(1);
+                warn!(error = %e, topic = %record.topic, "delivery failed; producing again");
+                self.resend.push(record);
+            }
+            Err(_) => self.resend.push(record),
+        }
+    }
+
+    async fn bury(
+        &self,
+        record: &ChangeRecord,
+        e: &KafkaError,
+    ) -> Result<(), crate::dead_letter::DeadLetterError> {
+        let code = e
+            .rdkafka_error_code()
+            .map(|c| format!("{c:?}"))
+            .unwrap_or_else(|| "kafka_error".to_owned());
+        warn!(error = %e, topic = %record.topic, key = %record.key, "record refused; kept as a dead letter");
+        self.dead_letters
+            .record(&NewDeadLetter {
+                source: DEAD_LETTER_SOURCE,
+                tenant_id: Some(&record.tenant),
+                reference: &format!("{}/{}@{}", record.topic, record.key, record.commit_lsn),
+                error_code: &code,
+                error: &e.to_string(),
+                payload: Some(&record.payload),
+                details: json!({"topic": record.topic, "key": record.key}),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Produces a dead letter of this sink again, to its topic and key.
+    pub async fn replay(&self, letter: &DeadLetter) -> Result<(), KafkaSinkError> {
+        let topic = letter.details["topic"]
+            .as_str()
+            .ok_or_else(|| KafkaSinkError("the dead letter names no topic".into()))?;
+        let key = letter.details["key"].as_str().unwrap_or_default();
+        let payload = letter.payload.clone().unwrap_or_default();
+        self.producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| KafkaSinkError(format!("producing to {topic}: {e}")))
+    }
+}
+
+/// Errors that producing the same record again cannot fix.
+fn permanent(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
+}
+
+#[async_trait::async_trait]
+impl Sink for KafkaSink {
+    fn name(&self) -> &str {
+        SINK_NAME
+    }
+
+    async fn write(&mut self, batch: Arc<ChangeBatch>) -> Result<(), SinkError> {
+        // Records that failed earlier go first, to keep the stream's order.
+        let retry = std::mem::take(&mut self.resend);
+        for (i, record) in retry.iter().enumerate() {
+            if let Err(e) = self.produce(record.clone()).await {
+                self.resend = retry[i..].to_vec();
+                return Err(e);
+            }
+        }
+        let records = change_records(&self.prefix, &batch);
+        for (i, record) in records.iter().enumerate() {
+            if let Err(e) = self.produce(record.clone()).await {
+                self.resend.extend_from_slice(&records[i..]);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        let deadline = tokio::time::Instant::now() + self.flush_timeout;
+        while let Some(f) = self.in_flight.front_mut() {
+            let result = match tokio::time::timeout_at(deadline, &mut f.delivery).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Self::unavailable(format!(
+                        "{} records not confirmed by the brokers within {:?}",
+                        self.in_flight.len(),
+                        self.flush_timeout
+                    )));
+                }
+            };
+            let Some(f) = self.in_flight.pop_front() else {
+                break;
+            };
+            self.settle(f.record, result).await;
+        }
+        if self.resend.is_empty() {
+            return Ok(());
+        }
+        let retry = std::mem::take(&mut self.resend);
+        let n = retry.len();
+        for (i, record) in retry.iter().enumerate() {
+            if let Err(e) = self.produce(record.clone()).await {
+                self.resend = retry[i..].to_vec();
+                return Err(e);
+            }
+        }
+        Err(Self::unavailable(format!(
+            "{n} records are being produced again"
+        )))
+    }
+
+    fn buffered_rows(&self) -> usize {
+        self.in_flight.len() + self.resend.len()
+    }
+
+    async fn discard_snapshot(&mut self, snapshot_lsn: Lsn) -> Result<(), SinkError> {
+        // Records cannot be taken back; consumers see the new snapshot's
+        // rows (`op` "r") with a later LSN and supersede the old ones.
+        info!(%snapshot_lsn, "an unfinished snapshot's records stay in Kafka; the next snapshot supersedes them");
+        Ok(())
+    }
+
+    async fn healthcheck(&mut self) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(|_| ())
+        })
+        .await;
+        match metadata {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                warn!(error = %e, "the Kafka brokers are unreachable; records wait until they are back");
+                Ok(())
+            }
+            Err(e) => Err(Self::unavailable(e)),
+        }
+    }
+}
