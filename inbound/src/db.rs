@@ -38,6 +38,11 @@ impl Metastore {
         })
     }
 
+    /// The pool itself, for components that share it (the dead-letter store).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// A connection of the pool (not tenant-scoped: Lily's own bookkeeping).
     pub async fn connection(&self) -> Result<Object> {
         Ok(self.pool.get().await?)

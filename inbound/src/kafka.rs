@@ -19,9 +19,14 @@ use rdkafka::message::BorrowedMessage;
 use tokio::sync::watch;
 use tracing::{error, info, instrument, warn};
 
+use lily_sinks::dead_letter::{DeadLetters, NewDeadLetter};
+
 use crate::error::{InboundError, Result};
 use crate::server::Inbound;
 use crate::sources::monte_carlo::SCHEMA;
+
+/// The dead-letter source of events this source could not write.
+pub const DEAD_LETTER_SOURCE: &str = "kafka_source";
 
 /// The Kafka source.
 pub struct KafkaSource {
@@ -138,7 +143,7 @@ impl KafkaSource {
                         .increment(1);
                     error!(error = %e, code = e.code(), reference, "Kafka event refused; kept as a dead letter");
                     if let Err(dl) = self
-                        .dead_letter(tenant.as_deref(), &reference, &e, payload)
+                        .dead_letter(message, tenant.as_deref(), &reference, &e)
                         .await
                     {
                         // Without the record the event would be lost: retry it.
@@ -163,20 +168,30 @@ impl KafkaSource {
             .map(|_| ())
     }
 
+    /// Keeps the event with its topic and key, so `lily dlq replay` can put
+    /// it back on the topic once the problem is fixed.
     async fn dead_letter(
         &self,
+        message: &BorrowedMessage<'_>,
         tenant: Option<&str>,
         reference: &str,
         e: &InboundError,
-        payload: &[u8],
     ) -> Result<()> {
-        let conn = self.inbound.db.connection().await?;
-        conn.execute(
-            "INSERT INTO lily.dead_letters (source, tenant_id, reference, error_code, error, payload)
-             VALUES ('kafka_source', $1, $2, $3, $4, $5)",
-            &[&tenant, &reference, &e.code(), &e.to_string(), &payload],
-        )
-        .await?;
-        Ok(())
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        DeadLetters::new(self.inbound.db.pool().clone())
+            .record(&NewDeadLetter {
+                source: DEAD_LETTER_SOURCE,
+                tenant_id: tenant,
+                reference,
+                error_code: e.code(),
+                error: &e.to_string(),
+                payload: Some(message.payload().unwrap_or_default()),
+                details: serde_json::json!({"topic": message.topic(), "key": key}),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| InboundError::Unavailable(e.to_string()))
     }
 }

@@ -40,6 +40,8 @@ pub struct Inbound {
     /// Monte Carlo incidents: transform and writer (None when the
     /// transform does not load; the webhook then answers 503).
     pub incidents: Option<IncidentIngest>,
+    /// The search cluster (None when `elasticsearch.urls` is empty).
+    pub search: Option<lily_sinks::elasticsearch::SearchCluster>,
 }
 
 impl Inbound {
@@ -72,12 +74,15 @@ impl Inbound {
                     None
                 }
             };
+        let search = lily_sinks::elasticsearch::SearchCluster::from_config(&config.elasticsearch)
+            .map_err(|e| InboundError::Internal(e.to_string()))?;
         Ok(Arc::new(Self {
             config: config.clone(),
             db,
             auth,
             schemas: Schemas::compile()?,
             incidents,
+            search,
         }))
     }
 

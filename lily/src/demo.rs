@@ -29,6 +29,8 @@ enum Via {
     /// A Monte Carlo notification, signed with the tenant's secret and sent
     /// to the webhook; `{id}` is the incident of this round.
     MonteCarlo(&'static str),
+    /// A search through the API; the hits are printed.
+    Search(&'static str),
 }
 
 /// Catalog edits the demo makes, one every few seconds, round and round.
@@ -54,6 +56,10 @@ const EDITS: &[(&str, Via)] = &[
         },
     ),
     (
+        "search the catalog: columns tagged PII, directly or by propagation",
+        Via::Search("/v1/tenants/acme/search?tag=PII&type=column"),
+    ),
+    (
         "Monte Carlo raises a freshness incident on orders (signed webhook)",
         Via::MonteCarlo(
             r#"{"account": {"id": "demo"}, "action": "incident", "payload": {"incident_id": "{id}", "url": "https://getmontecarlo.com/incidents/{id}", "severity": "SEV-2", "event_list": [{"table_name": "analytics:sales.orders", "type": "freshness_anomaly"}]}, "type": "new_freshness_anomaly_incident", "version": "v0.1"}"#,
@@ -64,6 +70,10 @@ const EDITS: &[(&str, Via)] = &[
         Via::MonteCarlo(
             r#"{"payload": {"incident_id": "{id}", "status": "acknowledged"}, "type": "incident_status_update"}"#,
         ),
+    ),
+    (
+        "search the catalog: assets with an open incident",
+        Via::Search("/v1/tenants/acme/search?incident_state=open,acknowledged"),
     ),
     (
         "untag the column (its propagated copies go too)",
@@ -84,8 +94,9 @@ const EDITS: &[(&str, Via)] = &[
 /// The demo tenant's Monte Carlo webhook secret, unless one is configured.
 const DEMO_SECRET: &str = "demo-monte-carlo-secret";
 
-/// Runs the demo in `dir` until Ctrl-C.
-pub async fn run(dir: &Path, base: LilyConfig) -> anyhow::Result<()> {
+/// Runs the demo in `dir` until Ctrl-C; `search_server` is an osmem-server
+/// binary to run as the search cluster.
+pub async fn run(dir: &Path, search_server: Option<&Path>, base: LilyConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir)?;
     println!("Lily demo in {}", dir.display());
@@ -107,6 +118,21 @@ pub async fn run(dir: &Path, base: LilyConfig) -> anyhow::Result<()> {
         .secrets
         .entry("acme".to_owned())
         .or_insert_with(|| DEMO_SECRET.to_owned());
+    // Search on this machine: an in-memory server the demo starts, unless
+    // the config names a cluster.
+    let mut _search = None;
+    if config.elasticsearch.urls.is_empty()
+        && let Some(bin) = search_server
+    {
+        match lily_embedded::SearchServer::start(bin).await {
+            Ok(server) => {
+                println!("  search server (in memory) on {}", server.url());
+                config.elasticsearch.urls = vec![server.url().to_owned()];
+                _search = Some(server);
+            }
+            Err(e) => println!("  no search: {e}"),
+        }
+    }
     // The written config must find the transforms from any folder.
     if let Ok(transforms) = std::fs::canonicalize(&config.transforms.dir) {
         config.transforms.dir = transforms.display().to_string();
@@ -167,6 +193,7 @@ pub async fn run(dir: &Path, base: LilyConfig) -> anyhow::Result<()> {
                 .cloned()
                 .unwrap_or_default(),
             http: reqwest::Client::new(),
+            search: !config.elasticsearch.urls.is_empty(),
         })
     };
     let client = Arc::new(client);
@@ -207,12 +234,15 @@ struct DemoApi {
     key: String,
     secret: String,
     http: reqwest::Client,
+    /// Whether there is a search cluster to search.
+    search: bool,
 }
 
 impl DemoApi {
     async fn send(&self, via: &Via, round: usize) -> anyhow::Result<()> {
         let request = match via {
             Via::Sql(_) => return Ok(()),
+            Via::Search(path) => return self.search(path).await,
             Via::Catalog { method, path, body } => self
                 .http
                 .request(method.parse()?, format!("{}{path}", self.base))
@@ -246,19 +276,58 @@ impl DemoApi {
     }
 }
 
+impl DemoApi {
+    /// Prints what a search finds.
+    async fn search(&self, path: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("x-api-key", &self.key)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await?;
+        anyhow::ensure!(status.is_success(), "HTTP {status}: {body}");
+        let names: Vec<&str> = body["hits"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["qualified_name"].as_str())
+            .collect();
+        println!(
+            "  search: {} hits: {}",
+            body["total"],
+            if names.is_empty() {
+                "-".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+        Ok(())
+    }
+}
+
 async fn edit_forever(client: Arc<tokio_postgres::Client>, api: Option<DemoApi>) {
     let mut tick = tokio::time::interval(Duration::from_secs(3));
     tick.tick().await;
     for (i, (what, via)) in EDITS.iter().cycle().enumerate() {
         tick.tick().await;
         let round = i / EDITS.len();
+        let skip = match (via, &api) {
+            (Via::Sql(_), _) => false,
+            (Via::Search(_), Some(api)) => !api.search,
+            (_, api) => api.is_none(),
+        };
+        // Without the API (api.listen empty), or without search, those edits are skipped.
+        if skip {
+            continue;
+        }
+        println!("  -- {what}");
         let result = match (via, &api) {
             (Via::Sql(sql), _) => client.batch_execute(sql).await.map_err(anyhow::Error::from),
             (_, Some(api)) => api.send(via, round).await,
-            // Without the API (api.listen empty) its edits are skipped.
             (_, None) => continue,
         };
-        println!("  -- {what}");
         if let Err(e) = result {
             println!("  !! {what} failed: {e:#}");
         }

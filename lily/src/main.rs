@@ -3,6 +3,7 @@
 mod demo;
 mod inbound;
 mod lake;
+mod outbound;
 mod pipeline;
 mod telemetry;
 mod transforms;
@@ -46,6 +47,11 @@ enum Command {
         /// Folder for the demo's PostgreSQL cluster, lake and config.
         #[arg(long, default_value = ".lily")]
         dir: PathBuf,
+        /// An osmem-server binary to run as the demo's search cluster (when
+        /// elasticsearch.urls names none); `scripts/demo` passes the one
+        /// `scripts/bootstrap` installed.
+        #[arg(long, env = "LILY_DEMO_SEARCH_SERVER")]
+        search_server: Option<PathBuf>,
     },
     /// Delta Lake maintenance.
     Lake {
@@ -62,6 +68,52 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// The dead-letter store: what could not be delivered, and why.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+/// Which dead letters a `lily dlq` command takes.
+#[derive(Debug, clap::Args)]
+struct DlqArgs {
+    /// Only these ids.
+    #[arg(long = "id")]
+    ids: Vec<i64>,
+    /// Only this source: notify, elasticsearch, kafka, kafka_source.
+    #[arg(long)]
+    source: Option<String>,
+    /// Only this tenant's.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Also the ones replayed already.
+    #[arg(long)]
+    all: bool,
+    /// At most this many, oldest first (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: i64,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters: id, time, source, tenant, what, error.
+    List(DlqArgs),
+    /// Send dead letters again: notifications back to their target's queue,
+    /// documents to Elasticsearch, records to their Kafka topic.
+    Replay(DlqArgs),
+}
+
+impl DlqArgs {
+    fn selection(self) -> outbound::DlqSelection {
+        outbound::DlqSelection {
+            ids: self.ids,
+            source: self.source,
+            tenant: self.tenant,
+            all: self.all,
+            limit: self.limit,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,7 +226,9 @@ async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { console } => run(config, console).await,
-        Command::Demo { dir } => demo::run(&dir, config).await,
+        Command::Demo { dir, search_server } => {
+            demo::run(&dir, search_server.as_deref(), config).await
+        }
         Command::Lake {
             command: LakeCommand::Optimize { target_size },
         } => lake::optimize(&config, target_size).await,
@@ -203,6 +257,12 @@ async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
         Command::ApiKey {
             command: ApiKeyCommand::Revoke { key_id },
         } => inbound::revoke_key(&config, &key_id).await,
+        Command::Dlq {
+            command: DlqCommand::List(args),
+        } => outbound::list(&config, &args.selection()).await,
+        Command::Dlq {
+            command: DlqCommand::Replay(args),
+        } => outbound::replay(&config, &args.selection()).await,
     }
 }
 

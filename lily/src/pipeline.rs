@@ -15,14 +15,18 @@ use lily_transforms::{CatalogState, TransformSet, TransformedSink};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+use crate::outbound::Outbound;
 use crate::transforms::{load_transforms, watch_transforms};
 
-/// A sink with its flush policy.
+/// A sink with its flush policy and the transform that feeds it.
 pub struct SinkSpec {
     /// The sink.
     pub sink: Box<dyn Sink>,
     /// When it flushes.
     pub policy: FlushPolicy,
+    /// The transform its own config names (`[transforms.sinks]` can name one
+    /// for any sink too).
+    pub transform: Option<String>,
 }
 
 /// A sink printing every change to standard output (`lily run --console`, the demo).
@@ -33,6 +37,7 @@ pub fn console_sink() -> SinkSpec {
             max_rows: 1,
             max_wait: Duration::from_millis(1),
         },
+        transform: None,
     }
 }
 
@@ -74,6 +79,7 @@ pub async fn default_sinks(config: &LilyConfig) -> anyhow::Result<Vec<SinkSpec>>
             max_rows: config.lake.flush_max_rows,
             max_wait: Duration::from_millis(config.lake.flush_interval_ms),
         },
+        transform: None,
     }])
 }
 
@@ -104,9 +110,11 @@ pub async fn run(
         shutdown.clone(),
     ));
     crate::inbound::start(config, &transforms, &state, shutdown.clone()).await?;
+    let outbound = Outbound::start(config, shutdown.clone())?;
     let mut delay = Duration::from_millis(500);
     loop {
         let mut sinks = default_sinks(config).await?;
+        sinks.extend(outbound.sinks(config)?);
         sinks.extend(extra_sinks());
         match run_once(config, sinks, &transforms, &state, shutdown.clone()).await {
             Ok(()) => return Ok(()),
@@ -147,7 +155,8 @@ async fn route_through_transforms(
     }
     let mut out = Vec::with_capacity(sinks.len());
     for spec in sinks {
-        match config.transforms.sinks.get(spec.sink.name()) {
+        let named = config.transforms.sinks.get(spec.sink.name());
+        match named.or(spec.transform.as_ref()) {
             Some(transform) => {
                 let sink_name = spec.sink.name().to_owned();
                 let sink = TransformedSink::new(spec.sink, transforms, transform, state.clone())
@@ -157,6 +166,7 @@ async fn route_through_transforms(
                 out.push(SinkSpec {
                     sink: Box::new(sink),
                     policy: spec.policy,
+                    transform: None,
                 });
             }
             None => out.push(spec),
@@ -191,6 +201,7 @@ async fn propagation_stage(
             max_rows: 100_000,
             max_wait: Duration::from_millis(5),
         },
+        transform: None,
     })
 }
 

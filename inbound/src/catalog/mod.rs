@@ -1,6 +1,6 @@
 //! The catalog API for people and extraction jobs: bulk upserts and
 //! removals of assets, lineage and classifications, reads of assets and
-//! incidents, tickets linked to incidents, and the tenant's API keys.
+//! incidents, search, tickets linked to incidents, and the tenant's API keys.
 //! Every route checks the caller's role in the tenant of its path, and
 //! writes run in a transaction scoped to that tenant.
 
@@ -9,6 +9,7 @@ mod classifications;
 mod incidents;
 mod keys;
 mod lineage;
+mod search;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub fn routes() -> Router<Arc<Inbound>> {
             "/v1/tenants/{tenant}/classifications",
             post(classifications::upsert).delete(classifications::remove),
         )
+        .route("/v1/tenants/{tenant}/search", get(search::search))
         .route("/v1/tenants/{tenant}/incidents", get(incidents::list))
         .route(
             "/v1/tenants/{tenant}/incidents/{incident_id}",
