@@ -15,6 +15,8 @@ use lily_embedded::{ClusterBuilder, PgCluster};
 
 pub mod api;
 pub mod broker;
+pub mod receiver;
+pub mod search_server;
 
 /// Database the tests use.
 pub const DB: &str = "lily";

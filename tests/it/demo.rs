@@ -17,6 +17,16 @@ async fn demo_streams_the_sample_estate_and_live_edits_then_stops_cleanly() -> a
             "LILY_API__LISTEN".to_string(),
             format!("127.0.0.1:{}", free_port()?),
         ),
+        (
+            "LILY_TRANSFORMS__DIR".to_string(),
+            lily_tests::transforms_dir().display().to_string(),
+        ),
+        (
+            "LILY_DEMO_SEARCH_SERVER".to_string(),
+            lily_tests::search_server::server_bin()?
+                .display()
+                .to_string(),
+        ),
     ];
     let mut demo = LilyProcess::spawn(
         &["demo", "--dir", demo_dir.to_str().unwrap_or_default()],
@@ -29,7 +39,10 @@ async fn demo_streams_the_sample_estate_and_live_edits_then_stops_cleanly() -> a
         || async {
             let out = demo.output();
             Ok((out.contains("snapshot metastore.assets")
-                && out.contains("update   metastore.assets"))
+                && out.contains("update   metastore.assets")
+                && out
+                    .lines()
+                    .any(|l| l.contains("search: ") && l.contains("hits: analytics.")))
             .then_some(()))
         },
     )

@@ -1,0 +1,408 @@
+//! The search sink and the search API against an Elasticsearch-API server
+//! (osmem) the test starts: the index holds exactly the catalog's current
+//! state after inserts, updates, deletes, tags and incidents, replaying old
+//! changes overwrites nothing, the API enforces the caller's tenant, and an
+//! outage of the server loses nothing.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lily_tests::api::{ApiClient, claims, hs256};
+use lily_tests::search_server::SearchServer;
+use lily_tests::{LilyProcess, TestEnv, free_port, http_get, wait_for};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(90);
+const HS_SECRET: &str = "hs256-search-secret";
+
+/// The catalog of tenants acme and beta before Lily starts.
+const SEED: &str = "
+INSERT INTO metastore.tenants (tenant_id, name) VALUES ('acme', 'Acme'), ('beta', 'Beta');
+INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name, description) VALUES
+  ('acme', 'table',  'db.sales.orders',        'orders',    'Every order placed on the web shop'),
+  ('acme', 'column', 'db.sales.orders.email',  'email',     'Buyer e-mail'),
+  ('acme', 'column', 'db.sales.orders.total',  'total',     'Order total in EUR'),
+  ('acme', 'table',  'db.crm.customers',       'customers', 'Customer master data'),
+  ('acme', 'column', 'db.crm.customers.email', 'email',     NULL),
+  ('beta', 'table',  'db.sales.orders',        'orders',    'Beta''s own orders');
+INSERT INTO metastore.lineage_edges (tenant_id, upstream_guid, downstream_guid)
+  SELECT 'acme', u.guid, d.guid FROM metastore.assets u, metastore.assets d
+   WHERE u.tenant_id = 'acme' AND d.tenant_id = 'acme'
+     AND u.qualified_name = 'db.sales.orders.email' AND d.qualified_name = 'db.crm.customers.email';
+INSERT INTO metastore.classifications (tenant_id, asset_guid, tag)
+  SELECT 'acme', guid, 'finance' FROM metastore.assets WHERE tenant_id = 'acme' AND qualified_name = 'db.sales.orders.total';
+INSERT INTO metastore.incidents (tenant_id, source_system, external_id, title, severity)
+  VALUES ('acme', 'monte_carlo', 'mc-1', 'freshness anomaly on db.sales.orders', 'SEV-2');
+INSERT INTO metastore.incident_assets (tenant_id, incident_id, qualified_name)
+  SELECT 'acme', incident_id, 'db.sales.orders' FROM metastore.incidents WHERE external_id = 'mc-1';
+";
+
+/// What a document must say about an asset, as the metastore has it.
+async fn expected(env: &TestEnv, tenant: &str) -> anyhow::Result<BTreeMap<String, Value>> {
+    let rows = env
+        .client()
+        .await?
+        .query(
+            "SELECT a.guid::text, a.qualified_name, a.name, a.description, a.type_name,
+                    coalesce((SELECT array_agg(DISTINCT c.tag ORDER BY c.tag) FROM metastore.classifications c
+                               WHERE c.asset_guid = a.guid), '{}'),
+                    (SELECT count(*) FROM metastore.incident_assets l
+                       JOIN metastore.incidents i ON i.incident_id = l.incident_id
+                      WHERE l.asset_guid = a.guid AND i.state <> 'resolved')
+               FROM metastore.assets a WHERE a.tenant_id = $1",
+            &[&tenant],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let guid: String = r.get(0);
+            let tags: Vec<String> = r.get(5);
+            (
+                guid.clone(),
+                json!({
+                    "guid": guid,
+                    "tenant_id": tenant,
+                    "qualified_name": r.get::<_, String>(1),
+                    "name": r.get::<_, String>(2),
+                    "description": r.get::<_, Option<String>>(3),
+                    "type_name": r.get::<_, String>(4),
+                    "tags": tags,
+                    "open_incidents": r.get::<_, i64>(6),
+                }),
+            )
+        })
+        .collect())
+}
+
+/// The same fields of the documents in the index.
+fn indexed(docs: &[(String, u64, Value)]) -> BTreeMap<String, Value> {
+    docs.iter()
+        .map(|(id, _, d)| {
+            let mut tags: Vec<String> = d["tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect();
+            tags.sort();
+            (
+                id.clone(),
+                json!({
+                    "guid": d["guid"],
+                    "tenant_id": d["tenant_id"],
+                    "qualified_name": d["qualified_name"],
+                    "name": d["name"],
+                    "description": d["description"],
+                    "type_name": d["type_name"],
+                    "tags": tags,
+                    "open_incidents": d["open_incidents"],
+                }),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the index of `tenant` says exactly what the metastore says.
+async fn converge(
+    env: &TestEnv,
+    server: &SearchServer,
+    tenant: &str,
+    lily: &LilyProcess,
+) -> anyhow::Result<()> {
+    let alias = format!("lily-{tenant}-assets");
+    let last = RefCell::new(String::new());
+    let r = wait_for(
+        &format!("the {tenant} index to match the catalog"),
+        WAIT,
+        || {
+            let (last, alias) = (&last, &alias);
+            async move {
+                let want = expected(env, tenant).await?;
+                let got = indexed(&server.documents(alias).await?);
+                if want == got {
+                    return Ok(Some(()));
+                }
+                *last.borrow_mut() = format!("want {want:#?}\ngot {got:#?}");
+                Ok(None)
+            }
+        },
+    )
+    .await;
+    if let Err(e) = r {
+        anyhow::bail!("{e}\n{}\nlily:\n{}", last.borrow(), lily.output());
+    }
+    Ok(())
+}
+
+fn search_env(server: &SearchServer) -> Vec<(String, String)> {
+    vec![
+        ("LILY_ELASTICSEARCH__URLS".into(), server.url().to_owned()),
+        ("LILY_ELASTICSEARCH__TIMEOUT_MS".into(), "2000".into()),
+        ("LILY_ELASTICSEARCH__FLUSH_INTERVAL_MS".into(), "50".into()),
+        ("LILY_AUTH__JWT_HS256_SECRETS".into(), HS_SECRET.into()),
+    ]
+}
+
+async fn confirmed_flush(env: &TestEnv, slot: &str) -> anyhow::Result<Option<String>> {
+    Ok(env
+        .client()
+        .await?
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+        .and_then(|r| r.get(0)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_index_follows_the_catalog_and_replays_overwrite_nothing() -> anyhow::Result<()> {
+    let server = SearchServer::start().await?;
+    let mut env = TestEnv::new().await?;
+    let base = env.enable_api()?;
+    env.client().await?.batch_execute(SEED).await?;
+    let lily = env.spawn_lily_with(&["run"], &search_env(&server))?;
+    let api = ApiClient::new(&base);
+    api.wait_ready().await?;
+    converge(&env, &server, "acme", &lily).await?;
+    converge(&env, &server, "beta", &lily).await?;
+
+    // A second slot from here on: replaying it later sends every change
+    // below again, older than what the index holds by then.
+    let db = env.client().await?;
+    db.batch_execute(
+        "SELECT pg_create_logical_replication_slot('replay', 'pgoutput');
+         INSERT INTO lily.replication_state (slot_name, snapshot_done) VALUES ('replay', true);",
+    )
+    .await?;
+
+    // Tags through the API (PII propagates to the downstream column),
+    // updates, deletes, a new asset, incidents opened and resolved, and an
+    // incident naming an asset that arrives after it.
+    let steward = format!(
+        "Bearer {}",
+        hs256(HS_SECRET, &claims("s", &["acme:steward"], 600))?
+    );
+    let auth = [("authorization", steward.as_str())];
+    let r = api
+        .post(
+            "/v1/tenants/acme/classifications",
+            &json!({"classifications": [{"qualified_name": "db.sales.orders.email", "tag": "PII"}]}),
+            &auth,
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    db.batch_execute(
+        "UPDATE metastore.assets SET description = 'Customers, deduplicated nightly' WHERE tenant_id = 'acme' AND qualified_name = 'db.crm.customers';
+         DELETE FROM metastore.assets WHERE tenant_id = 'acme' AND qualified_name = 'db.sales.orders.total';
+         INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name, description)
+           VALUES ('acme', 'column', 'db.crm.customers.phone', 'phone', 'Phone number');
+         UPDATE metastore.incidents SET state = 'resolved' WHERE external_id = 'mc-1';
+         INSERT INTO metastore.incidents (tenant_id, source_system, external_id, title, severity)
+           VALUES ('acme', 'monte_carlo', 'mc-2', 'volume anomaly on db.crm.customers', 'SEV-1');
+         INSERT INTO metastore.incident_assets (tenant_id, incident_id, qualified_name)
+           SELECT 'acme', incident_id, q FROM metastore.incidents, unnest(ARRAY['db.crm.customers', 'db.crm.addresses']) q
+            WHERE external_id = 'mc-2';",
+    )
+    .await?;
+    db.batch_execute(
+        "INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name)
+           VALUES ('acme', 'table', 'db.crm.addresses', 'addresses');",
+    )
+    .await?;
+    converge(&env, &server, "acme", &lily).await?;
+    converge(&env, &server, "beta", &lily).await?;
+    let docs = server.documents("lily-acme-assets").await?;
+    let addresses = docs
+        .iter()
+        .find(|d| d.2["qualified_name"] == "db.crm.addresses")
+        .expect("addresses is indexed");
+    assert_eq!(
+        addresses.2["incidents"][0]["title"], "volume anomaly on db.crm.customers",
+        "an incident that came before its asset is on the asset's document"
+    );
+    let email = docs
+        .iter()
+        .find(|d| d.2["qualified_name"] == "db.crm.customers.email")
+        .expect("indexed");
+    assert_eq!(email.2["propagated_tags"], json!(["PII"]));
+
+    // The search API: free text, filters, paging; the caller's tenant only.
+    let viewer = format!(
+        "Bearer {}",
+        hs256(HS_SECRET, &claims("v", &["acme:viewer"], 600))?
+    );
+    let va = [("authorization", viewer.as_str())];
+    let r = api.get("/v1/tenants/acme/search?q=customer", &va).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let names: Vec<&str> = r.body["hits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["qualified_name"].as_str())
+        .collect();
+    assert!(names.contains(&"db.crm.customers"), "{r:?}");
+    let r = api
+        .get("/v1/tenants/acme/search?tag=PII&type=column", &va)
+        .await?;
+    let mut pii: Vec<&str> = r.body["hits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["qualified_name"].as_str())
+        .collect();
+    pii.sort();
+    assert_eq!(
+        pii,
+        ["db.crm.customers.email", "db.sales.orders.email"],
+        "{r:?}"
+    );
+    let r = api
+        .get("/v1/tenants/acme/search?incident_state=open", &va)
+        .await?;
+    assert_eq!(
+        r.body["total"], 2,
+        "customers and addresses have the open incident: {r:?}"
+    );
+    let r = api
+        .get("/v1/tenants/acme/search?limit=2&offset=2", &va)
+        .await?;
+    assert_eq!(r.body["hits"].as_array().map(Vec::len), Some(2), "{r:?}");
+    assert_eq!(r.body["total"], 6, "{r:?}");
+    let beta = format!(
+        "Bearer {}",
+        hs256(HS_SECRET, &claims("b", &["beta:admin"], 600))?
+    );
+    let vb = [("authorization", beta.as_str())];
+    let r = api.get("/v1/tenants/acme/search?q=orders", &vb).await?;
+    assert_eq!((r.status, r.error()), (403, "forbidden"), "{r:?}");
+    let r = api.get("/v1/tenants/beta/search?q=orders", &vb).await?;
+    assert_eq!(r.body["total"], 1, "{r:?}");
+    assert_eq!(r.body["hits"][0]["tenant_id"], "beta", "{r:?}");
+    let r = api
+        .get("/v1/tenants/acme/search?offset=9999&limit=10", &va)
+        .await?;
+    assert_eq!(r.status, 422, "{r:?}");
+    let r = api.get("/v1/tenants/acme/search", &[]).await?;
+    assert_eq!(r.status, 401, "{r:?}");
+
+    // Replay every change since the second slot: all older than (or as old
+    // as) the documents; the index must not move.
+    let before = server.documents("lily-acme-assets").await?;
+    let target = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get::<_, String>(0);
+    lily.stop().await?;
+    let mut replay_env = search_env(&server);
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    replay_env.push(("LILY_REPLICATION__SLOT".into(), "replay".into()));
+    replay_env.push(("LILY_API__LISTEN".into(), String::new()));
+    replay_env.push(("LILY_METRICS__LISTEN".into(), metrics.clone()));
+    let replay = env.spawn_lily_with(&["run"], &replay_env)?;
+    wait_for("the replay to pass every change", WAIT, || async {
+        let at = confirmed_flush(&env, "replay").await?;
+        let done = match at {
+            Some(at) => env
+                .client()
+                .await?
+                .query_one(
+                    "SELECT $1::text::pg_lsn >= $2::text::pg_lsn",
+                    &[&at, &target],
+                )
+                .await?
+                .get::<_, bool>(0),
+            None => false,
+        };
+        Ok(done.then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", replay.output()))?;
+    let after = server.documents("lily-acme-assets").await?;
+    assert_eq!(before, after, "replayed changes overwrote documents");
+    let superseded: f64 = http_get(&metrics, "/metrics")?
+        .lines()
+        .filter(|l| l.starts_with("lily_search_documents_total") && l.contains("superseded"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        superseded > 0.0,
+        "the replay sent old versions, which the index refused"
+    );
+    converge(&env, &server, "acme", &replay).await?;
+    replay.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_search_outage_loses_nothing() -> anyhow::Result<()> {
+    let server = SearchServer::start().await?;
+    let env = TestEnv::new().await?;
+    env.client().await?.batch_execute(SEED).await?;
+    let lily = env.spawn_lily_with(&["run"], &search_env(&server))?;
+    converge(&env, &server, "acme", &lily).await?;
+
+    // The server stops answering while changes are committed.
+    server.pause();
+    let db = env.client().await?;
+    db.batch_execute(
+        "INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name, description)
+           SELECT 'acme', 'column', 'db.sales.orders.c' || i, 'c' || i, 'column number ' || i
+             FROM generate_series(1, 200) i;
+         UPDATE metastore.assets SET description = 'renamed while search was down'
+          WHERE tenant_id = 'acme' AND qualified_name = 'db.sales.orders';
+         DELETE FROM metastore.assets WHERE tenant_id = 'acme' AND qualified_name = 'db.crm.customers.email';",
+    )
+    .await?;
+    let last = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get::<_, String>(0);
+    // The lake has them (the reader read them), but the slot does not move
+    // past what the search sink has not stored.
+    wait_for("the audit lake to hold the new columns", WAIT, || async {
+        let n = env
+            .audit_count(
+                "table_name = 'metastore.assets' AND op = 'c' AND after LIKE '%column number%'",
+            )
+            .await
+            .unwrap_or(0);
+        Ok((n == 200).then_some(()))
+    })
+    .await?;
+    let held = confirmed_flush(&env, "lily").await?.unwrap_or_default();
+    let behind: bool = db
+        .query_one(
+            "SELECT $1::text::pg_lsn < $2::text::pg_lsn",
+            &[&held, &last],
+        )
+        .await?
+        .get(0);
+    assert!(
+        behind,
+        "the slot moved to {held} past {last} while search was down"
+    );
+
+    server.resume();
+    converge(&env, &server, "acme", &lily).await?;
+    wait_for("the slot to move once search is back", WAIT, || async {
+        let at = confirmed_flush(&env, "lily").await?.unwrap_or_default();
+        let passed: bool = env
+            .client()
+            .await?
+            .query_one("SELECT $1::text::pg_lsn >= $2::text::pg_lsn", &[&at, &last])
+            .await?
+            .get(0);
+        Ok(passed.then_some(()))
+    })
+    .await?;
+    assert!(
+        lily.output().contains("search"),
+        "the outage is in the log:\n{}",
+        lily.output()
+    );
+    lily.stop().await?;
+    Ok(())
+}
