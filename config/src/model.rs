@@ -565,6 +565,11 @@ pub struct KafkaSinkConfig {
     ///
     /// Default `""`.
     pub transform: String,
+    /// Record values: `"json"`, or `"avro"` (single-object encoding, the
+    /// schemas published on `<topic_prefix>._schemas`).
+    ///
+    /// Default `"json"`.
+    pub format: String,
     /// Whether Lily creates a topic before its first record (with the
     /// partitions and replication factor below).
     ///
@@ -600,6 +605,7 @@ impl Default for KafkaSinkConfig {
             brokers: String::new(),
             topic_prefix: "lily".to_owned(),
             transform: String::new(),
+            format: "json".to_owned(),
             create_topics: true,
             partitions: 6,
             replication_factor: 1,

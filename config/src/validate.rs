@@ -185,6 +185,13 @@ impl LilyConfig {
                 "topic names take letters, digits, '.', '_' and '-'",
             ));
         }
+        if !["json", "avro"].contains(&ks.format.as_str()) {
+            return Err(invalid_str(
+                "kafka_sink.format",
+                &ks.format,
+                "one of \"json\", \"avro\"",
+            ));
+        }
         at_least("kafka_sink.partitions", ks.partitions.max(0) as u64, 1)?;
         at_least(
             "kafka_sink.replication_factor",

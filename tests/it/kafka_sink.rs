@@ -230,3 +230,126 @@ async fn changes_reach_kafka_keyed_in_order_and_complete_across_a_crash() -> any
     );
     Ok(())
 }
+
+/// Decodes Avro values with fastavro (tests/scripts/avro_decode.py).
+fn decode_avro(
+    schemas: &HashMap<String, String>,
+    values: &[Vec<u8>],
+) -> anyhow::Result<Vec<Value>> {
+    use std::io::Write;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/avro_decode.py");
+    let mut child = std::process::Command::new(lily_tests::test_python()?)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let request = serde_json::json!({
+        "schemas": schemas,
+        "values": values.iter().map(|v| hex_of(v)).collect::<Vec<_>>(),
+    });
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
+        .write_all(request.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "fastavro: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn avro_records_decode_with_the_schemas_lily_publishes() -> anyhow::Result<()> {
+    let broker = KafkaBroker::start().await?;
+    let env = TestEnv::new().await?;
+    env.client()
+        .await?
+        .batch_execute(
+            "INSERT INTO metastore.tenants (tenant_id, name) VALUES ('acme', 'Acme');
+             INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name, owners)
+               VALUES ('acme', 'table', 'db.sales.orders', 'orders', ARRAY['ana@acme.example']),
+                      ('acme', 'table', 'db.sales.returns', 'returns', '{}');",
+        )
+        .await?;
+    let config = env.dir.path().join("kafka.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka_sink]\nbrokers = \"{}\"\nformat = \"avro\"\npartitions = 1\n",
+            broker.bootstrap_servers()
+        ),
+    )?;
+    let config_arg = config.display().to_string();
+    let lily = env.spawn_lily_with(&["-c", &config_arg, "run"], &[])?;
+    wait_streaming(&env, "lily").await?;
+    env.client()
+        .await?
+        .batch_execute(
+            "UPDATE metastore.assets SET description = 'Every order, in EUR' WHERE qualified_name = 'db.sales.orders';
+             DELETE FROM metastore.assets WHERE qualified_name = 'db.sales.returns';",
+        )
+        .await?;
+    wait_for("the delete in the lake", WAIT, || async {
+        Ok((env.audit_count("op = 'd'").await? > 0).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", lily.output()))?;
+    lily.stop().await?;
+
+    let consumer: StreamConsumer = broker.consumer_config("avro-check").create()?;
+    consumer.subscribe(&["lily._schemas", "lily.acme.assets"])?;
+    let mut schemas: HashMap<String, String> = HashMap::new();
+    let mut values: Vec<(String, Vec<u8>)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    // The snapshot (2 rows), the update and the delete.
+    while values.len() < 4 || schemas.is_empty() {
+        let m = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("{} values, {} schemas read", values.len(), schemas.len())
+            })??;
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        let payload = m.payload().unwrap_or_default().to_vec();
+        if m.topic() == "lily._schemas" {
+            schemas.insert(key, String::from_utf8(payload)?);
+        } else {
+            values.push((key, payload));
+        }
+    }
+    let payloads: Vec<Vec<u8>> = values.iter().map(|(_, p)| p.clone()).collect();
+    let decoded = decode_avro(&schemas, &payloads)?;
+    let ops: Vec<&str> = decoded.iter().filter_map(|d| d["op"].as_str()).collect();
+    assert_eq!(ops, ["r", "r", "u", "d"], "{decoded:?}");
+    for ((key, _), d) in values.iter().zip(&decoded) {
+        assert_eq!(d["tenant"], "acme");
+        assert_eq!(d["stream"], "assets");
+        assert_eq!(d["key"].as_str(), Some(key.as_str()));
+        let row = if d["op"] == "d" {
+            &d["before"]
+        } else {
+            &d["after"]
+        };
+        assert_eq!(row["guid"].as_str(), Some(key.as_str()), "{d}");
+    }
+    let update = &decoded[2];
+    assert_eq!(update["after"]["description"], "Every order, in EUR");
+    assert_eq!(
+        update["after"]["owners"],
+        serde_json::json!(["ana@acme.example"])
+    );
+    let delete = &decoded[3];
+    assert!(delete["after"].is_null(), "{delete}");
+    assert_eq!(
+        delete["before"]["tenant_id"], "acme",
+        "a delete names its tenant"
+    );
+    Ok(())
+}

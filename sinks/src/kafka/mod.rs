@@ -10,6 +10,7 @@
 //! store and the rest flow on. Consumers deduplicate a redelivery by
 //! (key, `commit_lsn`, `seq`).
 
+pub mod avro;
 pub mod envelope;
 
 use std::collections::{HashSet, VecDeque};
@@ -27,7 +28,9 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde_json::json;
 use tracing::{info, warn};
 
-pub use envelope::{ChangeRecord, SCHEMA, change_records, key_column};
+pub use envelope::{ChangeRecord, ChangeRows, JsonEnvelope, SCHEMA, change_records, key_column};
+
+use avro::{AvroEnvelopes, SCHEMAS_TOPIC};
 
 use crate::dead_letter::{DeadLetter, DeadLetters, NewDeadLetter};
 use crate::{Sink, SinkError};
@@ -62,6 +65,8 @@ pub struct KafkaSink {
     /// To produce again (a retriable failure), in stream order.
     resend: Vec<ChangeRecord>,
     dead_letters: DeadLetters,
+    /// Avro envelopes, when the format is Avro.
+    avro: Option<AvroEnvelopes>,
 }
 
 /// Settings librdkafka gets before the user's `options`.
@@ -118,7 +123,66 @@ impl KafkaSink {
             in_flight: VecDeque::new(),
             resend: Vec::new(),
             dead_letters,
+            avro: (config.format == "avro").then(AvroEnvelopes::default),
         })
+    }
+
+    /// The records of `batch` in the configured format; an Avro schema used
+    /// for the first time comes first, on the schemas topic.
+    async fn records(&mut self, batch: &ChangeBatch) -> Result<Vec<ChangeRecord>, SinkError> {
+        let Some(avro) = self.avro.as_mut() else {
+            return Ok(change_records(&self.prefix, batch));
+        };
+        let rows = ChangeRows::new(batch);
+        let mut out = Vec::with_capacity(rows.len() + 1);
+        let schema = avro.prepare(&rows).map_err(|e| SinkError::Rejected {
+            sink: SINK_NAME.to_owned(),
+            message: e.to_string(),
+        })?;
+        if let Some(schema) = schema {
+            info!(stream = rows.stream, fingerprint = %schema.fingerprint, "Avro schema published");
+            out.push(ChangeRecord {
+                topic: format!("{}.{SCHEMAS_TOPIC}", self.prefix),
+                key: schema.fingerprint,
+                payload: schema.json.into_bytes(),
+                tenant: envelope::NO_TENANT.to_owned(),
+                commit_lsn: batch.first.commit_lsn,
+                seq: batch.first.seq,
+            });
+        }
+        let mut refused = Vec::new();
+        for row in 0..rows.len() {
+            let meta = rows.meta(row);
+            match avro.encode(&rows, row, &meta) {
+                Ok(payload) => out.push(ChangeRecord {
+                    topic: rows.topic(&self.prefix, &meta),
+                    payload,
+                    key: meta.key,
+                    tenant: meta.tenant,
+                    commit_lsn: meta.commit_lsn,
+                    seq: meta.seq,
+                }),
+                Err(e) => {
+                    // Kept as JSON, which anything can read.
+                    let record = ChangeRecord {
+                        topic: rows.topic(&self.prefix, &meta),
+                        payload: JsonEnvelope::new(&rows).encode(row, &meta),
+                        key: meta.key,
+                        tenant: meta.tenant,
+                        commit_lsn: meta.commit_lsn,
+                        seq: meta.seq,
+                    };
+                    refused.push((record, e.to_string()));
+                }
+            }
+        }
+        for (record, error) in refused {
+            metrics::counter!("lily_kafka_records_total", "outcome" => "dead_letter").increment(1);
+            self.bury(&record, "avro_encoding", &error)
+                .await
+                .map_err(Self::unavailable)?;
+        }
+        Ok(out)
     }
 
     fn unavailable(message: impl std::fmt::Display) -> SinkError {
@@ -216,7 +280,11 @@ impl KafkaSink {
             Ok(Err((e, _))) if permanent(&e) => {
                 metrics::counter!("lily_kafka_records_total", "outcome" => "dead_letter")
                     .increment(1);
-                if let Err(dl) = self.bury(&record, &e).await {
+                let code = e
+                    .rdkafka_error_code()
+                    .map(|c| format!("{c:?}"))
+                    .unwrap_or_else(|| "kafka_error".to_owned());
+                if let Err(dl) = self.bury(&record, &code, &e.to_string()).await {
                     warn!(error = %dl, "could not store the dead letter; producing again");
                     self.resend.push(record);
                 }
@@ -233,20 +301,17 @@ impl KafkaSink {
     async fn bury(
         &self,
         record: &ChangeRecord,
-        e: &KafkaError,
+        code: &str,
+        error: &str,
     ) -> Result<(), crate::dead_letter::DeadLetterError> {
-        let code = e
-            .rdkafka_error_code()
-            .map(|c| format!("{c:?}"))
-            .unwrap_or_else(|| "kafka_error".to_owned());
-        warn!(error = %e, topic = %record.topic, key = %record.key, "record refused; kept as a dead letter");
+        warn!(error, topic = %record.topic, key = %record.key, "record refused; kept as a dead letter");
         self.dead_letters
             .record(&NewDeadLetter {
                 source: DEAD_LETTER_SOURCE,
                 tenant_id: Some(&record.tenant),
                 reference: &format!("{}/{}@{}", record.topic, record.key, record.commit_lsn),
-                error_code: &code,
-                error: &e.to_string(),
+                error_code: code,
+                error,
                 payload: Some(&record.payload),
                 details: json!({"topic": record.topic, "key": record.key}),
             })
@@ -302,7 +367,7 @@ impl Sink for KafkaSink {
                 return Err(e);
             }
         }
-        let records = change_records(&self.prefix, &batch);
+        let records = self.records(&batch).await?;
         for (i, record) in records.iter().enumerate() {
             if let Err(e) = self.produce(record.clone()).await {
                 self.resend.extend_from_slice(&records[i..]);
