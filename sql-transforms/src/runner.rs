@@ -9,7 +9,7 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::collect;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{Spanned, Statement as SqlStatement};
-use lily_cdc::ChangeBatch;
+use lily_cdc::{ChangeBatch, TableSchema};
 use tracing::{error, info};
 
 use crate::error::{Result, TransformError};
@@ -221,17 +221,29 @@ impl TransformRunner {
     /// Runs the transform on a change batch: `changes.<its table>` holds the
     /// batch, the other `changes.` tables are empty.
     pub async fn run_changes(&mut self, batch: &ChangeBatch) -> Result<RecordBatch> {
-        let table = batch.table.name.as_str();
-        for (name, swap) in &self.session.changes {
-            if name == table && batch.table.namespace == lily_metastore::METASTORE_SCHEMA {
-                swap.set(vec![batch.records.clone()])
+        self.run_table(&batch.table, vec![batch.records.clone()])
+            .await
+    }
+
+    /// Runs the transform once over several batches of changes of `table`
+    /// (consecutive in the stream): `changes.<table>` holds them all.
+    pub async fn run_table(
+        &mut self,
+        table: &TableSchema,
+        records: Vec<RecordBatch>,
+    ) -> Result<RecordBatch> {
+        let name = table.name.as_str();
+        let mut records = Some(records);
+        for (table_name, swap) in &self.session.changes {
+            if table_name == name && table.namespace == lily_metastore::METASTORE_SCHEMA {
+                swap.set(records.take().unwrap_or_default())
                     .map_err(|e| self.run_error(e.into()))?;
             } else {
                 swap.clear();
             }
         }
         let out = self.execute().await;
-        if let Some(swap) = self.session.changes.get(table) {
+        if let Some(swap) = self.session.changes.get(name) {
             swap.clear();
         }
         out

@@ -1,4 +1,10 @@
 //! A sink fed by a post-consume transform.
+//!
+//! Batches are held until the sink flushes, then the transform runs once
+//! over all the batches of each table. A steady trickle of small
+//! transactions therefore costs one transform run per table and flush, not
+//! one per transaction: planning and joining against the catalog state are
+//! paid a few times a second, whatever the commit rate.
 
 use std::sync::Arc;
 
@@ -12,10 +18,13 @@ use crate::runner::TransformRunner;
 use crate::set::TransformSet;
 use crate::state::CatalogState;
 
-/// Runs a transform on every batch before handing the result to a sink.
+/// Runs a transform on the batches of a sink before handing it the result.
 pub struct TransformedSink {
     inner: Box<dyn Sink>,
     runner: TransformRunner,
+    /// Batches not yet transformed, in stream order.
+    pending: Vec<Arc<ChangeBatch>>,
+    pending_rows: usize,
 }
 
 impl TransformedSink {
@@ -43,7 +52,72 @@ impl TransformedSink {
             OutputContract::Columns(required)
         };
         let runner = TransformRunner::new(set, name, state, Vec::new(), contract).await?;
-        Ok(Self { inner, runner })
+        Ok(Self {
+            inner,
+            runner,
+            pending: Vec::new(),
+            pending_rows: 0,
+        })
+    }
+
+    /// Transforms the pending batches, all those of one table at a time (in
+    /// the order the tables first appear), and hands each result to the
+    /// inner sink. Within a table the stream's order is kept; across tables
+    /// it need not be, since each output is built against the catalog state
+    /// of the moment. A table's batches leave the pending ones only once
+    /// the inner sink took their output, so a failed write is retried from
+    /// there.
+    async fn transform_pending(&mut self) -> std::result::Result<(), SinkError> {
+        self.runner.refresh().await;
+        while let Some(first) = self.pending.first().cloned() {
+            let same_table = |b: &Arc<ChangeBatch>| {
+                b.table.relation_id == first.table.relation_id && b.table.arrow == first.table.arrow
+            };
+            let batches: Vec<Arc<ChangeBatch>> = self
+                .pending
+                .iter()
+                .filter(|b| same_table(b))
+                .cloned()
+                .collect();
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            let last = batches.last().unwrap_or(&first).clone();
+            let span = info_span!("transform", transform = %self.runner.name(), rows, batches = batches.len());
+            let records = batches.iter().map(|b| b.records.clone()).collect();
+            match self
+                .runner
+                .run_table(&first.table, records)
+                .instrument(span)
+                .await
+            {
+                Ok(out) => {
+                    let merged = ChangeBatch {
+                        seq: batches.iter().map(|b| b.seq).max().unwrap_or(last.seq),
+                        table: first.table.clone(),
+                        records: out,
+                        first: first.first,
+                        last: last.last,
+                        first_commit_micros: batches
+                            .iter()
+                            .map(|b| b.first_commit_micros)
+                            .min()
+                            .unwrap_or(first.first_commit_micros),
+                    };
+                    self.inner.write(Arc::new(merged)).await?;
+                }
+                Err(e) => {
+                    // Batches the transform cannot process are reported and
+                    // skipped; the batches around them still flow.
+                    metrics::counter!("lily_transform_errors_total", "transform" => self.runner.name().to_owned(), "stage" => "run")
+                        .increment(1);
+                    metrics::counter!("lily_errors_total", "stage" => "transform", "kind" => "run")
+                        .increment(1);
+                    error!(error = %e, sink = self.inner.name(), first = ?first.first, last = ?last.last, "transform failed; batches skipped for this sink");
+                }
+            }
+            self.pending.retain(|b| !same_table(b));
+            self.pending_rows -= rows;
+        }
+        Ok(())
     }
 }
 
@@ -54,34 +128,18 @@ impl Sink for TransformedSink {
     }
 
     async fn write(&mut self, batch: Arc<ChangeBatch>) -> Result<(), SinkError> {
-        self.runner.refresh().await;
-        let span =
-            info_span!("transform", transform = %self.runner.name(), rows = batch.num_rows());
-        match self.runner.run_changes(&batch).instrument(span).await {
-            Ok(records) => {
-                let mut out = (*batch).clone();
-                out.records = records;
-                self.inner.write(Arc::new(out)).await
-            }
-            Err(e) => {
-                // A batch the transform cannot process is reported and
-                // skipped; the batches around it still flow.
-                metrics::counter!("lily_transform_errors_total", "transform" => self.runner.name().to_owned(), "stage" => "run")
-                    .increment(1);
-                metrics::counter!("lily_errors_total", "stage" => "transform", "kind" => "run")
-                    .increment(1);
-                error!(error = %e, sink = self.inner.name(), first = ?batch.first, last = ?batch.last, "transform failed; batch skipped for this sink");
-                Ok(())
-            }
-        }
+        self.pending_rows += batch.num_rows();
+        self.pending.push(batch);
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
+        self.transform_pending().await?;
         self.inner.flush().await
     }
 
     fn buffered_rows(&self) -> usize {
-        self.inner.buffered_rows()
+        self.pending_rows + self.inner.buffered_rows()
     }
 
     async fn discard_snapshot(&mut self, snapshot_lsn: Lsn) -> Result<(), SinkError> {
