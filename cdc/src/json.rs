@@ -107,8 +107,14 @@ pub fn value_text(field: &Field, array: &ArrayRef, row: usize) -> Option<String>
     if array.is_null(row) {
         return None;
     }
-    if let DataType::Utf8 = array.data_type() {
-        return Some(array.as_string::<i32>().value(row).to_owned());
+    match array.data_type() {
+        DataType::Utf8 => return Some(array.as_string::<i32>().value(row).to_owned()),
+        DataType::FixedSizeBinary(16) => {
+            if let Ok(u) = uuid::Uuid::from_slice(array.as_fixed_size_binary().value(row)) {
+                return Some(u.to_string());
+            }
+        }
+        _ => {}
     }
     let mut out = String::new();
     encode_value(field, array, row, &mut out);

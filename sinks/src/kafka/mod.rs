@@ -221,9 +221,13 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Hands `record` to librdkafka, waiting for room when its queue is full.
-    async fn produce(&mut self, record: ChangeRecord) -> Result<(), SinkError> {
-        self.ensure_topic(&record.topic).await?;
+    /// Hands `record` to librdkafka, waiting for room when its queue is
+    /// full; gives the record back with the error when it cannot.
+    async fn produce(&mut self, record: ChangeRecord) -> Result<(), (SinkError, ChangeRecord)> {
+        if let Err(e) = self.ensure_topic(&record.topic).await {
+            return Err((e, record));
+        }
+        let lsn = record.commit_lsn.to_string();
         loop {
             let headers = OwnedHeaders::new()
                 .insert(Header {
@@ -232,7 +236,7 @@ impl KafkaSink {
                 })
                 .insert(Header {
                     key: "lily-commit-lsn",
-                    value: Some(&record.commit_lsn.to_string()),
+                    value: Some(&lsn),
                 });
             let sent = self.producer.send_result(
                 FutureRecord::to(&record.topic)
@@ -247,21 +251,36 @@ impl KafkaSink {
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     // Backpressure: wait for the oldest delivery before queueing more.
-                    self.await_oldest().await?;
+                    self.await_oldest().await;
                 }
-                Err((e, _)) => return Err(Self::unavailable(format!("producing: {e}"))),
+                Err((e, _)) => {
+                    return Err((Self::unavailable(format!("producing: {e}")), record));
+                }
             }
         }
     }
 
+    /// Produces `records` in order; what cannot be produced now is kept,
+    /// in order, to be produced again first.
+    async fn produce_all(&mut self, records: Vec<ChangeRecord>) -> Result<(), SinkError> {
+        let mut records = records.into_iter();
+        while let Some(record) = records.next() {
+            if let Err((e, record)) = self.produce(record).await {
+                self.resend.push(record);
+                self.resend.extend(records);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Waits for the oldest record in flight and settles it.
-    async fn await_oldest(&mut self) -> Result<(), SinkError> {
+    async fn await_oldest(&mut self) {
         let Some(f) = self.in_flight.pop_front() else {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            return Ok(());
+            return;
         };
         self.settle(f.record, f.delivery.await).await;
-        Ok(())
     }
 
     async fn settle(
@@ -361,20 +380,9 @@ impl Sink for KafkaSink {
     async fn write(&mut self, batch: Arc<ChangeBatch>) -> Result<(), SinkError> {
         // Records that failed earlier go first, to keep the stream's order.
         let retry = std::mem::take(&mut self.resend);
-        for (i, record) in retry.iter().enumerate() {
-            if let Err(e) = self.produce(record.clone()).await {
-                self.resend = retry[i..].to_vec();
-                return Err(e);
-            }
-        }
+        self.produce_all(retry).await?;
         let records = self.records(&batch).await?;
-        for (i, record) in records.iter().enumerate() {
-            if let Err(e) = self.produce(record.clone()).await {
-                self.resend.extend_from_slice(&records[i..]);
-                return Err(e);
-            }
-        }
-        Ok(())
+        self.produce_all(records).await
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
@@ -400,12 +408,7 @@ impl Sink for KafkaSink {
         }
         let retry = std::mem::take(&mut self.resend);
         let n = retry.len();
-        for (i, record) in retry.iter().enumerate() {
-            if let Err(e) = self.produce(record.clone()).await {
-                self.resend = retry[i..].to_vec();
-                return Err(e);
-            }
-        }
+        self.produce_all(retry).await?;
         Err(Self::unavailable(format!(
             "{n} records are being produced again"
         )))
