@@ -510,7 +510,7 @@ pub struct ElasticsearchConfig {
     pub refresh: String,
     /// The sink sends what it holds at least this often, in milliseconds.
     ///
-    /// Default `200`.
+    /// Default `100`.
     pub flush_interval_ms: u64,
     /// ... or as soon as it holds this many documents.
     ///
@@ -538,7 +538,7 @@ impl Default for ElasticsearchConfig {
             transform: "search_documents".to_owned(),
             mapping: String::new(),
             refresh: String::new(),
-            flush_interval_ms: 200,
+            flush_interval_ms: 100,
             flush_max_docs: 5000,
             bulk_max_bytes: 10 * 1024 * 1024,
             timeout_ms: 30_000,
