@@ -22,6 +22,7 @@ use lily_lakehouse::{AuditSink, LakeLocation};
 use lily_sinks::{FlushPolicy, NullSink, Sink, SinkError, SinkRunner};
 use tokio::sync::{mpsc, watch};
 
+mod outbound;
 mod propagation;
 mod webhooks;
 
@@ -69,6 +70,13 @@ struct Args {
     /// Webhooks: concurrent senders.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Run only the search and Kafka sink benchmark (backlog of --docs
+    /// assets, then --rate changes/s for --seconds).
+    #[arg(long)]
+    outbound: bool,
+    /// Outbound: assets in the backlog.
+    #[arg(long, default_value_t = 200_000)]
+    docs: i64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,6 +103,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .batch_execute("INSERT INTO metastore.tenants (tenant_id, name) VALUES ('bench', 'Bench')")
         .await?;
 
+    if args.outbound {
+        return outbound::run(&cluster, dir.path(), args.docs, args.rate, args.seconds).await;
+    }
     if args.webhooks {
         return webhooks::run(&cluster, dir.path(), args.seconds, args.concurrency).await;
     }

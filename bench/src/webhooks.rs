@@ -1,12 +1,15 @@
 //! Signed Monte Carlo webhooks against one `lily run`: sustained requests
 //! per second and request-to-commit latency (the API answers 200 only after
-//! the incident's transaction committed). Side by side, the baseline: the
-//! same incident upserts sent straight to PostgreSQL over as many
-//! connections, which is what the metastore alone can take.
+//! the incident's transaction committed), and request-to-searchable latency
+//! (sampled incidents looked up in the search index until the tables they
+//! name show them). Side by side, the baseline: the same incident upserts
+//! sent straight to PostgreSQL over as many connections, which is what the
+//! metastore alone can take.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -17,6 +20,8 @@ use crate::DB;
 
 const SECRET: &str = "bench-monte-carlo-secret";
 const TABLES: i64 = 1000;
+
+use crate::outbound::PROBE_EVERY;
 
 fn event(id: u64) -> Vec<u8> {
     let table = id as i64 % TABLES;
@@ -36,6 +41,51 @@ fn event(id: u64) -> Vec<u8> {
         "version": "v0.1"
     }))
     .expect("JSON")
+}
+
+/// Looks the waiting incidents up in the search index every few
+/// milliseconds; an incident is searchable once a document lists it.
+async fn probe(
+    url: String,
+    waiting: Arc<Mutex<HashMap<String, Instant>>>,
+    found: Arc<Mutex<Vec<Duration>>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let http = reqwest::Client::new();
+    while !*stop.borrow() {
+        let ids: Vec<String> = waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        if !ids.is_empty() {
+            let body = serde_json::json!({
+                "size": 100, "_source": ["incidents"],
+                "query": {"nested": {"path": "incidents", "query": {"terms": {"incidents.incident_id": ids}}}}
+            });
+            if let Ok(r) = http.post(&url).json(&body).send().await
+                && let Ok(v) = r.json::<serde_json::Value>().await
+            {
+                let now = Instant::now();
+                let mut w = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                for hit in v["hits"]["hits"].as_array().into_iter().flatten() {
+                    for i in hit["_source"]["incidents"].as_array().into_iter().flatten() {
+                        if let Some(at) = i["incident_id"].as_str().and_then(|id| w.remove(id)) {
+                            found
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(now - at);
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -86,16 +136,21 @@ pub async fn run(
         .port();
     let transforms = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql-transforms");
     let log = dir.join("lily-webhooks.log");
+    let search = lily_tests::search_server::SearchServer::start().await?;
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut child = std::process::Command::new(&lily)
         .arg("run")
         .env("LILY_POSTGRES__URL", cluster.url(DB))
         .env("LILY_LAKE__ROOT", dir.join("lake-webhooks"))
-        .env("LILY_METRICS__LISTEN", "")
         .env("LILY_REPLICATION__SLOT", "webhooks")
         .env("LILY_TRANSFORMS__DIR", &transforms)
         .env("LILY_API__LISTEN", format!("127.0.0.1:{port}"))
         .env("LILY_API__POOL_SIZE", concurrency.to_string())
         .env("LILY_MONTE_CARLO__SECRETS__BENCH", SECRET)
+        .env("LILY_ELASTICSEARCH__URLS", search.url())
+        .env("LILY_METRICS__LISTEN", format!("127.0.0.1:{metrics_port}"))
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log)?)
@@ -115,17 +170,29 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Lily: signed POSTs, each answered after its commit.
+    // Lily: signed POSTs, each answered after its commit; one in 20 is
+    // followed until it is searchable.
     let next = Arc::new(AtomicU64::new(0));
+    let waiting: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let searchable: Arc<Mutex<Vec<Duration>>> = Arc::new(Mutex::new(Vec::new()));
+    let (stop_probe, probe_stopped) = tokio::sync::watch::channel(false);
+    let prober = tokio::spawn(probe(
+        format!("{}/lily-bench-assets/_search", search.url()),
+        waiting.clone(),
+        searchable.clone(),
+        probe_stopped,
+    ));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (http, base, next) = (http.clone(), base.clone(), next.clone());
+        let waiting = waiting.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while Instant::now() < deadline {
-                let body = event(next.fetch_add(1, Ordering::Relaxed));
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                let body = event(id);
                 let form = python_form(&body).unwrap_or_default();
                 let sig = hmac_sha512_hex(SECRET.as_bytes(), form.as_bytes());
                 let t = Instant::now();
@@ -143,6 +210,15 @@ pub async fn run(
                     resp.text().await?
                 );
                 lat.push(t.elapsed());
+                if id % 20 == 0 {
+                    let answer: serde_json::Value = resp.json().await?;
+                    if let Some(incident) = answer["incidents"][0]["incident_id"].as_str() {
+                        waiting
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(incident.to_owned(), t);
+                    }
+                }
             }
             anyhow::Ok(lat)
         }));
@@ -152,6 +228,34 @@ pub async fn run(
         lat.extend(t.await??);
     }
     let lily_rate = report("lily (HTTP, signed)", lat, started.elapsed());
+    let drained = Instant::now();
+    while !waiting.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        && drained.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_probe.send(true);
+    let _ = prober.await;
+    let mut found = searchable.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    found.sort_unstable();
+    let unseen = waiting.lock().unwrap_or_else(|p| p.into_inner()).len();
+    println!(
+        "  request-to-searchable        p50 {:>6.0} ms   p99 {:>6.0} ms   ({} sampled incidents, probed every {} ms{})",
+        percentile(&found, 0.50),
+        percentile(&found, 0.99),
+        found.len(),
+        PROBE_EVERY.as_millis(),
+        if unseen > 0 {
+            format!(", {unseen} never seen")
+        } else {
+            String::new()
+        }
+    );
+    if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await
+        && let Ok(text) = r.text().await
+    {
+        crate::outbound::print_search_stages(&text);
+    }
     let _ = child.kill();
     let _ = child.wait();
 
