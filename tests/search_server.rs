@@ -46,6 +46,17 @@ impl SearchServer {
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// DELETEs `path`; returns the status and the JSON answer.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let r = self
+            .http
+            .delete(format!("{}{path}", self.url()))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
     /// GETs `path`; returns the status and the JSON answer.
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         let r = self

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lily_tests::api::{ApiClient, claims, hs256};
 use lily_tests::search_server::SearchServer;
-use lily_tests::{LilyProcess, TestEnv, free_port, http_get, wait_for};
+use lily_tests::{LilyProcess, TestEnv, free_port, http_get, run_lily, wait_for};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -404,5 +404,73 @@ async fn a_search_outage_loses_nothing() -> anyhow::Result<()> {
         lily.output()
     );
     lily.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_document_the_mapping_refuses_is_a_dead_letter_until_replayed() -> anyhow::Result<()> {
+    let server = SearchServer::start().await?;
+    let env = TestEnv::new().await?;
+    env.client().await?.batch_execute(SEED).await?;
+    env.client()
+        .await?
+        .batch_execute(
+            "UPDATE metastore.assets SET certificate = 'verified'
+              WHERE tenant_id = 'acme' AND qualified_name = 'db.sales.orders'",
+        )
+        .await?;
+    // A mapping that wants a number for `certificate`: the certified
+    // asset's document is refused, the others are indexed.
+    let mut mapping: Value = serde_json::from_str(lily_sinks::elasticsearch::ASSETS_MAPPING)?;
+    mapping["mappings"]["properties"]["certificate"] = json!({"type": "integer"});
+    let mapping_file = env.dir.path().join("mapping.json");
+    std::fs::write(&mapping_file, mapping.to_string())?;
+    let mut settings = search_env(&server);
+    settings.push((
+        "LILY_ELASTICSEARCH__MAPPING".into(),
+        mapping_file.display().to_string(),
+    ));
+    let lily = env.spawn_lily_with(&["run"], &settings)?;
+    let refused = "SELECT count(*) FROM lily.dead_letters
+                    WHERE source = 'elasticsearch' AND tenant_id = 'acme'
+                      AND error_code LIKE '%parsing_exception'";
+    wait_for("the refused document as a dead letter", WAIT, || async {
+        let n: i64 = env.client().await?.query_one(refused, &[]).await?.get(0);
+        Ok((n == 1).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", lily.output()))?;
+    let docs = server.documents("lily-acme-assets").await?;
+    assert_eq!(docs.len(), 4, "every other asset is indexed: {docs:?}");
+    assert!(
+        docs.iter()
+            .all(|d| d.2["qualified_name"] != "db.sales.orders"),
+        "{docs:?}"
+    );
+    lily.stop().await?;
+    let mut cli_env = env.lily_env();
+    cli_env.extend(search_env(&server));
+    let (code, out) = run_lily(&["dlq", "list", "--source", "elasticsearch"], &cli_env)?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("parsing_exception"), "{out}");
+    assert!(out.contains("lily-acme-assets/"), "{out}");
+
+    // The index is rebuilt with the right mapping; the replay writes the document.
+    let (_, aliases) = server.get("/_alias/lily-acme-assets").await?;
+    for index in aliases.as_object().into_iter().flat_map(|o| o.keys()) {
+        let (status, answer) = server.delete(&format!("/{index}")).await?;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (code, out) = run_lily(&["dlq", "replay", "--source", "elasticsearch"], &cli_env)?;
+    assert_eq!(code, 0, "{out}");
+    let docs = server.documents("lily-acme-assets").await?;
+    let orders = docs
+        .iter()
+        .find(|d| d.2["qualified_name"] == "db.sales.orders")
+        .expect("replayed into the index");
+    assert_eq!(orders.2["certificate"], "verified");
+    let (code, out) = run_lily(&["dlq", "list", "--source", "elasticsearch"], &cli_env)?;
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("parsing_exception"), "replayed: {out}");
     Ok(())
 }
