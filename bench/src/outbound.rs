@@ -424,6 +424,11 @@ pub fn print_search_stages(metrics: &str) {
             "lily_transform_seconds",
             "search_documents",
         ),
+        (
+            "state.assets snapshot",
+            "lily_state_snapshot_seconds",
+            "table=\"assets\"",
+        ),
         ("_bulk request", "lily_search_bulk_seconds", ""),
         ("search flush", "lily_sink_flush_seconds", "sink=\"search\""),
     ] {

@@ -44,7 +44,6 @@ impl CatalogState {
         let has_before = |i: usize| before_array.is_some_and(|b| b.is_valid(i));
 
         let mut inner = self.lock();
-        inner.touch(target);
         for i in 0..records.num_rows() {
             let op = ops.value(i);
             if op == "t" {
@@ -208,7 +207,7 @@ impl CatalogState {
                     let (incident, link) = incident_link(&mut inner, &row, i, table)?;
                     remove_link(&mut inner, incident, &link.qualified_name);
                     if !delete {
-                        inner.incident_links.entry(incident).or_default().push(link);
+                        inner.incident_links.get_or_default(incident).push(link);
                     }
                 }
                 StateTable::AssetAttributes => {}

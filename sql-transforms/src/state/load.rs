@@ -145,11 +145,7 @@ impl CatalogState {
                     qualified_name: get::<&str>(&row, 2)?.into(),
                     asset: opt_guid(&row, 3)?,
                 };
-                fresh
-                    .incident_links
-                    .entry(guid(&row, 1)?)
-                    .or_default()
-                    .push(link);
+                fresh.incident_links.get_or_default(guid(&row, 1)?).push(link);
                 Ok(())
             },
         )

@@ -8,6 +8,7 @@
 //! newest change read, which may be a little ahead of the batch a sink is on.
 
 mod apply;
+mod buckets;
 pub(crate) mod columns;
 mod load;
 mod snapshot;
@@ -18,6 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use lily_config::PropagatedAttribute;
+
+use buckets::BucketedMap;
+use snapshot::TableSnapshot;
 
 /// A uuid, as the 128-bit big-endian integer of its bytes.
 pub type Guid = u128;
@@ -142,16 +146,16 @@ struct PropagatedValue {
 #[derive(Default)]
 struct Inner {
     tenants: HashSet<Arc<str>>,
-    assets: HashMap<Guid, Box<Asset>>,
-    edges: HashMap<Guid, Box<Edge>>,
-    classifications: HashMap<Guid, Classification>,
+    assets: BucketedMap<Box<Asset>>,
+    edges: BucketedMap<Box<Edge>>,
+    classifications: BucketedMap<Classification>,
     classifications_by_asset: HashMap<Guid, Vec<Guid>>,
-    propagated: HashMap<Guid, HashSet<PropagatedValue>>,
+    propagated: BucketedMap<HashSet<PropagatedValue>>,
     /// How many propagated attribute values each origin has given.
     attribute_copies_from: HashMap<Guid, usize>,
-    incidents: HashMap<Guid, Box<Incident>>,
-    incident_links: HashMap<Guid, Vec<IncidentLink>>,
-    snapshots: [Option<RecordBatch>; 7],
+    incidents: BucketedMap<Box<Incident>>,
+    incident_links: BucketedMap<Vec<IncidentLink>>,
+    snapshots: [TableSnapshot; 7],
 }
 
 impl Inner {
@@ -167,7 +171,7 @@ impl Inner {
 
     fn add_propagated(&mut self, asset: Guid, value: PropagatedValue) {
         let origin = value.propagated_from;
-        if self.propagated.entry(asset).or_default().insert(value) {
+        if self.propagated.get_or_default(asset).insert(value) {
             *self.attribute_copies_from.entry(origin).or_default() += 1;
         }
     }
@@ -186,13 +190,6 @@ impl Inner {
         }
         if set.is_empty() {
             self.propagated.remove(&asset);
-        }
-    }
-
-    fn touch(&mut self, table: StateTable) {
-        self.snapshots[table.index()] = None;
-        if table == StateTable::Assets {
-            self.snapshots[StateTable::AssetAttributes.index()] = None;
         }
     }
 }
@@ -252,14 +249,13 @@ impl CatalogState {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The rows of `table` now, as one batch (rebuilt only after a change).
+    /// The rows of `table` now, as one batch (only the parts of it that
+    /// changed since the last call are rebuilt).
     pub fn snapshot(&self, table: StateTable) -> RecordBatch {
         let mut inner = self.lock();
-        if let Some(b) = &inner.snapshots[table.index()] {
-            return b.clone();
-        }
-        let batch = snapshot::build(&inner, table, &self.attributes);
-        inner.snapshots[table.index()] = Some(batch.clone());
+        let mut cached = std::mem::take(&mut inner.snapshots[table.index()]);
+        let batch = cached.current(&inner, table, &self.attributes);
+        inner.snapshots[table.index()] = cached;
         batch
     }
 
@@ -343,7 +339,7 @@ impl CatalogState {
     pub fn attribute_origins(&self) -> Vec<(Arc<str>, Guid, String)> {
         let inner = self.lock();
         let mut out = Vec::new();
-        for (guid, a) in &inner.assets {
+        for (guid, a) in inner.assets.iter() {
             for (attribute, _) in snapshot::attribute_values(a, &self.attributes) {
                 out.push((a.tenant.clone(), *guid, attribute.to_owned()));
             }
@@ -351,5 +347,79 @@ impl CatalogState {
         out.sort();
         out.dedup();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use arrow::array::{AsArray, FixedSizeBinaryArray};
+
+    use super::*;
+
+    fn asset(tenant: &Arc<str>, n: u128, description: &str) -> Box<Asset> {
+        Box::new(Asset {
+            tenant: tenant.clone(),
+            type_name: Arc::from("table"),
+            qualified_name: format!("db.t{n}").into(),
+            name: format!("t{n}").into(),
+            description: Some(description.into()),
+            parent: None,
+            owners: Box::new([]),
+            certificate: None,
+        })
+    }
+
+    fn descriptions(batch: &RecordBatch) -> HashMap<Guid, String> {
+        let guids: &FixedSizeBinaryArray = batch.column(0).as_fixed_size_binary();
+        let text = batch
+            .column_by_name("description")
+            .map(|c| c.as_string::<i32>().clone())
+            .expect("description column");
+        (0..batch.num_rows())
+            .map(|i| {
+                let g = u128::from_be_bytes(guids.value(i).try_into().expect("16 bytes"));
+                (g, text.value(i).to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_snapshot_follows_changes_made_after_it() {
+        let state = CatalogState::new(Vec::new());
+        let tenant: Arc<str> = Arc::from("acme");
+        let key = |n: u128| n.wrapping_mul(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        {
+            let mut inner = state.lock();
+            for n in 0..20_000 {
+                inner.assets.insert(key(n), asset(&tenant, n, "first"));
+            }
+        }
+        let first = descriptions(&state.snapshot(StateTable::Assets));
+        assert_eq!(first.len(), 20_000);
+        assert!(first.values().all(|d| d == "first"));
+        {
+            let mut inner = state.lock();
+            inner.assets.insert(key(7), asset(&tenant, 7, "second"));
+            if let Some(a) = inner.assets.get_mut(&key(8)) {
+                a.description = Some("second".into());
+            }
+            inner.assets.remove(&key(9));
+            inner
+                .assets
+                .insert(key(20_000), asset(&tenant, 20_000, "new"));
+        }
+        let second = descriptions(&state.snapshot(StateTable::Assets));
+        assert_eq!(second.len(), 20_000);
+        assert_eq!(second[&key(7)], "second");
+        assert_eq!(second[&key(8)], "second");
+        assert!(!second.contains_key(&key(9)));
+        assert_eq!(second[&key(20_000)], "new");
+        let unchanged = second.values().filter(|d| *d == "first").count();
+        assert_eq!(unchanged, 20_000 - 3);
+        // A truncate empties it.
+        state.lock().assets.clear();
+        assert_eq!(state.snapshot(StateTable::Assets).num_rows(), 0);
     }
 }

@@ -1,11 +1,13 @@
 //! The catalog state as Arrow record batches.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::array::{
     ArrayRef, BooleanBuilder, FixedSizeBinaryBuilder, ListBuilder, RecordBatch, StringBuilder,
     TimestampMicrosecondBuilder,
 };
+use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use lily_cdc::types::ValueKind;
 use lily_config::PropagatedAttribute;
@@ -149,12 +151,93 @@ fn finish_strings(mut b: StringBuilder) -> ArrayRef {
     Arc::new(b.finish())
 }
 
-/// Builds the batch of one state table.
-pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) -> RecordBatch {
+/// Number of buckets the rows of `table` are kept in.
+fn bucket_count(inner: &Inner, table: StateTable) -> usize {
+    match table {
+        StateTable::Assets | StateTable::AssetAttributes => inner.assets.bucket_count(),
+        StateTable::LineageEdges => inner.edges.bucket_count(),
+        StateTable::Classifications => inner.classifications.bucket_count(),
+        StateTable::PropagatedAttributes => inner.propagated.bucket_count(),
+        StateTable::Incidents => inner.incidents.bucket_count(),
+        StateTable::IncidentAssets => inner.incident_links.bucket_count(),
+    }
+}
+
+/// Which contents bucket `b` of `table` has now.
+fn bucket_tag(inner: &Inner, table: StateTable, b: usize) -> (u64, u64) {
+    match table {
+        StateTable::Assets | StateTable::AssetAttributes => inner.assets.tag(b),
+        StateTable::LineageEdges => inner.edges.tag(b),
+        StateTable::Classifications => inner.classifications.tag(b),
+        StateTable::PropagatedAttributes => inner.propagated.tag(b),
+        StateTable::Incidents => inner.incidents.tag(b),
+        StateTable::IncidentAssets => inner.incident_links.tag(b),
+    }
+}
+
+/// The Arrow copy of one state table, kept per bucket of its rows so a
+/// change rebuilds only the part it fell into.
+#[derive(Default)]
+pub struct TableSnapshot {
+    parts: Vec<Option<((u64, u64), RecordBatch)>>,
+    whole: Option<RecordBatch>,
+}
+
+impl TableSnapshot {
+    /// The rows of `table` now, as one batch: the parts whose bucket
+    /// changed are rebuilt, the others reused.
+    pub fn current(
+        &mut self,
+        inner: &Inner,
+        table: StateTable,
+        rules: &[PropagatedAttribute],
+    ) -> RecordBatch {
+        let started = Instant::now();
+        let n = bucket_count(inner, table);
+        self.parts.resize(n, None);
+        let mut rebuilt = 0u64;
+        for (b, part) in self.parts.iter_mut().enumerate() {
+            let tag = bucket_tag(inner, table, b);
+            if !matches!(part, Some((t, _)) if *t == tag) {
+                *part = Some((tag, build_part(inner, table, b, rules)));
+                rebuilt += 1;
+            }
+        }
+        if rebuilt == 0
+            && let Some(whole) = &self.whole
+        {
+            return whole.clone();
+        }
+        let schema = schema(table);
+        let parts = self
+            .parts
+            .iter()
+            .flatten()
+            .map(|(_, batch)| batch)
+            .filter(|batch| batch.num_rows() > 0);
+        // The parts are built to the schema above; a mismatch is a bug here.
+        let whole = concat_batches(&schema, parts).expect("state parts match their schema");
+        self.whole = Some(whole.clone());
+        metrics::histogram!("lily_state_snapshot_seconds", "table" => table.name())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("lily_state_snapshot_parts_rebuilt_total", "table" => table.name())
+            .increment(rebuilt);
+        whole
+    }
+}
+
+/// Builds the batch of bucket `b` of one state table.
+fn build_part(
+    inner: &Inner,
+    table: StateTable,
+    b: usize,
+    rules: &[PropagatedAttribute],
+) -> RecordBatch {
     let schema = schema(table);
     let columns: Vec<ArrayRef> = match table {
         StateTable::Assets => {
-            let n = inner.assets.len();
+            let rows = inner.assets.bucket(b);
+            let n = rows.len();
             let (mut guid, mut parent) = (Uuids::new(n), Uuids::new(n));
             let mut tenant = StringBuilder::new();
             let mut type_name = StringBuilder::new();
@@ -163,7 +246,7 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
             let mut certificate = StringBuilder::new();
             let mut name = StringBuilder::new();
             let mut description = StringBuilder::new();
-            for (g, a) in &inner.assets {
+            for (g, a) in rows {
                 guid.push(Some(*g));
                 tenant.append_value(&a.tenant);
                 type_name.append_value(&a.type_name);
@@ -187,12 +270,13 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
             ]
         }
         StateTable::LineageEdges => {
-            let n = inner.edges.len();
+            let rows = inner.edges.bucket(b);
+            let n = rows.len();
             let (mut id, mut up, mut down, mut process) =
                 (Uuids::new(n), Uuids::new(n), Uuids::new(n), Uuids::new(n));
             let mut tenant = StringBuilder::new();
             let mut blocked = list_builder();
-            for (g, e) in &inner.edges {
+            for (g, e) in rows {
                 id.push(Some(*g));
                 tenant.append_value(&e.tenant);
                 up.push(Some(e.upstream));
@@ -210,13 +294,14 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
             ]
         }
         StateTable::Classifications => {
-            let n = inner.classifications.len();
+            let rows = inner.classifications.bucket(b);
+            let n = rows.len();
             let (mut id, mut asset, mut from) = (Uuids::new(n), Uuids::new(n), Uuids::new(n));
             let mut tenant = StringBuilder::new();
             let mut tag = StringBuilder::new();
             let mut source = StringBuilder::new();
             let mut propagate = BooleanBuilder::new();
-            for (g, c) in &inner.classifications {
+            for (g, c) in rows {
                 id.push(Some(*g));
                 tenant.append_value(&c.tenant);
                 asset.push(Some(c.asset));
@@ -240,7 +325,7 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
             let mut tenant = StringBuilder::new();
             let mut attribute = StringBuilder::new();
             let mut value = StringBuilder::new();
-            for (g, values) in &inner.propagated {
+            for (g, values) in inner.propagated.bucket(b) {
                 for p in values {
                     tenant.append_value(&p.tenant);
                     asset.push(Some(*g));
@@ -262,7 +347,7 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
             let mut tenant = StringBuilder::new();
             let mut attribute = StringBuilder::new();
             let mut value = StringBuilder::new();
-            for (g, a) in &inner.assets {
+            for (g, a) in inner.assets.bucket(b) {
                 for (attr, v) in attribute_values(a, rules) {
                     tenant.append_value(&a.tenant);
                     asset.push(Some(*g));
@@ -278,7 +363,8 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
             ]
         }
         StateTable::Incidents => {
-            let mut id = Uuids::new(inner.incidents.len());
+            let rows = inner.incidents.bucket(b);
+            let mut id = Uuids::new(rows.len());
             let mut tenant = StringBuilder::new();
             let mut title = StringBuilder::new();
             let mut state = StringBuilder::new();
@@ -286,7 +372,7 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
             let mut incident_type = StringBuilder::new();
             let mut url = StringBuilder::new();
             let mut updated = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-            for (g, i) in &inner.incidents {
+            for (g, i) in rows {
                 id.push(Some(*g));
                 tenant.append_value(&i.tenant);
                 title.append_option(i.title.as_deref());
@@ -311,7 +397,7 @@ pub fn build(inner: &Inner, table: StateTable, rules: &[PropagatedAttribute]) ->
             let (mut incident, mut asset) = (Uuids::new(0), Uuids::new(0));
             let mut tenant = StringBuilder::new();
             let mut qname = StringBuilder::new();
-            for (g, links) in &inner.incident_links {
+            for (g, links) in inner.incident_links.bucket(b) {
                 for l in links {
                     tenant.append_value(&l.tenant);
                     incident.push(Some(*g));
