@@ -12,7 +12,7 @@ use super::Guid;
 /// Fewest buckets a map has (2^4).
 const MIN_BITS: u32 = 4;
 /// Rows per bucket past which the buckets double.
-const ROWS_PER_BUCKET: usize = 256;
+const ROWS_PER_BUCKET: usize = 128;
 
 /// A `HashMap<Guid, V>` in buckets with versions (see the module docs).
 #[derive(Debug)]
