@@ -81,7 +81,7 @@ struct DlqArgs {
     /// Only these ids.
     #[arg(long = "id")]
     ids: Vec<i64>,
-    /// Only this source: notify, elasticsearch, kafka, kafka_source.
+    /// Only this source: notify, elasticsearch, kafka, kafka_source, transform.
     #[arg(long)]
     source: Option<String>,
     /// Only this tenant's.

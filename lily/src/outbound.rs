@@ -195,6 +195,12 @@ async fn replay_one(
             let sink = kafka.as_ref().context("a producer")?;
             Ok(sink.replay(letter).await?)
         }
+        lily_transforms::sink::DEAD_LETTER_SOURCE => anyhow::bail!(
+            "changes a transform failed on are not replayed from here: fix the transform \
+             (lily transforms check), then apply the changes again in the catalog; \
+             the rows are the payload of dead letter {} in lily.dead_letters (JSON lines)",
+            letter.id
+        ),
         other => anyhow::bail!("dead letters of {other} cannot be replayed"),
     }
 }

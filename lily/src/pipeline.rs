@@ -9,6 +9,7 @@ use lily_cdc::wire::ConnectParams;
 use lily_cdc::{AckTracker, CdcError, ChangeBatch, ChangeReader, ReaderConfig, StartPlan};
 use lily_config::LilyConfig;
 use lily_lakehouse::{AuditSink, LakeLocation};
+use lily_sinks::dead_letter::DeadLetters;
 use lily_sinks::{FlushPolicy, Sink, SinkRunner};
 use lily_transforms::propagation::{self, PropagationSink};
 use lily_transforms::{CatalogState, TransformSet, TransformedSink};
@@ -153,6 +154,7 @@ async fn route_through_transforms(
             );
         }
     }
+    let dead_letters = DeadLetters::new(crate::outbound::pool(config)?);
     let mut out = Vec::with_capacity(sinks.len());
     for spec in sinks {
         let named = config.transforms.sinks.get(spec.sink.name());
@@ -161,7 +163,8 @@ async fn route_through_transforms(
                 let sink_name = spec.sink.name().to_owned();
                 let sink = TransformedSink::new(spec.sink, transforms, transform, state.clone())
                     .await
-                    .with_context(|| format!("transform {transform} for sink {sink_name}"))?;
+                    .with_context(|| format!("transform {transform} for sink {sink_name}"))?
+                    .with_dead_letters(dead_letters.clone());
                 info!(sink = %sink_name, transform = %transform, "sink fed by a transform");
                 out.push(SinkSpec {
                     sink: Box::new(sink),

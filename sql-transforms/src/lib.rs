@@ -22,7 +22,7 @@ pub mod propagation;
 mod runner;
 mod session;
 mod set;
-mod sink;
+pub mod sink;
 pub mod slt;
 mod source;
 pub mod state;

@@ -5,10 +5,16 @@
 //! transactions therefore costs one transform run per table and flush, not
 //! one per transaction: planning and joining against the catalog state are
 //! paid a few times a second, whatever the commit rate.
+//!
+//! Changes the transform fails on are skipped for this sink only, and
+//! recorded in the dead-letter store (source `transform`) with the error
+//! and the rows, so what the sink missed is never only a log line.
 
 use std::sync::Arc;
 
+use lily_cdc::json::{RowEncoder, cell_text};
 use lily_cdc::{ChangeBatch, Lsn};
+use lily_sinks::dead_letter::{DeadLetters, NewDeadLetter};
 use lily_sinks::{Sink, SinkError};
 use tracing::{Instrument, error, info_span};
 
@@ -25,7 +31,11 @@ pub struct TransformedSink {
     /// Batches not yet transformed, in stream order.
     pending: Vec<Arc<ChangeBatch>>,
     pending_rows: usize,
+    dead_letters: Option<DeadLetters>,
 }
+
+/// `source` of the dead letters of changes a transform failed on.
+pub const DEAD_LETTER_SOURCE: &str = "transform";
 
 impl TransformedSink {
     /// Feeds `inner` through the transform `name`; an error if the sink
@@ -57,7 +67,78 @@ impl TransformedSink {
             runner,
             pending: Vec::new(),
             pending_rows: 0,
+            dead_letters: None,
         })
+    }
+
+    /// Records the changes the transform fails on in `store`.
+    pub fn with_dead_letters(mut self, store: DeadLetters) -> Self {
+        self.dead_letters = Some(store);
+        self
+    }
+
+    /// Records that the transform failed on `batches` (of one table): the
+    /// error, where in the stream, and the rows as JSON lines.
+    async fn dead_letter(
+        &self,
+        batches: &[Arc<ChangeBatch>],
+        error: &str,
+    ) -> std::result::Result<(), SinkError> {
+        let Some(store) = &self.dead_letters else {
+            return Ok(());
+        };
+        let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
+            return Ok(());
+        };
+        let mut payload = String::new();
+        let mut tenants: Vec<String> = Vec::new();
+        for batch in batches {
+            let encoder = RowEncoder::all_columns(&batch.records);
+            for row in 0..batch.num_rows() {
+                encoder.encode(row, &mut payload);
+                payload.push('\n');
+                if let Some(t) = cell_text(&batch.records, "tenant_id", row)
+                    && !tenants.contains(&t)
+                {
+                    tenants.push(t);
+                }
+            }
+        }
+        let table = first.table.qualified_name();
+        let reference = format!(
+            "{} via {}: {table} {}..{}",
+            self.inner.name(),
+            self.runner.name(),
+            first.first.commit_lsn,
+            last.last.commit_lsn
+        );
+        let letter = NewDeadLetter {
+            source: DEAD_LETTER_SOURCE,
+            tenant_id: (tenants.len() == 1).then(|| tenants[0].as_str()),
+            reference: &reference,
+            error_code: "transform_run",
+            error,
+            payload: Some(payload.as_bytes()),
+            details: serde_json::json!({
+                "sink": self.inner.name(),
+                "transform": self.runner.name(),
+                "table": table,
+                "first_commit_lsn": first.first.commit_lsn.to_string(),
+                "last_commit_lsn": last.last.commit_lsn.to_string(),
+                "rows": batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            }),
+        };
+        store
+            .record(&letter)
+            .await
+            .map(|_| ())
+            .map_err(|e| SinkError::Unavailable {
+                sink: self.inner.name().to_owned(),
+                message: format!(
+                    "recording the changes transform {} failed on: {e}",
+                    self.runner.name()
+                ),
+            })
     }
 
     /// Transforms the pending batches, all those of one table at a time (in
@@ -111,7 +192,9 @@ impl TransformedSink {
                         .increment(1);
                     metrics::counter!("lily_errors_total", "stage" => "transform", "kind" => "run")
                         .increment(1);
-                    error!(error = %e, sink = self.inner.name(), first = ?first.first, last = ?last.last, "transform failed; batches skipped for this sink");
+                    error!(error = %e, sink = self.inner.name(), first = ?first.first, last = ?last.last, "transform failed; batches skipped for this sink and dead-lettered");
+                    // Until they are recorded, the batches stay pending.
+                    self.dead_letter(&batches, &e.to_string()).await?;
                 }
             }
             self.pending.retain(|b| !same_table(b));

@@ -140,6 +140,60 @@ async fn a_transform_feeds_its_sink_and_survives_a_broken_edit() -> anyhow::Resu
     c.batch_execute("UPDATE metastore.assets SET description = 'e-mail address v4' WHERE qualified_name = 'crm.customers.email'")
         .await?;
     wait_output(&lily, "the new version's output", "description=[masked]").await?;
+
+    // A version that plans but fails on some rows: the changes it fails on
+    // become a dead letter with the error and the rows; the next ones flow.
+    std::fs::write(
+        &file,
+        "SELECT _op, qualified_name,\n       CAST(CAST(description AS INT) + 1 AS VARCHAR) AS description\nFROM changes.assets\n",
+    )?;
+    run_lily(&["transforms", "reload"], &vars)?;
+    wait_for("the failing version", WAIT, || async {
+        let loads = lily
+            .output()
+            .matches("loaded=[\"pii_masked_assets\"]")
+            .count();
+        Ok((loads >= 2).then_some(()))
+    })
+    .await?;
+    c.batch_execute("UPDATE metastore.assets SET description = 'no number here' WHERE qualified_name = 'crm.customers'")
+        .await?;
+    let (error, payload, tenant) = wait_for("the transform's dead letter", WAIT, || async {
+        let row = c
+            .query_opt(
+                "SELECT error, convert_from(payload, 'UTF8'), tenant_id FROM lily.dead_letters
+                 WHERE source = 'transform' AND error_code = 'transform_run'",
+                &[],
+            )
+            .await?;
+        Ok(row.map(|r| {
+            (
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, Option<String>>(2),
+            )
+        }))
+    })
+    .await?;
+    assert!(error.to_lowercase().contains("cast"), "{error}");
+    assert!(payload.contains("no number here"), "{payload}");
+    assert_eq!(tenant.as_deref(), Some("acme"));
+    c.batch_execute(
+        "UPDATE metastore.assets SET description = '42' WHERE qualified_name = 'crm.customers'",
+    )
+    .await?;
+    wait_output(
+        &lily,
+        "the change after the failed one",
+        "qualified_name=crm.customers description=43",
+    )
+    .await?;
+    let (code, out) = run_lily(&["dlq", "list", "--source", "transform"], &vars)?;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("console via pii_masked_assets: metastore.assets"),
+        "{out}"
+    );
     lily.stop().await?;
     Ok(())
 }
