@@ -194,6 +194,9 @@ async fn a_transform_feeds_its_sink_and_survives_a_broken_edit() -> anyhow::Resu
         out.contains("console via pii_masked_assets: metastore.assets"),
         "{out}"
     );
+    let (code, out) = run_lily(&["dlq", "replay", "--source", "transform"], &vars)?;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("fix the transform"), "{out}");
     lily.stop().await?;
     Ok(())
 }
