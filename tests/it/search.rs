@@ -474,3 +474,61 @@ async fn a_document_the_mapping_refuses_is_a_dead_letter_until_replayed() -> any
     assert!(!out.contains("parsing_exception"), "replayed: {out}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_mapping_is_reindexed_behind_the_alias() -> anyhow::Result<()> {
+    use lily_sinks::elasticsearch::{ASSETS_MAPPING, IndexMapping};
+    let server = SearchServer::start().await?;
+    let env = TestEnv::new().await?;
+    env.client().await?.batch_execute(SEED).await?;
+    let lily = env.spawn_lily_with(&["run"], &search_env(&server))?;
+    converge(&env, &server, "acme", &lily).await?;
+    lily.stop().await?;
+    let alias = "lily-acme-assets";
+    let old_index = IndexMapping::parse(ASSETS_MAPPING)?.index_name(alias);
+
+    // A mapping with one more field: a new index, filled from the old one
+    // (the documents not changed since are only there through the copy).
+    let mut mapping: Value = serde_json::from_str(ASSETS_MAPPING)?;
+    mapping["mappings"]["properties"]["steward"] = json!({"type": "keyword"});
+    let text = mapping.to_string();
+    let new_index = IndexMapping::parse(&text)?.index_name(alias);
+    assert_ne!(old_index, new_index);
+    let mapping_file = env.dir.path().join("mapping.json");
+    std::fs::write(&mapping_file, text)?;
+    let mut settings = search_env(&server);
+    settings.push((
+        "LILY_ELASTICSEARCH__MAPPING".into(),
+        mapping_file.display().to_string(),
+    ));
+    let lily = env.spawn_lily_with(&["run"], &settings)?;
+    env.client()
+        .await?
+        .batch_execute(
+            "UPDATE metastore.assets SET description = 'written after the mapping changed'
+              WHERE tenant_id = 'acme' AND qualified_name = 'db.sales.orders'",
+        )
+        .await?;
+    converge(&env, &server, "acme", &lily).await?;
+    let (_, aliases) = server.get(&format!("/_alias/{alias}")).await?;
+    let targets: Vec<&String> = aliases
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.keys())
+        .collect();
+    assert_eq!(targets, vec![&new_index], "{aliases}");
+    let (_, mappings) = server.get(&format!("/{new_index}/_mapping")).await?;
+    assert!(
+        mappings[&new_index]["mappings"]["properties"]["steward"].is_object(),
+        "{mappings}"
+    );
+    // The old index is kept for the operator, with what it held.
+    let (status, _) = server.get(&format!("/{old_index}")).await?;
+    assert_eq!(status, 200);
+    assert!(
+        lily.output()
+            .contains("documents reindexed and the alias moved")
+    );
+    lily.stop().await?;
+    Ok(())
+}

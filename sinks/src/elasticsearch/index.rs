@@ -3,11 +3,13 @@
 //! Documents are written to and searched through the alias
 //! `<prefix>-<tenant>-<index>`; the index behind it is named after its
 //! mapping's fingerprint, `<alias>-<fingerprint>`. A changed mapping
-//! therefore means a new index, which can be filled (reindexed) and swapped
-//! in behind the alias without the writers or the search API noticing.
+//! therefore means a new index, which is filled from the old one (reindexed,
+//! keeping each document's version) and swapped in behind the alias without
+//! the search API noticing.
 
 use elasticsearch::Elasticsearch;
 use elasticsearch::http::StatusCode;
+use elasticsearch::http::response::Response;
 use elasticsearch::indices::{IndicesCreateParts, IndicesDeleteParts, IndicesGetAliasParts};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -138,6 +140,87 @@ pub async fn ensure_alias(
     Err(SearchError::Refused(format!(
         "creating index {index}: HTTP {status}: {text}"
     )))
+}
+
+/// The body of an answer, or the error it is: 429 and 5xx may pass, the
+/// rest is a refusal.
+async fn answer(response: Response, what: &str) -> Result<Value, SearchError> {
+    let status = response.status_code();
+    if status.is_success() {
+        return Ok(response.json().await?);
+    }
+    let text = response.text().await.unwrap_or_default();
+    let message = format!("{what}: HTTP {status}: {text}");
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        Err(SearchError::Unavailable(message))
+    } else {
+        Err(SearchError::Refused(message))
+    }
+}
+
+/// Moves `alias` from index `from` to a new index of `mapping`: creates
+/// it, copies every document over with its version (so no older write can
+/// overwrite a newer one afterwards), then swaps the alias in one request.
+/// The old index is left for the operator to delete. Returns the new index.
+pub async fn migrate_alias(
+    client: &Elasticsearch,
+    alias: &str,
+    from: &str,
+    mapping: &IndexMapping,
+) -> Result<String, SearchError> {
+    let index = mapping.index_name(alias);
+    let response = client
+        .indices()
+        .create(IndicesCreateParts::Index(&index))
+        .body(mapping.body.clone())
+        .send()
+        .await?;
+    let created = answer(response, &format!("creating index {index}")).await;
+    match created {
+        // Left by an earlier attempt that stopped half-way: fill it again.
+        Err(SearchError::Refused(m)) if m.contains("resource_already_exists_exception") => {}
+        other => {
+            other?;
+        }
+    }
+    let copied = answer(
+        client
+            .reindex()
+            .refresh(true)
+            .wait_for_completion(true)
+            .body(serde_json::json!({
+                "conflicts": "proceed",
+                "source": {"index": from},
+                "dest": {"index": index, "version_type": "external"},
+            }))
+            .send()
+            .await?,
+        &format!("reindexing {from} into {index}"),
+    )
+    .await?;
+    if let Some(failures) = copied["failures"].as_array()
+        && !failures.is_empty()
+    {
+        return Err(SearchError::Refused(format!(
+            "reindexing {from} into {index}: {} documents failed, the first: {}",
+            failures.len(),
+            failures[0]
+        )));
+    }
+    answer(
+        client
+            .indices()
+            .update_aliases()
+            .body(serde_json::json!({"actions": [
+                {"remove": {"index": from, "alias": alias}},
+                {"add": {"index": index, "alias": alias, "is_write_index": true}},
+            ]}))
+            .send()
+            .await?,
+        &format!("moving alias {alias} to {index}"),
+    )
+    .await?;
+    Ok(index)
 }
 
 /// Deletes every index behind the aliases of `naming` (an unfinished

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use super::bulk::{BadDoc, DocWrite, ItemOutcome, doc_writes, item_outcomes};
-use super::index::{IndexMapping, IndexNaming, delete_all, ensure_alias};
+use super::index::{IndexMapping, IndexNaming, delete_all, ensure_alias, migrate_alias};
 use super::{DEAD_LETTER_SOURCE, SearchError};
 use crate::dead_letter::{DeadLetters, NewDeadLetter};
 use crate::{Sink, SinkError};
@@ -86,9 +86,12 @@ impl ElasticsearchSink {
             }
             let index = ensure_alias(&self.client, &alias, &self.mapping).await?;
             if index != self.mapping.index_name(&alias) {
-                metrics::counter!("lily_errors_total", "stage" => "search", "kind" => "stale_mapping")
-                    .increment(1);
-                warn!(alias, index, expected = %self.mapping.index_name(&alias), "the alias points at an index with another mapping; writing to it (reindex to change the mapping)");
+                // The mapping changed since the index was made: move the
+                // documents to an index of the new one before writing more.
+                let started = std::time::Instant::now();
+                let new = migrate_alias(&self.client, &alias, &index, &self.mapping).await?;
+                metrics::counter!("lily_search_reindexes_total").increment(1);
+                info!(alias, from = %index, to = %new, ms = started.elapsed().as_millis() as u64, "the mapping changed; documents reindexed and the alias moved (the old index is kept; delete it when done)");
             } else {
                 info!(alias, index, "search index ready");
             }
