@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lily_tests::api::{ApiClient, claims, hs256};
 use lily_tests::search_server::SearchServer;
-use lily_tests::{LilyProcess, TestEnv, free_port, http_get, run_lily, wait_for};
+use lily_tests::{LilyProcess, TestEnv, free_port, http_get, run_lily, wait_for, wait_streaming};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -483,6 +483,9 @@ async fn a_changed_mapping_is_reindexed_behind_the_alias() -> anyhow::Result<()>
     env.client().await?.batch_execute(SEED).await?;
     let lily = env.spawn_lily_with(&["run"], &search_env(&server))?;
     converge(&env, &server, "acme", &lily).await?;
+    // Stopped before the snapshot is recorded as done, the next run would
+    // discard the index and snapshot again rather than reindex.
+    wait_streaming(&env, &env.config.replication.slot).await?;
     lily.stop().await?;
     let alias = "lily-acme-assets";
     let old_index = IndexMapping::parse(ASSETS_MAPPING)?.index_name(alias);
