@@ -28,6 +28,16 @@ mod webhooks;
 
 const DB: &str = "bench";
 
+/// The latency at percentile `p` (0 to 1, nearest rank) of `sorted`, in
+/// milliseconds; 0 when there is none.
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
 /// Lily's benchmarks.
 #[derive(Debug, Parser)]
 struct Args {

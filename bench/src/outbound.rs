@@ -25,7 +25,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
-use crate::{DB, resumable_slot};
+use crate::{DB, percentile_ms, resumable_slot};
 
 const ALIAS: &str = "lily-bench-assets";
 
@@ -93,14 +93,6 @@ async fn confirmed_at_least(cluster: &PgCluster, slot: &str, lsn: &str) -> anyho
     Ok(row
         .map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false))
         .unwrap_or(false))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
 }
 
 /// Runs the three measurements over a backlog of `rows` assets, then
@@ -300,7 +292,7 @@ async fn searchable_latency(
     // Samples: (qualified name, tick) -> commit time; the prober removes
     // them as they become searchable.
     let waiting: Arc<Mutex<HashMap<String, (i64, Instant)>>> = Arc::new(Mutex::new(HashMap::new()));
-    let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::new(Mutex::new(Vec::new()));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let prober = {
         let waiting = waiting.clone();
@@ -340,7 +332,7 @@ async fn searchable_latency(
                                 latencies
                                     .lock()
                                     .unwrap_or_else(|p| p.into_inner())
-                                    .push((now - at).as_secs_f64() * 1000.0);
+                                    .push(now - at);
                             }
                         }
                     }
@@ -391,13 +383,13 @@ async fn searchable_latency(
         .await?;
     stop(lily);
     let mut l = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    l.sort_by(|a, b| a.total_cmp(b));
+    l.sort_unstable();
     println!(
         "  commit-to-searchable at {rate} changes/s for {seconds} s: p50 {:.0} ms   p90 {:.0} ms   p99 {:.0} ms   max {:.0} ms   ({} samples, probed every {} ms{})",
-        percentile(&l, 0.50),
-        percentile(&l, 0.90),
-        percentile(&l, 0.99),
-        percentile(&l, 1.0),
+        percentile_ms(&l, 0.50),
+        percentile_ms(&l, 0.90),
+        percentile_ms(&l, 0.99),
+        percentile_ms(&l, 1.0),
         l.len(),
         PROBE_EVERY.as_millis(),
         if lost > 0 {

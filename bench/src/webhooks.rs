@@ -16,7 +16,7 @@ use anyhow::Context;
 use lily_embedded::PgCluster;
 use lily_inbound::signature::{hmac_sha512_hex, python_form};
 
-use crate::DB;
+use crate::{DB, percentile_ms};
 
 const SECRET: &str = "bench-monte-carlo-secret";
 const TABLES: i64 = 1000;
@@ -88,22 +88,14 @@ async fn probe(
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 fn report(label: &str, mut lat: Vec<Duration>, elapsed: Duration) -> f64 {
     lat.sort_unstable();
     let rate = lat.len() as f64 / elapsed.as_secs_f64();
     println!(
         "  {label:<28} {:>8.0} incidents/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} in {:.1} s)",
         rate,
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99),
+        percentile_ms(&lat, 0.50),
+        percentile_ms(&lat, 0.99),
         lat.len(),
         elapsed.as_secs_f64()
     );
@@ -241,8 +233,8 @@ pub async fn run(
     let unseen = waiting.lock().unwrap_or_else(|p| p.into_inner()).len();
     println!(
         "  request-to-searchable        p50 {:>6.0} ms   p99 {:>6.0} ms   ({} sampled incidents, probed every {} ms{})",
-        percentile(&found, 0.50),
-        percentile(&found, 0.99),
+        percentile_ms(&found, 0.50),
+        percentile_ms(&found, 0.99),
         found.len(),
         PROBE_EVERY.as_millis(),
         if unseen > 0 {

@@ -9,12 +9,11 @@
 
 use elasticsearch::Elasticsearch;
 use elasticsearch::http::StatusCode;
-use elasticsearch::http::response::Response;
 use elasticsearch::indices::{IndicesCreateParts, IndicesDeleteParts, IndicesGetAliasParts};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::SearchError;
+use super::{SearchError, response_json};
 
 /// The built-in mapping of asset documents (settings and mappings).
 pub const ASSETS_MAPPING: &str = include_str!("assets.json");
@@ -117,44 +116,22 @@ pub async fn ensure_alias(
     let index = mapping.index_name(alias);
     let mut body = mapping.body.clone();
     body["aliases"] = serde_json::json!({ alias: {"is_write_index": true} });
+    create_index(client, &index, body).await?;
+    Ok(index)
+}
+
+/// Creates `index` with `body`; one that exists already (another writer
+/// made it first, or an earlier attempt stopped half-way) is fine.
+async fn create_index(client: &Elasticsearch, index: &str, body: Value) -> Result<(), SearchError> {
     let response = client
         .indices()
-        .create(IndicesCreateParts::Index(&index))
+        .create(IndicesCreateParts::Index(index))
         .body(body)
         .send()
         .await?;
-    let status = response.status_code();
-    if status.is_success() {
-        return Ok(index);
-    }
-    let text = response.text().await.unwrap_or_default();
-    // Another writer created it first: fine.
-    if text.contains("resource_already_exists_exception") {
-        return Ok(index);
-    }
-    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(SearchError::Unavailable(format!(
-            "creating index {index}: HTTP {status}: {text}"
-        )));
-    }
-    Err(SearchError::Refused(format!(
-        "creating index {index}: HTTP {status}: {text}"
-    )))
-}
-
-/// The body of an answer, or the error it is: 429 and 5xx may pass, the
-/// rest is a refusal.
-async fn answer(response: Response, what: &str) -> Result<Value, SearchError> {
-    let status = response.status_code();
-    if status.is_success() {
-        return Ok(response.json().await?);
-    }
-    let text = response.text().await.unwrap_or_default();
-    let message = format!("{what}: HTTP {status}: {text}");
-    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-        Err(SearchError::Unavailable(message))
-    } else {
-        Err(SearchError::Refused(message))
+    match response_json(response, &format!("creating index {index}")).await {
+        Err(SearchError::Refused(m)) if m.contains("resource_already_exists_exception") => Ok(()),
+        other => other.map(|_| ()),
     }
 }
 
@@ -169,21 +146,8 @@ pub async fn migrate_alias(
     mapping: &IndexMapping,
 ) -> Result<String, SearchError> {
     let index = mapping.index_name(alias);
-    let response = client
-        .indices()
-        .create(IndicesCreateParts::Index(&index))
-        .body(mapping.body.clone())
-        .send()
-        .await?;
-    let created = answer(response, &format!("creating index {index}")).await;
-    match created {
-        // Left by an earlier attempt that stopped half-way: fill it again.
-        Err(SearchError::Refused(m)) if m.contains("resource_already_exists_exception") => {}
-        other => {
-            other?;
-        }
-    }
-    let copied = answer(
+    create_index(client, &index, mapping.body.clone()).await?;
+    let copied = response_json(
         client
             .reindex()
             .refresh(true)
@@ -207,7 +171,7 @@ pub async fn migrate_alias(
             failures[0]
         )));
     }
-    answer(
+    response_json(
         client
             .indices()
             .update_aliases()

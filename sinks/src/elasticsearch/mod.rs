@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use elasticsearch::Elasticsearch;
 use elasticsearch::auth::Credentials;
+use elasticsearch::http::StatusCode;
+use elasticsearch::http::response::Response;
 use elasticsearch::http::transport::{
     MultiNodeConnectionPool, SingleNodeConnectionPool, TransportBuilder,
 };
@@ -46,6 +48,35 @@ pub enum SearchError {
     /// The configuration is wrong.
     #[error("[elasticsearch]: {0}")]
     Config(String),
+}
+
+impl SearchError {
+    /// What a failed HTTP `status` means: 429 and 5xx may pass later, the
+    /// rest is a refusal.
+    pub(crate) fn from_status(status: StatusCode, message: String) -> Self {
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            SearchError::Unavailable(message)
+        } else {
+            SearchError::Refused(message)
+        }
+    }
+}
+
+/// The JSON body of a response, or the error its status means (`what`
+/// names the call in the message).
+pub(crate) async fn response_json(
+    response: Response,
+    what: &str,
+) -> Result<serde_json::Value, SearchError> {
+    let status = response.status_code();
+    if status.is_success() {
+        return Ok(response.json().await?);
+    }
+    let text = response.text().await.unwrap_or_default();
+    Err(SearchError::from_status(
+        status,
+        format!("{what}: HTTP {status}: {text}"),
+    ))
 }
 
 impl From<elasticsearch::Error> for SearchError {
@@ -164,13 +195,7 @@ impl SearchCluster {
             .body(lines)
             .send()
             .await?;
-        let status = response.status_code();
-        let body: serde_json::Value = response.json().await?;
-        if !status.is_success() {
-            return Err(SearchError::Unavailable(format!(
-                "_bulk: HTTP {status}: {body}"
-            )));
-        }
+        let body = response_json(response, "_bulk").await?;
         match bulk::item_outcomes(&body).into_iter().next() {
             Some(bulk::ItemOutcome::Done | bulk::ItemOutcome::Superseded) => Ok(()),
             Some(bulk::ItemOutcome::Retry(m)) => Err(SearchError::Unavailable(m)),

@@ -117,11 +117,7 @@ pub async fn search(
     let body: Value = response.json().await?;
     if !status.is_success() {
         let error = format!("search: HTTP {status}: {}", body["error"]);
-        return Err(if status.is_server_error() || status.as_u16() == 429 {
-            SearchError::Unavailable(error)
-        } else {
-            SearchError::Refused(error)
-        });
+        return Err(SearchError::from_status(status, error));
     }
     let hits = body["hits"]["hits"]
         .as_array()

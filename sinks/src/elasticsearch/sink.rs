@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::bulk::{BadDoc, DocWrite, ItemOutcome, doc_writes, item_outcomes};
 use super::index::{IndexMapping, IndexNaming, delete_all, ensure_alias, migrate_alias};
-use super::{DEAD_LETTER_SOURCE, SearchError};
+use super::{DEAD_LETTER_SOURCE, SearchError, response_json};
 use crate::dead_letter::{DeadLetters, NewDeadLetter};
 use crate::{Sink, SinkError};
 
@@ -131,22 +131,9 @@ impl ElasticsearchSink {
             request = request.refresh(r);
         }
         let response = request.send().await?;
-        let status = response.status_code();
         metrics::histogram!("lily_search_bulk_seconds", "sink" => self.name.clone())
             .record(started.elapsed().as_secs_f64());
-        if status.as_u16() == 429 || status.is_server_error() {
-            let text = response.text().await.unwrap_or_default();
-            return Err(SearchError::Unavailable(format!(
-                "_bulk: HTTP {status}: {text}"
-            )));
-        }
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            return Err(SearchError::Refused(format!(
-                "_bulk: HTTP {status}: {text}"
-            )));
-        }
-        let body: Value = response.json().await?;
+        let body = response_json(response, "_bulk").await?;
         let outcomes = item_outcomes(&body);
         if outcomes.len() != writes.len() {
             return Err(SearchError::Unavailable(format!(

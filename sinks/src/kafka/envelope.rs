@@ -179,6 +179,21 @@ impl<'a> ChangeRows<'a> {
     }
 }
 
+impl ChangeRecord {
+    /// The record of the change `meta` of `rows`, with `payload`, on its
+    /// stream's topic under `prefix`.
+    pub fn of(rows: &ChangeRows<'_>, prefix: &str, meta: ChangeMeta, payload: Vec<u8>) -> Self {
+        ChangeRecord {
+            topic: rows.topic(prefix, &meta),
+            payload,
+            key: meta.key,
+            tenant: meta.tenant,
+            commit_lsn: meta.commit_lsn,
+            seq: meta.seq,
+        }
+    }
+}
+
 /// JSON envelopes.
 pub struct JsonEnvelope<'a> {
     rows: &'a ChangeRows<'a>,
@@ -258,14 +273,8 @@ pub fn change_records(prefix: &str, batch: &ChangeBatch) -> Vec<ChangeRecord> {
     (0..rows.len())
         .map(|row| {
             let meta = rows.meta(row);
-            ChangeRecord {
-                topic: rows.topic(prefix, &meta),
-                payload: json.encode(row, &meta),
-                key: meta.key,
-                tenant: meta.tenant,
-                commit_lsn: meta.commit_lsn,
-                seq: meta.seq,
-            }
+            let payload = json.encode(row, &meta);
+            ChangeRecord::of(&rows, prefix, meta, payload)
         })
         .collect()
 }

@@ -154,24 +154,11 @@ impl KafkaSink {
         for row in 0..rows.len() {
             let meta = rows.meta(row);
             match avro.encode(&rows, row, &meta) {
-                Ok(payload) => out.push(ChangeRecord {
-                    topic: rows.topic(&self.prefix, &meta),
-                    payload,
-                    key: meta.key,
-                    tenant: meta.tenant,
-                    commit_lsn: meta.commit_lsn,
-                    seq: meta.seq,
-                }),
+                Ok(payload) => out.push(ChangeRecord::of(&rows, &self.prefix, meta, payload)),
                 Err(e) => {
                     // Kept as JSON, which anything can read.
-                    let record = ChangeRecord {
-                        topic: rows.topic(&self.prefix, &meta),
-                        payload: JsonEnvelope::new(&rows).encode(row, &meta),
-                        key: meta.key,
-                        tenant: meta.tenant,
-                        commit_lsn: meta.commit_lsn,
-                        seq: meta.seq,
-                    };
+                    let payload = JsonEnvelope::new(&rows).encode(row, &meta);
+                    let record = ChangeRecord::of(&rows, &self.prefix, meta, payload);
                     refused.push((record, e.to_string()));
                 }
             }
