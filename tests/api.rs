@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::{test_python, wait_for};
 
 /// A client of one API.
+#[derive(Clone)]
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,

@@ -31,13 +31,13 @@ fn event(id: u64) -> Vec<u8> {
         "payload": {
             "incident_id": format!("bench-{id}"),
             "url": format!("https://getmontecarlo.com/incidents/bench-{id}"),
-            "severity": "SEV-2",
+            "declared_alert_severity": "SEV-2",
             "event_list": [
-                {"table_name": format!("dw:bench.t{table}"), "type": "freshness_anomaly"},
-                {"table_name": format!("dw:bench.t{}", (table + 1) % TABLES), "type": "freshness_anomaly"}
+                {"table_name": format!("dw:bench.t{table}"), "event_details": "Has 0 new rows"},
+                {"table_name": format!("dw:bench.t{}", (table + 1) % TABLES), "event_details": "Has 0 new rows"}
             ]
         },
-        "type": "new_freshness_anomaly_incident",
+        "type": "open_anomaly_incident",
         "version": "v0.1"
     }))
     .expect("JSON")
@@ -271,10 +271,10 @@ pub async fn run(
                 let row = tx
                     .query_one(
                         "INSERT INTO metastore.incidents AS i (tenant_id, source_system, external_id, incident_type, title, state, severity, url, payload)
-                         VALUES ('bench', 'monte_carlo', $1, 'freshness_anomaly', $2, 'open', 'SEV-2', $3, $4)
+                         VALUES ('bench', 'monte_carlo', $1, 'anomaly', $2, 'open', 'SEV-2', $3, $4)
                          ON CONFLICT (tenant_id, source_system, external_id) DO UPDATE SET payload = EXCLUDED.payload
                          RETURNING incident_id",
-                        &[&format!("base-{id}"), &format!("freshness anomaly on {}", names[0]), &format!("https://getmontecarlo.com/incidents/base-{id}"), &payload],
+                        &[&format!("base-{id}"), &format!("anomaly on {}", names[0]), &format!("https://getmontecarlo.com/incidents/base-{id}"), &payload],
                     )
                     .await?;
                 let incident: uuid::Uuid = row.get(0);

@@ -56,7 +56,7 @@ pub use model::{
     ApiConfig, AuthConfig, DeactivatedOwner, ElasticsearchConfig, JiraConfig, KafkaSinkConfig,
     KafkaSourceConfig, LakeConfig, LilyConfig, LogConfig, LogFormat, MetricsConfig,
     MonteCarloConfig, NotifyTargetConfig, OktaConfig, PostgresConfig, PropagatedAttribute,
-    PropagationConfig, ReplicationConfig, TransformsConfig,
+    PropagationConfig, ReplicationConfig, TableNaming, TransformsConfig,
 };
 pub use validate::PROPAGATABLE_ATTRIBUTES;
 
@@ -290,6 +290,39 @@ mod tests {
         want.log.format = LogFormat::Json;
         want.log.level = "warn,lily_cdc=debug".into();
         assert_eq!(c, want);
+    }
+
+    #[test]
+    fn monte_carlo_naming_maps_full_table_ids() {
+        let text = r#"
+            [monte_carlo.naming.acme]
+            prefix = "snowflake."
+            databases = { analytics_prod = "analytics", scratch = "" }
+        "#;
+        let c = LilyConfig::from_toml_str(text, no_env()).unwrap();
+        let rule = &c.monte_carlo.naming["acme"];
+        assert_eq!(
+            rule.qualified_name("analytics_prod:sales.orders")
+                .as_deref(),
+            Some("snowflake.analytics.sales.orders")
+        );
+        assert_eq!(
+            rule.qualified_name("other:s.t").as_deref(),
+            Some("snowflake.other.s.t")
+        );
+        assert_eq!(
+            rule.qualified_name("scratch:s.t").as_deref(),
+            Some("snowflake.s.t")
+        );
+        assert_eq!(rule.qualified_name("orders"), None);
+        assert_eq!(
+            TableNaming::default()
+                .qualified_name("analytics:sales.orders")
+                .as_deref(),
+            Some("analytics.sales.orders")
+        );
+        let err = err_text("[monte_carlo.naming.acme]\nprefx = \"x\"\n", &[]);
+        assert!(err.contains("prefx"), "{err}");
     }
 
     #[test]

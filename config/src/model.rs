@@ -377,6 +377,14 @@ pub struct MonteCarloConfig {
     ///
     /// Default `"ingest/monte_carlo_incident"`.
     pub transform: String,
+    /// How each tenant's Monte Carlo full table ids
+    /// (`<database>:<schema>.<table>`) become catalog qualified names, when
+    /// the warehouse's naming differs from the catalog's: `[monte_carlo.
+    /// naming.<tenant>]`. A tenant without a rule maps `db:schema.table` to
+    /// `db.schema.table`.
+    ///
+    /// Default: none.
+    pub naming: BTreeMap<String, TableNaming>,
 }
 
 impl Default for MonteCarloConfig {
@@ -384,7 +392,47 @@ impl Default for MonteCarloConfig {
         Self {
             secrets: BTreeMap::new(),
             transform: "ingest/monte_carlo_incident".to_owned(),
+            naming: BTreeMap::new(),
         }
+    }
+}
+
+/// `[monte_carlo.naming.<tenant>]`: a warehouse table id
+/// `<database>:<schema>.<table>` becomes the qualified name
+/// `<prefix><database alias>.<schema>.<table>`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TableNaming {
+    /// Put before every name, e.g. `"snowflake."` when the catalog's
+    /// qualified names start with the platform.
+    ///
+    /// Default `""`.
+    pub prefix: String,
+    /// The catalog's name for a warehouse database: `analytics_prod =
+    /// "analytics"`. An empty alias drops the database from the name.
+    /// Databases not listed keep their name.
+    ///
+    /// Default: none.
+    pub databases: BTreeMap<String, String>,
+}
+
+impl TableNaming {
+    /// The qualified name of Monte Carlo's full table id `id`, or `None` when
+    /// `id` is not of the form `<database>:<rest>`.
+    pub fn qualified_name(&self, id: &str) -> Option<String> {
+        let (database, rest) = id.split_once(':')?;
+        if rest.is_empty() {
+            return None;
+        }
+        let database = self
+            .databases
+            .get(database)
+            .map_or(database, String::as_str);
+        Some(if database.is_empty() {
+            format!("{}{rest}", self.prefix)
+        } else {
+            format!("{}{database}.{rest}", self.prefix)
+        })
     }
 }
 

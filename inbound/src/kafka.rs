@@ -163,7 +163,7 @@ impl KafkaSource {
         let event = self.inbound.json(SCHEMA, payload)?;
         self.inbound
             .incidents()?
-            .ingest(tenant, std::slice::from_ref(&event))
+            .ingest(tenant, &event)
             .await
             .map(|_| ())
     }

@@ -65,9 +65,7 @@ impl Inbound {
             ),
         );
         let incidents =
-            match IncidentIngest::new(db.clone(), transforms, state, &config.monte_carlo.transform)
-                .await
-            {
+            match IncidentIngest::new(db.clone(), transforms, state, &config.monte_carlo).await {
                 Ok(i) => Some(i),
                 Err(e) => {
                     tracing::warn!(error = %e, "Monte Carlo incidents cannot be received");

@@ -62,13 +62,13 @@ const EDITS: &[(&str, Via)] = &[
     (
         "Monte Carlo raises a freshness incident on orders (signed webhook)",
         Via::MonteCarlo(
-            r#"{"account": {"id": "demo"}, "action": "incident", "payload": {"incident_id": "{id}", "url": "https://getmontecarlo.com/incidents/{id}", "severity": "SEV-2", "event_list": [{"table_name": "analytics:sales.orders", "type": "freshness_anomaly"}]}, "type": "new_freshness_anomaly_incident", "version": "v0.1"}"#,
+            r#"{"account": {"id": "demo"}, "action": "incident", "payload": {"incident_id": "{id}", "group_id": "analytics:sales", "url": "https://getmontecarlo.com/incidents/{id}", "event_list": [{"event_details": "Has 0 new rows in the last 26 hours", "table_name": "orders"}]}, "type": "open_anomaly_incident", "version": "v0.1"}"#,
         ),
     ),
     (
-        "the incident is acknowledged (signed webhook)",
+        "the incident is acknowledged, marked SEV-2 and given an owner (signed webhook)",
         Via::MonteCarlo(
-            r#"{"payload": {"incident_id": "{id}", "status": "acknowledged"}, "type": "incident_status_update"}"#,
+            r#"{"account": {"id": "demo"}, "action": "incident", "payload": {"incident_id": "{id}", "alert_feedback": "investigating", "declared_alert_severity": "SEV-2", "owner": "dana@acme.example"}, "type": "open_anomaly_incident", "version": "v0.1"}"#,
         ),
     ),
     (
@@ -86,7 +86,7 @@ const EDITS: &[(&str, Via)] = &[
     (
         "the incident is resolved (signed webhook)",
         Via::MonteCarlo(
-            r#"{"payload": {"incident_id": "{id}", "status": "fixed", "severity": "SEV-3"}, "type": "incident_status_update"}"#,
+            r#"{"account": {"id": "demo"}, "action": "incident", "payload": {"incident_id": "{id}", "alert_feedback": "fixed", "declared_alert_severity": "SEV-2", "owner": "dana@acme.example"}, "type": "open_anomaly_incident", "version": "v0.1"}"#,
         ),
     ),
 ];

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "outbound",
         sql: include_str!("../migrations/0004_outbound.sql"),
     },
+    Migration {
+        version: 5,
+        name: "monte_carlo",
+        sql: include_str!("../migrations/0005_monte_carlo.sql"),
+    },
 ];
 
 /// A stable checksum (FNV-1a) of the migration text as shipped.

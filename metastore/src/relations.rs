@@ -97,6 +97,8 @@ const TABLES: &[TableSpec] = &[
             ("created_at", TIMESTAMPTZ, false),
             ("updated_at", TIMESTAMPTZ, false),
             ("version", INT8, false),
+            ("owner", TEXT, false),
+            ("source_status", TEXT, false),
         ],
     ),
     (
@@ -107,6 +109,8 @@ const TABLES: &[TableSpec] = &[
             ("incident_id", UUID, true),
             ("qualified_name", TEXT, true),
             ("asset_guid", UUID, true),
+            ("match_rule", TEXT, true),
+            ("reference", TEXT, true),
         ],
     ),
     (

@@ -29,7 +29,7 @@ pub mod state;
 mod tables;
 
 pub use error::{Result, TransformError};
-pub use output::{INCIDENT_ASSET_NAMES, OutputContract, check_output};
+pub use output::{OutputContract, check_output, incident_output};
 pub use payload::{payload_from_json, payload_from_values};
 pub use runner::{PAYLOAD, TransformRunner};
 pub use session::{TransformSession, new_session};

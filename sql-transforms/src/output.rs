@@ -20,10 +20,44 @@ pub enum OutputContract {
     IntoTable(String),
 }
 
-/// An output column that a pre-ingest transform into `incidents` may add:
-/// the qualified names of the assets the incident concerns (a list of
-/// text), written as `incident_assets` links.
-pub const INCIDENT_ASSET_NAMES: &str = "asset_qualified_names";
+/// Output columns a pre-ingest transform into `incidents` may add besides
+/// the table's own: the assets the incident concerns, three ways of naming
+/// them (lists of text, written as `incident_assets` links), and how the
+/// event moves the incident.
+pub mod incident_output {
+    /// Catalog qualified names, linked exactly.
+    pub const ASSET_QUALIFIED_NAMES: &str = "asset_qualified_names";
+    /// Warehouse table ids `<database>:<schema>.<table>`, mapped to qualified
+    /// names by the tenant's naming rule.
+    pub const ASSET_FULL_TABLE_IDS: &str = "asset_full_table_ids";
+    /// Bare table names, linked to the one table or view that ends with each.
+    pub const ASSET_TABLE_NAMES: &str = "asset_table_names";
+    /// Boolean: the event's state may move a resolved incident back (an
+    /// explicit reopening). Without it a resolution stands.
+    pub const REOPENS: &str = "reopens";
+    /// Names of columns the event sets to NULL (a NULL column otherwise keeps
+    /// the incident's value): e.g. `severity` when an alert is unmarked.
+    pub const CLEARED_COLUMNS: &str = "cleared_columns";
+}
+
+/// The type of an extra output column of a transform into `incidents`.
+fn incident_output_type(name: &str) -> Option<DataType> {
+    use incident_output::*;
+    let text_list = || {
+        DataType::List(std::sync::Arc::new(Field::new(
+            "item",
+            DataType::Utf8,
+            true,
+        )))
+    };
+    match name {
+        ASSET_QUALIFIED_NAMES | ASSET_FULL_TABLE_IDS | ASSET_TABLE_NAMES | CLEARED_COLUMNS => {
+            Some(text_list())
+        }
+        REOPENS => Some(DataType::Boolean),
+        _ => None,
+    }
+}
 
 /// Types match when they are equal, lists by their element type.
 fn same_type(a: &DataType, b: &DataType) -> bool {
@@ -99,17 +133,13 @@ pub fn check_output(
             };
             let target = TableSchema::from_relation(&rel);
             for got in schema.fields() {
-                if table == "incidents" && got.name() == INCIDENT_ASSET_NAMES {
-                    if !same_type(
-                        got.data_type(),
-                        &DataType::List(std::sync::Arc::new(Field::new(
-                            "item",
-                            DataType::Utf8,
-                            true,
-                        ))),
-                    ) {
+                if let Some(want) =
+                    incident_output_type(got.name()).filter(|_| table == "incidents")
+                {
+                    if !same_type(got.data_type(), &want) {
                         return Err(source.error(format!(
-                            "output column {INCIDENT_ASSET_NAMES} is {}, it must be a list of text",
+                            "output column {} is {}, it must be {want}",
+                            got.name(),
                             got.data_type()
                         )));
                     }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use lily_transforms::{
     CatalogState, OutputContract, TransformError, TransformRunner, TransformSet, payload_from_json,
 };
@@ -26,11 +26,15 @@ async fn a_webhook_payload_becomes_incident_rows() {
     .await
     .unwrap();
     let schema = runner.payload_schema().expect("a payload declaration");
+    // Monte Carlo's documented anomaly sample (a bare table_name inside
+    // group_id), and an update without an incident id.
     let body = br#"[
-        {"type": "new_freshness_anomaly_incident", "extra": {"ignored": true},
-         "payload": {"incident_id": "mc-7", "severity": "sev-1", "unknown": 1,
-                     "event_list": [{"table_name": "dw:sales.orders", "created_time": "now"}]}},
-        {"type": "incident_status_update", "payload": {"url": "no id"}}
+        {"account": {"id": "9a59c6f1-203a-4c72-8cd7-132db7f21b92"}, "action": "incident",
+         "type": "open_anomaly_incident", "version": "v0.1", "extra": {"ignored": true},
+         "payload": {"incident_id": "mc-7", "group_id": "zeus:ares", "unknown": 1,
+                     "url": "https://getmontecarlo.com/incidents/mc-7",
+                     "event_list": [{"event_details": "Has 42 rows vs. 101 expected", "table_name": "artemis"}]}},
+        {"type": "alert_update", "payload": {"url": "no id", "alert_feedback": "fixed"}}
     ]"#;
     let payload = payload_from_json(schema.clone(), body).unwrap();
     assert_eq!(payload.num_rows(), 2);
@@ -48,18 +52,20 @@ async fn a_webhook_payload_becomes_incident_rows() {
             .to_owned()
     };
     assert_eq!(col("external_id"), "mc-7");
-    assert_eq!(col("incident_type"), "freshness_anomaly");
-    assert_eq!(col("severity"), "SEV-1");
-    assert!(
-        out.column_by_name("state").unwrap().is_null(0),
-        "no status: unchanged"
-    );
-    let names = out
-        .column_by_name(lily_transforms::INCIDENT_ASSET_NAMES)
+    assert_eq!(col("incident_type"), "anomaly");
+    assert_eq!(col("title"), "anomaly on zeus.ares.artemis");
+    for unchanged in ["state", "severity", "owner"] {
+        assert!(
+            out.column_by_name(unchanged).unwrap().is_null(0),
+            "an opening leaves {unchanged} as it is"
+        );
+    }
+    let ids = out
+        .column_by_name(lily_transforms::incident_output::ASSET_FULL_TABLE_IDS)
         .unwrap()
         .as_list::<i32>()
         .value(0);
-    assert_eq!(names.as_string::<i32>().value(0), "dw.sales.orders");
+    assert_eq!(ids.as_string::<i32>().value(0), "zeus:ares.artemis");
 
     let err = payload_from_json(
         schema.clone(),

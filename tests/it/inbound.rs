@@ -33,7 +33,8 @@ async fn start(jwks: Option<JwksServer>) -> anyhow::Result<Setup> {
         .batch_execute(
             "INSERT INTO metastore.tenants (tenant_id, name) VALUES ('acme', 'Acme'), ('beta', 'Beta');
              INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name)
-             VALUES ('acme', 'table', 'analytics.sales.orders', 'orders')",
+             VALUES ('acme', 'table', 'analytics.sales.orders', 'orders'),
+                    ('acme', 'table', 'analytics.sales.order_items', 'order_items')",
         )
         .await?;
     let metrics = format!("127.0.0.1:{}", free_port()?);
@@ -99,7 +100,7 @@ async fn post_mc(
     .await
 }
 
-async fn incident_state(env: &TestEnv) -> anyhow::Result<(String, String, i64, String)> {
+async fn incident_state(env: &TestEnv) -> anyhow::Result<(String, Option<String>, i64, String)> {
     let row = env
         .client()
         .await?
@@ -116,17 +117,20 @@ async fn scalar(env: &TestEnv, sql: &str) -> anyhow::Result<i64> {
 async fn monte_carlo_incidents_are_verified_linked_updated_and_resolved() -> anyhow::Result<()> {
     let s = start(None).await?;
     let incidents = "SELECT count(*) FROM metastore.incidents";
+    // An opening in the shape Monte Carlo documents: `orders` is a bare
+    // table_name inside the group `analytics:sales`, `order_items` has its
+    // full table id, `refunds` is a full table id the catalog lacks.
     let created = mc_event(
-        "new_freshness_anomaly_incident",
+        "open_anomaly_incident",
         "mc-100",
         json!({
+            "group_id": "analytics:sales",
             "url": "https://getmontecarlo.com/incidents/mc-100",
-            "severity": "SEV-2",
             "event_list": [
-                {"table_name": "analytics:sales.orders", "type": "freshness_anomaly", "created_time": "2026-11-21T10:00:00Z"},
-                {"table_name": "analytics:sales.refunds", "type": "freshness_anomaly", "created_time": "2026-11-21T10:00:00Z"}
-            ],
-            "group_id": null
+                {"event_details": "Has 42 rows vs. 101 expected", "table_name": "orders"},
+                {"event_details": "Has 0 rows", "table_name": "order_items", "full_table_id": "analytics:sales.order_items"},
+                {"event_details": "Has 0 rows", "table_name": "analytics:sales.refunds"}
+            ]
         }),
     );
 
@@ -146,7 +150,8 @@ async fn monte_carlo_incidents_are_verified_linked_updated_and_resolved() -> any
     assert_eq!((r.status, r.error()), (404, "unknown_tenant"), "{r:?}");
     assert_eq!(scalar(&s.env, incidents).await?, 0);
 
-    // Signed as Monte Carlo documents it (computed by Python): created and linked.
+    // Signed as Monte Carlo documents it (computed by Python): created, both
+    // known tables linked by their full table id, the third pending.
     let r = post_mc(&s.api, "acme", &created, Some(&acme_sig)).await?;
     assert_eq!(r.status, 200, "{r:?}\n{}", s.lily.output());
     let written = &r.body["incidents"][0];
@@ -157,7 +162,23 @@ async fn monte_carlo_incidents_are_verified_linked_updated_and_resolved() -> any
             written["linked_assets"].as_i64(),
             written["pending_assets"].as_i64()
         ),
-        (Some(1), Some(1))
+        (Some(2), Some(1)),
+        "{r:?}"
+    );
+    assert_eq!(
+        written["pending"][0]["pending_reason"],
+        "no asset named analytics.sales.refunds in the catalog yet",
+        "{r:?}"
+    );
+    assert_eq!(
+        scalar(
+            &s.env,
+            "SELECT count(*) FROM metastore.incident_assets
+              WHERE asset_guid IS NOT NULL AND match_rule = 'full_table_id'
+                AND qualified_name IN ('analytics.sales.orders', 'analytics.sales.order_items')"
+        )
+        .await?,
+        2
     );
     let row = s
         .env
@@ -169,16 +190,21 @@ async fn monte_carlo_incidents_are_verified_linked_updated_and_resolved() -> any
             &[],
         )
         .await?;
-    assert_eq!(row.get::<_, String>(0), "freshness_anomaly");
+    assert_eq!(row.get::<_, String>(0), "anomaly");
     assert_eq!(row.get::<_, String>(1), "open");
-    assert_eq!(row.get::<_, String>(2), "SEV-2");
+    assert_eq!(
+        row.get::<_, Option<String>>(2),
+        None,
+        "no severity until marked"
+    );
     assert_eq!(
         row.get::<_, String>(3),
         "https://getmontecarlo.com/incidents/mc-100"
     );
     assert_eq!(
         row.get::<_, String>(4),
-        "freshness anomaly on analytics.sales.orders"
+        "anomaly on analytics.sales.orders",
+        "the title names the first table of the event list"
     );
     assert_eq!(row.get::<_, i64>(5), 1);
 
@@ -213,47 +239,117 @@ async fn monte_carlo_incidents_are_verified_linked_updated_and_resolved() -> any
             "SELECT count(asset_guid) FROM metastore.incident_assets"
         )
         .await?,
-        2,
+        3,
         "the late table is linked"
     );
 
-    // Later events update it: acknowledged with a new severity, then resolved.
-    let ack = mc_event(
-        "incident_status_update",
-        "mc-100",
-        json!({"status": "acknowledged", "severity": "SEV-1"}),
+    // Alert updates, as Monte Carlo's alert-update table lists them. Each
+    // repeats the opening's envelope; none may change the type or title.
+    let send = |fields: Value| {
+        let body = mc_event("open_anomaly_incident", "mc-100", fields);
+        let api = s.api.clone();
+        async move {
+            let sig = monte_carlo_signature(MC_ACME, &body)?;
+            let r = post_mc(&api, "acme", &body, Some(&sig)).await?;
+            anyhow::ensure!(r.status == 200, "{r:?}");
+            anyhow::Ok(r)
+        }
+    };
+    let title = "anomaly on analytics.sales.orders".to_owned();
+    send(json!({"alert_feedback": "investigating"})).await?;
+    assert_eq!(
+        incident_state(&s.env).await?,
+        ("acknowledged".into(), None, 2, title.clone())
     );
-    let r = post_mc(
-        &s.api,
-        "acme",
-        &ack,
-        Some(&monte_carlo_signature(MC_ACME, &ack)?),
-    )
-    .await?;
-    assert_eq!(r.status, 200, "{r:?}");
+    send(json!({"alert_feedback": "investigating", "declared_alert_severity": "SEV-1"})).await?;
     assert_eq!(
         incident_state(&s.env).await?,
         (
             "acknowledged".into(),
-            "SEV-1".into(),
-            2,
-            "freshness anomaly on analytics.sales.orders".into()
+            Some("SEV-1".into()),
+            3,
+            title.clone()
         )
     );
+    send(json!({"owner": "dana@acme.example"})).await?;
     let fixed = mc_event(
-        "incident_status_update",
+        "open_anomaly_incident",
         "mc-100",
-        json!({"status": "fixed"}),
+        json!({"alert_feedback": "fixed"}),
     );
     // A signature over the raw body is accepted too.
     let raw_sig = hmac_sha512_hex(MC_ACME.as_bytes(), &fixed);
     let r = post_mc(&s.api, "acme", &fixed, Some(&raw_sig)).await?;
     assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        incident_state(&s.env).await?,
+        ("resolved".into(), Some("SEV-1".into()), 5, title.clone())
+    );
+
+    // Late events do not move it back: the acknowledgement redelivered, and
+    // an acknowledgement Monte Carlo sends when an alert is marked.
+    let r = send(json!({"alert_feedback": "investigating"})).await?;
+    assert_eq!(r.body["incidents"][0]["changed"], false, "{r:?}");
+    send(json!({"alert_feedback": "investigating", "declared_alert_severity": "SEV-2"})).await?;
     assert_eq!(incident_state(&s.env).await?.0, "resolved");
+
+    // What a reader of the API sees.
+    let id = r.body["incidents"][0]["incident_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let viewer = format!(
+        "Bearer {}",
+        hs256(HS_SECRET, &claims("viewer@acme", &["acme:viewer"], 300))?
+    );
+    let r = s
+        .api
+        .get(
+            &format!("/v1/tenants/acme/incidents/{id}"),
+            &[("authorization", &viewer)],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        (
+            &r.body["state"],
+            &r.body["source_status"],
+            &r.body["severity"],
+            &r.body["owner"],
+            &r.body["title"],
+            &r.body["incident_type"],
+        ),
+        (
+            &json!("resolved"),
+            &json!("fixed"),
+            &json!("SEV-2"),
+            &json!("dana@acme.example"),
+            &json!(title),
+            &json!("anomaly"),
+        ),
+        "{r:?}"
+    );
+    let assets = r.body["assets"].as_array().cloned().unwrap_or_default();
+    assert_eq!(assets.len(), 3, "{r:?}");
+    assert!(
+        assets.iter().all(|a| a["match"] == "full_table_id"
+            && a["asset_guid"].is_string()
+            && a["pending_reason"].is_null()),
+        "{assets:?}"
+    );
+    assert_eq!(
+        r.body["events"].as_array().map(Vec::len),
+        Some(6),
+        "every event applied, the repeats once: {r:?}"
+    );
+
+    // Unmarked as an incident: declared_alert_severity sent as null.
+    send(json!({"declared_alert_severity": null})).await?;
+    assert_eq!(incident_state(&s.env).await?.1, None);
     assert_eq!(scalar(&s.env, incidents).await?, 1);
     assert_eq!(
         scalar(&s.env, "SELECT count(*) FROM metastore.incident_assets").await?,
-        2
+        3
     );
 
     // Bad input: a 4xx naming the problem, nothing written, good requests unaffected.
@@ -298,7 +394,7 @@ async fn monte_carlo_incidents_are_verified_linked_updated_and_resolved() -> any
     assert_eq!((r.status, r.error()), (413, "body_too_large"), "{r:?}");
     assert_eq!(scalar(&s.env, incidents).await?, 1);
     let good = mc_event(
-        "new_volume_incident",
+        "open_anomaly_incident",
         "mc-101",
         json!({"event_list": [{"table_name": "analytics:sales.orders"}]}),
     );
@@ -862,4 +958,217 @@ async fn the_openapi_description_lists_every_route() -> anyhow::Result<()> {
     }
     s.lily.stop().await?;
     Ok(())
+}
+
+/// Monte Carlo names tables by warehouse full table id and by bare table
+/// name: a tenant's naming rule maps the first, the catalog's tables and
+/// views resolve the second, and what cannot be linked yet says why and is
+/// linked when its asset arrives, whichever way.
+#[tokio::test(flavor = "multi_thread")]
+async fn monte_carlo_tables_link_by_full_table_id_and_bare_name() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    let base = env.enable_api()?;
+    env.client()
+        .await?
+        .batch_execute(
+            "INSERT INTO metastore.tenants (tenant_id, name) VALUES ('acme', 'Acme');
+             INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name) VALUES
+                 ('acme', 'table', 'snowflake.analytics.sales.orders', 'orders'),
+                 ('acme', 'column', 'snowflake.analytics.sales.orders.events', 'events'),
+                 ('acme', 'table', 'snowflake.analytics.web.events', 'events'),
+                 ('acme', 'view', 'snowflake.analytics.app.events', 'events')",
+        )
+        .await?;
+    // The warehouse calls the database analytics_prod; the catalog's names
+    // start with the platform.
+    let config = env.dir.path().join("naming.toml");
+    std::fs::write(
+        &config,
+        "[monte_carlo.naming.acme]\nprefix = \"snowflake.\"\ndatabases = { analytics_prod = \"analytics\" }\n",
+    )?;
+    let config_arg = config.display().to_string();
+    let extra = [
+        (
+            "LILY_MONTE_CARLO__SECRETS__ACME".to_owned(),
+            MC_ACME.to_owned(),
+        ),
+        (
+            "LILY_AUTH__JWT_HS256_SECRETS".to_owned(),
+            HS_SECRET.to_owned(),
+        ),
+    ];
+    let lily = env.spawn_lily_with(&["-c", &config_arg, "run"], &extra)?;
+    let api = ApiClient::new(&base);
+    if let Err(e) = api.wait_ready().await {
+        anyhow::bail!("{e}\n{}", lily.output());
+    }
+    let open = |id: &str, events: Value| {
+        let body = mc_event("open_anomaly_incident", id, json!({ "event_list": events }));
+        let api = api.clone();
+        async move {
+            let sig = monte_carlo_signature(MC_ACME, &body)?;
+            let r = post_mc(&api, "acme", &body, Some(&sig)).await?;
+            anyhow::ensure!(r.status == 200, "{r:?}");
+            anyhow::Ok(r.body["incidents"][0].clone())
+        }
+    };
+    let links = |id: &'static str| {
+        let env = &env;
+        async move {
+            let rows = env
+                .client()
+                .await?
+                .query(
+                    "SELECT ia.qualified_name, ia.match_rule, ia.asset_guid IS NOT NULL
+                       FROM metastore.incident_assets ia JOIN metastore.incidents i USING (incident_id)
+                      WHERE i.external_id = $1 ORDER BY 1",
+                    &[&id],
+                )
+                .await?;
+            anyhow::Ok(
+                rows.iter()
+                    .map(|r| {
+                        (
+                            r.get::<_, String>(0),
+                            r.get::<_, String>(1),
+                            r.get::<_, bool>(2),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+
+    // By full table id through the rule, and by a bare name that only one
+    // table ends with (the column of the same name does not count).
+    let w = open(
+        "mc-1",
+        json!([
+            {"table_name": "orders"},
+            {"table_name": "customers", "full_table_id": "analytics_prod:sales.customers"},
+            {"table_name": "analytics_prod:sales.payments"}
+        ]),
+    )
+    .await?;
+    assert_eq!(
+        (w["linked_assets"].as_i64(), w["pending_assets"].as_i64()),
+        (Some(1), Some(2)),
+        "{w}"
+    );
+    assert_eq!(
+        links("mc-1").await?,
+        [
+            (
+                "snowflake.analytics.sales.customers".to_owned(),
+                "full_table_id".to_owned(),
+                false
+            ),
+            (
+                "snowflake.analytics.sales.orders".to_owned(),
+                "table_name".to_owned(),
+                true
+            ),
+            (
+                "snowflake.analytics.sales.payments".to_owned(),
+                "full_table_id".to_owned(),
+                false
+            ),
+        ]
+    );
+
+    // A bare name two assets end with stays pending and says why; so does
+    // one nothing ends with yet.
+    let w = open(
+        "mc-2",
+        json!([{"table_name": "events"}, {"table_name": "sessions"}]),
+    )
+    .await?;
+    let reasons: Vec<String> = w["pending"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| p["pending_reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "2 tables or views end with events: snowflake.analytics.app.events, snowflake.analytics.web.events; name it by full table id",
+            "no table or view ends with sessions yet",
+        ],
+        "{w}"
+    );
+
+    // The missing tables arrive: customers through the API, payments and
+    // sessions from an extraction writing straight to the metastore.
+    let steward = format!(
+        "Bearer {}",
+        hs256(HS_SECRET, &claims("steward@acme", &["acme:steward"], 300))?
+    );
+    let r = api
+        .post(
+            "/v1/tenants/acme/assets",
+            &json!({"assets": [{"qualified_name": "snowflake.analytics.sales.customers", "type": "table"}]}),
+            &[("authorization", &steward)],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    env.client()
+        .await?
+        .batch_execute(
+            "INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name) VALUES
+                 ('acme', 'table', 'snowflake.analytics.sales.payments', 'payments'),
+                 ('acme', 'table', 'snowflake.analytics.web.sessions', 'sessions')",
+        )
+        .await?;
+    assert!(
+        links("mc-1").await?.iter().all(|(_, _, linked)| *linked),
+        "{:?}",
+        links("mc-1").await?
+    );
+    assert_eq!(
+        links("mc-2").await?,
+        [
+            ("events".to_owned(), "table_name".to_owned(), false),
+            (
+                "snowflake.analytics.web.sessions".to_owned(),
+                "table_name".to_owned(),
+                true
+            ),
+        ]
+    );
+
+    // The API shows each link with how it was named.
+    let incident = scalar_text(
+        &env,
+        "SELECT incident_id::text FROM metastore.incidents WHERE external_id = 'mc-2'",
+    )
+    .await?;
+    let r = api
+        .get(
+            &format!("/v1/tenants/acme/incidents/{incident}"),
+            &[("authorization", &steward)],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["assets"][0]["reference"], "events", "{r:?}");
+    assert!(
+        r.body["assets"][0]["pending_reason"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("2 tables or views end with events")),
+        "{r:?}"
+    );
+    assert_eq!(
+        (
+            &r.body["assets"][1]["match"],
+            &r.body["assets"][1]["reference"]
+        ),
+        (&json!("table_name"), &json!("sessions")),
+        "{r:?}"
+    );
+    lily.stop().await?;
+    Ok(())
+}
+
+async fn scalar_text(env: &TestEnv, sql: &str) -> anyhow::Result<String> {
+    Ok(env.client().await?.query_one(sql, &[]).await?.get(0))
 }

@@ -13,14 +13,35 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(90);
 const TOPIC: &str = "monte-carlo.acme";
 
+/// An opening in Monte Carlo's documented shape, its table named by full
+/// table id.
 fn event(id: usize) -> Vec<u8> {
     serde_json::to_vec(&json!({
-        "type": "new_volume_anomaly_incident",
+        "account": {"id": "9a59c6f1-203a-4c72-8cd7-132db7f21b92"},
+        "action": "incident",
         "payload": {
             "incident_id": format!("kafka-{id}"),
-            "severity": "SEV-3",
-            "event_list": [{"table_name": "analytics:sales.orders"}]
-        }
+            "url": format!("https://getmontecarlo.com/incidents/kafka-{id}"),
+            "event_list": [{"event_details": "Has 0 rows", "table_name": "orders", "full_table_id": "analytics:sales.orders"}]
+        },
+        "type": "open_anomaly_incident",
+        "version": "v0.1"
+    }))
+    .expect("JSON")
+}
+
+/// An alert update of incident `id` with `fields` in its payload.
+fn update(id: usize, fields: serde_json::Value) -> Vec<u8> {
+    let mut payload = json!({"incident_id": format!("kafka-{id}")});
+    if let (Some(p), serde_json::Value::Object(extra)) = (payload.as_object_mut(), fields) {
+        p.extend(extra);
+    }
+    serde_json::to_vec(&json!({
+        "account": {"id": "9a59c6f1-203a-4c72-8cd7-132db7f21b92"},
+        "action": "incident",
+        "payload": payload,
+        "type": "open_anomaly_incident",
+        "version": "v0.1"
     }))
     .expect("JSON")
 }
@@ -151,6 +172,73 @@ async fn kafka_events_land_exactly_once_across_a_restart() -> anyhow::Result<()>
         .await?
         .get(0);
     assert_eq!(max_version, 1, "a repeated event changes nothing");
+    let linked: i64 = env
+        .client()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM metastore.incident_assets
+              WHERE qualified_name = 'analytics.sales.orders' AND asset_guid IS NOT NULL AND match_rule = 'full_table_id'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(linked, 30, "every incident is linked by its full table id");
+
+    // Alert updates over Kafka, in order on one key: acknowledged, marked
+    // SEV-1 with an owner, resolved as fixed; then the acknowledgement again.
+    let updates = [
+        update(0, json!({"alert_feedback": "investigating"})),
+        update(
+            0,
+            json!({"alert_feedback": "investigating", "declared_alert_severity": "SEV-1", "owner": "dana@acme.example"}),
+        ),
+        update(0, json!({"alert_feedback": "fixed"})),
+        update(0, json!({"alert_feedback": "investigating"})),
+    ];
+    for u in &updates {
+        producer
+            .send(
+                FutureRecord::to(TOPIC).payload(u).key("kafka-0"),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("producing: {e}"))?;
+    }
+    let applied = wait_for("the four updates to be consumed", WAIT, || async {
+        let written = http_get(&metrics, "/metrics")
+            .map(|m| written_counter(&m))
+            .unwrap_or(0.0);
+        Ok((written >= 19.0).then_some(()))
+    })
+    .await;
+    if let Err(e) = applied {
+        anyhow::bail!("{e}\n{}", lily.output());
+    }
+    let row = env
+        .client()
+        .await?
+        .query_one(
+            "SELECT state, source_status, severity, owner, title FROM metastore.incidents WHERE external_id = 'kafka-0'",
+            &[],
+        )
+        .await?;
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, Option<String>>(1),
+            row.get::<_, Option<String>>(2),
+            row.get::<_, Option<String>>(3),
+            row.get::<_, Option<String>>(4),
+        ),
+        (
+            "resolved".to_owned(),
+            Some("fixed".to_owned()),
+            Some("SEV-1".to_owned()),
+            Some("dana@acme.example".to_owned()),
+            Some("anomaly on analytics.sales.orders".to_owned()),
+        ),
+        "a repeated acknowledgement does not reopen it"
+    );
     lily.stop().await?;
     Ok(())
 }

@@ -13,7 +13,11 @@ use uuid::Uuid;
 use super::decode;
 use crate::auth::{Action, Caller};
 use crate::error::{InboundError, Result};
+use crate::incidents::read_links;
 use crate::server::{Body, Inbound, check_tenant};
+
+/// How many of an incident's latest events `GET /incidents/{id}` returns.
+const EVENTS: i64 = 100;
 
 /// Filters of the incident list.
 #[derive(Deserialize)]
@@ -31,7 +35,7 @@ struct TicketIn {
     key: String,
 }
 
-const COLUMNS: &str = "incident_id, source_system, external_id, incident_type, title, state, severity, url, version, created_at::text, updated_at::text";
+const COLUMNS: &str = "incident_id, source_system, external_id, incident_type, title, state, severity, url, version, created_at::text, updated_at::text, owner, source_status";
 
 fn incident_json(r: &Row) -> Value {
     json!({
@@ -46,6 +50,8 @@ fn incident_json(r: &Row) -> Value {
         "version": r.get::<_, i64>(8),
         "created_at": r.get::<_, String>(9),
         "updated_at": r.get::<_, String>(10),
+        "owner": r.get::<_, Option<String>>(11),
+        "source_status": r.get::<_, Option<String>>(12),
     })
 }
 
@@ -106,15 +112,26 @@ pub async fn get_one(
         .await?
         .ok_or_else(|| InboundError::NotFound(format!("incident {id}")))?;
     let mut incident = incident_json(&row);
-    incident["assets"] = tx
+    incident["assets"] = serde_json::to_value(read_links(&tx, &tenant, id).await?)
+        .map_err(|e| InboundError::Internal(e.to_string()))?;
+    // The events applied to it, oldest first (the last EVENTS of them).
+    incident["events"] = tx
         .query(
-            "SELECT qualified_name, asset_guid FROM metastore.incident_assets
-              WHERE tenant_id = $1 AND incident_id = $2 ORDER BY qualified_name",
-            &[&tenant, &id],
+            "SELECT notification, received_at::text, payload FROM (
+                 SELECT * FROM lily.incident_events WHERE tenant_id = $1 AND incident_id = $2
+                  ORDER BY received_at DESC LIMIT $3) e
+              ORDER BY received_at",
+            &[&tenant, &id, &EVENTS],
         )
         .await?
         .iter()
-        .map(|r| json!({"qualified_name": r.get::<_, String>(0), "asset_guid": r.get::<_, Option<Uuid>>(1)}))
+        .map(|r| {
+            json!({
+                "notification": r.get::<_, Option<String>>(0),
+                "received_at": r.get::<_, String>(1),
+                "payload": r.get::<_, Value>(2),
+            })
+        })
         .collect();
     incident["tickets"] = tx
         .query(

@@ -43,9 +43,6 @@ async fn receive(
         return Err(InboundError::BadSignature(MONTE_CARLO_HEADER));
     }
     let event = inbound.json(SCHEMA, &body)?;
-    let written = inbound
-        .incidents()?
-        .ingest(&tenant, std::slice::from_ref(&event))
-        .await?;
+    let written = inbound.incidents()?.ingest(&tenant, &event).await?;
     Ok(Json(json!({ "incidents": written })))
 }

@@ -1,0 +1,295 @@
+//! Incidents from outside (Monte Carlo over HTTP or Kafka): the event runs
+//! through its pre-ingest `.sql` transform, and the rows it yields are
+//! applied to incidents keyed by (tenant, source, external id), with their
+//! asset links, in one tenant-scoped transaction. An event already applied
+//! (by the digest of its JSON) changes nothing.
+
+mod links;
+mod rows;
+mod update;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use deadpool_postgres::Transaction;
+use lily_config::{MonteCarloConfig, TableNaming};
+use lily_transforms::{
+    CatalogState, OutputContract, TransformRunner, TransformSet, payload_from_values,
+};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+use tracing::{debug, instrument};
+use uuid::Uuid;
+
+pub use links::{IncidentLink, read as read_links};
+
+use crate::db::Metastore;
+use crate::error::{InboundError, Result};
+use rows::{IncidentRow, rows};
+use update::IncidentFields;
+
+/// An incident as written.
+#[derive(Debug, Clone, Serialize)]
+pub struct WrittenIncident {
+    /// The source's id of it.
+    pub external_id: String,
+    /// Lily's id of it.
+    pub incident_id: Uuid,
+    /// Whether this event created it.
+    pub created: bool,
+    /// Whether this event changed it (false for a repeated event).
+    pub changed: bool,
+    /// Assets it names that are in the catalog.
+    pub linked_assets: usize,
+    /// Assets it names that are not linked yet; they are linked when they
+    /// arrive (see `pending`).
+    pub pending_assets: usize,
+    /// The links not made yet, each with why.
+    pub pending: Vec<IncidentLink>,
+}
+
+/// Maps and writes incidents.
+pub struct IncidentIngest {
+    db: Metastore,
+    transform: String,
+    /// Each tenant's rule for warehouse table ids.
+    naming: BTreeMap<String, TableNaming>,
+    /// One runner per core: a run holds its runner (its tables are swapped
+    /// per run), so concurrent requests take different ones.
+    runners: Vec<Mutex<TransformRunner>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+const COLUMNS: &str = "incident_type, title, state, severity, url, owner, source_status";
+
+/// The [`COLUMNS`] of `r`, starting at column `at`.
+fn fields(r: &tokio_postgres::Row, at: usize) -> IncidentFields {
+    IncidentFields {
+        incident_type: r.get(at),
+        title: r.get(at + 1),
+        state: r.get(at + 2),
+        severity: r.get(at + 3),
+        url: r.get(at + 4),
+        owner: r.get(at + 5),
+        source_status: r.get(at + 6),
+    }
+}
+
+impl IncidentIngest {
+    /// Plans the transform of `config` in `set` (a pre-ingest file
+    /// targeting incidents).
+    pub async fn new(
+        db: Metastore,
+        set: &TransformSet,
+        state: Arc<CatalogState>,
+        config: &MonteCarloConfig,
+    ) -> Result<Self> {
+        let transform = config.transform.as_str();
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut runners = Vec::with_capacity(cores);
+        for _ in 0..cores {
+            let runner = TransformRunner::new(
+                set,
+                transform,
+                state.clone(),
+                Vec::new(),
+                OutputContract::IntoTable("incidents".into()),
+            )
+            .await
+            .map_err(|e| {
+                InboundError::Internal(format!("pre-ingest transform {transform}: {e}"))
+            })?;
+            if runner.payload_schema().is_none() {
+                return Err(InboundError::Internal(format!(
+                    "{transform} is not a pre-ingest transform (it declares no payload)"
+                )));
+            }
+            runners.push(Mutex::new(runner));
+        }
+        Ok(Self {
+            db,
+            transform: transform.to_owned(),
+            naming: config.naming.clone(),
+            runners,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn transform_error(&self, message: impl ToString) -> InboundError {
+        metrics::counter!("lily_transform_errors_total", "transform" => self.transform.clone(), "stage" => "run")
+            .increment(1);
+        InboundError::Transform {
+            name: self.transform.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Maps `events` with the transform.
+    async fn map(&self, events: &[Value]) -> Result<Vec<IncidentRow>> {
+        // A free runner if there is one, else wait for the next in turn.
+        let mut runner = match self.runners.iter().find_map(|r| r.try_lock().ok()) {
+            Some(free) => free,
+            None => {
+                let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.runners[i % self.runners.len()].lock().await
+            }
+        };
+        runner.refresh().await;
+        let schema = runner
+            .payload_schema()
+            .ok_or_else(|| self.transform_error("it declares no payload"))?;
+        let payload = payload_from_values(schema, events).map_err(|e| self.transform_error(e))?;
+        let out = runner
+            .run_with(lily_transforms::PAYLOAD, vec![payload])
+            .await
+            .map_err(|e| self.transform_error(e))?;
+        drop(runner);
+        rows(&out).map_err(|e| self.transform_error(e))
+    }
+
+    /// Maps `event` (one notification) and applies it for `tenant`.
+    #[instrument(skip_all, fields(tenant))]
+    pub async fn ingest(&self, tenant: &str, event: &Value) -> Result<Vec<WrittenIncident>> {
+        let started = Instant::now();
+        let rows = self.map(std::slice::from_ref(event)).await?;
+        let digest = Sha256::digest(serde_json::to_vec(event).unwrap_or_default()).to_vec();
+        let notification = event.get("type").and_then(Value::as_str);
+        let mut conn = self.db.connection().await?;
+        let tx = self.db.tenant_transaction(&mut conn, tenant).await?;
+        let mut written = Vec::with_capacity(rows.len());
+        for row in rows {
+            let applied = self
+                .apply(&tx, tenant, &row, event, &digest, notification)
+                .await?;
+            let links = read_links(&tx, tenant, applied.incident_id).await?;
+            let (linked, pending): (Vec<_>, Vec<_>) =
+                links.into_iter().partition(|l| l.asset_guid.is_some());
+            written.push(WrittenIncident {
+                external_id: row.external_id,
+                incident_id: applied.incident_id,
+                created: applied.created,
+                changed: applied.changed,
+                linked_assets: linked.len(),
+                pending_assets: pending.len(),
+                pending,
+            });
+        }
+        tx.commit().await?;
+        for w in &written {
+            let outcome = match (w.created, w.changed) {
+                (true, _) => "created",
+                (false, true) => "updated",
+                (false, false) => "unchanged",
+            };
+            metrics::counter!("lily_inbound_incidents_total", "outcome" => outcome).increment(1);
+            debug!(external_id = %w.external_id, incident_id = %w.incident_id, outcome, "incident written");
+        }
+        metrics::histogram!("lily_inbound_write_seconds", "kind" => "incidents")
+            .record(started.elapsed().as_secs_f64());
+        Ok(written)
+    }
+
+    /// Applies one row of the transform's output: creates the incident or
+    /// updates it by the rules of [`IncidentFields::apply`], records the
+    /// event, and links what it names. An event recorded before changes
+    /// nothing.
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        tenant: &str,
+        row: &IncidentRow,
+        event: &Value,
+        digest: &[u8],
+        notification: Option<&str>,
+    ) -> Result<Applied> {
+        let opened = IncidentFields::opened(row);
+        let inserted = tx
+            .query_opt(
+                "INSERT INTO metastore.incidents
+                     (tenant_id, source_system, external_id, incident_type, title, state, severity, url, owner, source_status, payload)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (tenant_id, source_system, external_id) DO NOTHING
+                 RETURNING incident_id",
+                &[
+                    &tenant, &row.source_system, &row.external_id, &opened.incident_type, &opened.title,
+                    &opened.state, &opened.severity, &opened.url, &opened.owner, &opened.source_status, event,
+                ],
+            )
+            .await?;
+        let (incident_id, current) = match inserted {
+            Some(r) => (r.get::<_, Uuid>(0), None),
+            None => {
+                let r = tx
+                    .query_one(
+                        &format!(
+                            "SELECT incident_id, {COLUMNS} FROM metastore.incidents
+                              WHERE tenant_id = $1 AND source_system = $2 AND external_id = $3 FOR UPDATE"
+                        ),
+                        &[&tenant, &row.source_system, &row.external_id],
+                    )
+                    .await?;
+                (r.get::<_, Uuid>(0), Some(fields(&r, 1)))
+            }
+        };
+        let created = current.is_none();
+        let first_time = tx
+            .execute(
+                "INSERT INTO lily.incident_events (tenant_id, incident_id, digest, notification, payload)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&tenant, &incident_id, &digest, &notification, event],
+            )
+            .await?
+            == 1;
+        if !first_time {
+            return Ok(Applied {
+                incident_id,
+                created,
+                changed: false,
+            });
+        }
+        let mut changed = created;
+        if let Some(current) = current {
+            let next = current.apply(row);
+            // An event that changes no field (an external ticket attached, a
+            // late acknowledgement) is in the incident's events, not a new
+            // version: `payload` is the last event that changed it.
+            if next != current {
+                tx.execute(
+                    "UPDATE metastore.incidents SET incident_type = $2, title = $3, state = $4,
+                            severity = $5, url = $6, owner = $7, source_status = $8, payload = $9
+                      WHERE incident_id = $1",
+                    &[
+                        &incident_id,
+                        &next.incident_type,
+                        &next.title,
+                        &next.state,
+                        &next.severity,
+                        &next.url,
+                        &next.owner,
+                        &next.source_status,
+                        event,
+                    ],
+                )
+                .await?;
+                changed = true;
+            }
+        }
+        let naming = self.naming.get(tenant);
+        changed |= links::write(tx, tenant, incident_id, row, naming).await? > 0;
+        Ok(Applied {
+            incident_id,
+            created,
+            changed,
+        })
+    }
+}
+
+/// What applying one row did.
+struct Applied {
+    incident_id: Uuid,
+    created: bool,
+    changed: bool,
+}
