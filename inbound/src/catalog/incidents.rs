@@ -17,7 +17,7 @@ use crate::incidents::read_links;
 use crate::server::{Body, Inbound, check_tenant};
 
 /// How many of an incident's latest events `GET /incidents/{id}` returns.
-const EVENTS: i64 = 100;
+const EVENTS: i64 = 20;
 
 /// Filters of the incident list.
 #[derive(Deserialize)]
