@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use lily_cdc::sink::{DeadLetters, FlushPolicy, Sink, SinkError, SinkRunner};
 use lily_cdc::wire::ConnectParams;
 use lily_cdc::{
     AckTracker, ChangeBatch, ChangeReader, Lsn, ReaderConfig, SnapshotState, StartPlan,
 };
 use lily_embedded::{ClusterBuilder, PgCluster};
 use lily_lakehouse::{AuditSink, LakeLocation};
-use lily_sinks::{FlushPolicy, NullSink, Sink, SinkError, SinkRunner};
+use lily_sinks::NullSink;
 use tokio::sync::{mpsc, watch};
 
 mod outbound;
@@ -341,6 +342,9 @@ async fn drain(
             max_rows: lake.flush_max_rows,
             max_wait: Duration::from_millis(lake.flush_interval_ms),
         },
+        // Nothing is refused here; the store is opened only if something is.
+        DeadLetters::connect(&cluster.url(DB), 1)?,
+        "bench",
     );
     let sink_task = tokio::spawn(runner.run(sink_rx, abort_rx));
     let reader = ChangeReader::new(params, client, config, acks.clone(), tx);
@@ -443,7 +447,14 @@ async fn steady_latency(
         max_wait: Duration::from_millis(defaults.lake.flush_interval_ms),
     };
     let sink_task = tokio::spawn(
-        SinkRunner::new(Box::new(probe), acks.register_sink("lake"), policy).run(rx, abort_rx),
+        SinkRunner::new(
+            Box::new(probe),
+            acks.register_sink("lake"),
+            policy,
+            DeadLetters::connect(&cluster.url(DB), 1)?,
+            "audit",
+        )
+        .run(rx, abort_rx),
     );
     let reader = ChangeReader::new(
         params,

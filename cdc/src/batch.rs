@@ -16,6 +16,7 @@ use arrow::array::{
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
+use crate::checkpoint::BatchSeq;
 use crate::column::ColumnBuilder;
 use crate::error::{CdcError, Result};
 use crate::lsn::Position;
@@ -162,7 +163,7 @@ impl TableSchema {
 #[derive(Debug, Clone)]
 pub struct ChangeBatch {
     /// Pipeline-wide sequence number of the batch; sinks acknowledge by it.
-    pub seq: u64,
+    pub seq: BatchSeq,
     /// The table.
     pub table: Arc<TableSchema>,
     /// The rows.
@@ -343,7 +344,7 @@ impl TableBatchBuilder {
     }
 
     /// Closes the batch with sequence number `seq`; `None` when it is empty.
-    pub fn finish(&mut self, seq: u64) -> Result<Option<ChangeBatch>> {
+    pub fn finish(&mut self, seq: BatchSeq) -> Result<Option<ChangeBatch>> {
         let Some(first) = self.first.take() else {
             return Ok(None);
         };

@@ -14,9 +14,30 @@ use tokio::sync::Notify;
 
 use crate::lsn::Lsn;
 
+/// The reader's number of a change batch: 1, 2, 3, ... in stream order
+/// within one run of the reader (0: none yet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BatchSeq(pub u64);
+
+impl BatchSeq {
+    /// No batch yet.
+    pub const ZERO: BatchSeq = BatchSeq(0);
+
+    /// The batch after this one.
+    pub fn next(self) -> BatchSeq {
+        BatchSeq(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for BatchSeq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
-    batch_seq: u64,
+    batch_seq: BatchSeq,
     lsn: Lsn,
     commit_micros: i64,
 }
@@ -24,7 +45,7 @@ struct Pending {
 #[derive(Debug, Default)]
 struct State {
     pending: VecDeque<Pending>,
-    sinks: Vec<(String, u64)>,
+    sinks: Vec<(String, BatchSeq)>,
     confirmed: Lsn,
     confirmed_commit_micros: i64,
 }
@@ -45,7 +66,7 @@ pub struct SinkAck {
 
 impl SinkAck {
     /// Everything in batches up to and including `batch_seq` is durable in this sink.
-    pub fn durable_through(&self, batch_seq: u64) {
+    pub fn durable_through(&self, batch_seq: BatchSeq) {
         self.tracker.sink_durable(self.index, batch_seq);
     }
 
@@ -70,7 +91,7 @@ impl AckTracker {
     /// Registers a sink; every registered sink must acknowledge a batch before its LSN is confirmed.
     pub fn register_sink(&self, name: impl Into<String>) -> SinkAck {
         let mut s = self.lock();
-        s.sinks.push((name.into(), 0));
+        s.sinks.push((name.into(), BatchSeq::ZERO));
         SinkAck {
             tracker: self.clone(),
             index: s.sinks.len() - 1,
@@ -78,7 +99,7 @@ impl AckTracker {
     }
 
     /// `lsn` may be confirmed once every sink is durable through `batch_seq`.
-    pub fn confirm_after(&self, batch_seq: u64, lsn: Lsn, commit_micros: i64) {
+    pub fn confirm_after(&self, batch_seq: BatchSeq, lsn: Lsn, commit_micros: i64) {
         let mut s = self.lock();
         if s.pending.back().is_some_and(|p| p.lsn >= lsn) || s.confirmed >= lsn {
             return;
@@ -93,7 +114,7 @@ impl AckTracker {
         self.changed.notify_waiters();
     }
 
-    fn sink_durable(&self, index: usize, batch_seq: u64) {
+    fn sink_durable(&self, index: usize, batch_seq: BatchSeq) {
         let mut s = self.lock();
         if let Some(entry) = s.sinks.get_mut(index) {
             entry.1 = entry.1.max(batch_seq);
@@ -109,7 +130,7 @@ impl AckTracker {
             .iter()
             .map(|(_, seq)| *seq)
             .min()
-            .unwrap_or(u64::MAX);
+            .unwrap_or(BatchSeq(u64::MAX));
         while s.pending.front().is_some_and(|p| p.batch_seq <= durable) {
             if let Some(p) = s.pending.pop_front() {
                 s.confirmed = p.lsn;
@@ -141,17 +162,17 @@ impl AckTracker {
     }
 
     /// The slowest sink's durable batch number.
-    pub fn min_durable(&self) -> u64 {
+    pub fn min_durable(&self) -> BatchSeq {
         self.lock()
             .sinks
             .iter()
             .map(|(_, seq)| *seq)
             .min()
-            .unwrap_or(u64::MAX)
+            .unwrap_or(BatchSeq(u64::MAX))
     }
 
     /// Waits until every sink is durable through `batch_seq`.
-    pub async fn wait_durable(&self, batch_seq: u64) {
+    pub async fn wait_durable(&self, batch_seq: BatchSeq) {
         loop {
             let notified = self.changed.notified();
             if self.min_durable() >= batch_seq {
@@ -171,14 +192,14 @@ mod tests {
         let t = AckTracker::new();
         let a = t.register_sink("a");
         let b = t.register_sink("b");
-        t.confirm_after(2, Lsn(100), 1);
-        t.confirm_after(5, Lsn(200), 2);
+        t.confirm_after(BatchSeq(2), Lsn(100), 1);
+        t.confirm_after(BatchSeq(5), Lsn(200), 2);
         assert_eq!(t.confirmed(), Lsn(0));
-        a.durable_through(5);
+        a.durable_through(BatchSeq(5));
         assert_eq!(t.confirmed(), Lsn(0), "b has nothing yet");
-        b.durable_through(3);
+        b.durable_through(BatchSeq(3));
         assert_eq!(t.confirmed(), Lsn(100));
-        b.durable_through(5);
+        b.durable_through(BatchSeq(5));
         assert_eq!(t.confirmed(), Lsn(200));
         assert_eq!(t.oldest_unconfirmed_commit(), None);
     }
@@ -187,7 +208,7 @@ mod tests {
     fn positions_never_go_backwards() {
         let t = AckTracker::new();
         t.start_at(Lsn(500));
-        t.confirm_after(0, Lsn(400), 0);
+        t.confirm_after(BatchSeq::ZERO, Lsn(400), 0);
         assert_eq!(t.confirmed(), Lsn(500));
     }
 }

@@ -5,6 +5,9 @@
 //! replication protocol itself ([`wire`]), decodes pgoutput ([`pgoutput`]),
 //! builds per-table batches ([`batch`]) and moves the slot only as far as
 //! every sink has acknowledged ([`checkpoint`]).
+//!
+//! Where data leaves Lily is shaped here too: the [`sink`] contract every
+//! destination keeps, the runner that drives one, and the dead-letter store.
 
 pub mod batch;
 pub mod catalog;
@@ -16,13 +19,16 @@ pub mod json;
 pub mod lsn;
 pub mod pgoutput;
 pub mod reader;
+pub mod sink;
 pub mod slot;
+pub mod tenant;
 pub mod types;
 pub mod wire;
 
 pub use batch::{ChangeBatch, ChangeOp, TableSchema};
-pub use checkpoint::{AckTracker, SinkAck};
+pub use checkpoint::{AckTracker, BatchSeq, SinkAck};
 pub use error::{CdcError, Result};
 pub use lsn::{Lsn, Position};
 pub use reader::{ChangeReader, ReaderConfig, StartPlan};
 pub use slot::{ReplicationSlot, SnapshotState};
+pub use tenant::{InvalidTenantId, TenantId};

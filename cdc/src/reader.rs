@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::batch::{ChangeBatch, ChangeMeta, ChangeOp, TableBatchBuilder, TableSchema};
 use crate::catalog::{self, quote_ident};
-use crate::checkpoint::AckTracker;
+use crate::checkpoint::{AckTracker, BatchSeq};
 use crate::copy::{self, CopyRow};
 use crate::error::{CdcError, Result};
 use crate::lsn::{Lsn, Position};
@@ -102,7 +102,7 @@ pub struct ChangeReader {
     sealed: Vec<ChangeBatch>,
     /// The builder that took the last row.
     last_builder: Option<usize>,
-    last_batch_seq: u64,
+    last_batch_seq: BatchSeq,
     buffered_rows: usize,
     buffered_bytes: usize,
     batch_deadline: Option<Instant>,
@@ -134,7 +134,7 @@ impl ChangeReader {
             builders: Vec::new(),
             sealed: Vec::new(),
             last_builder: None,
-            last_batch_seq: 0,
+            last_batch_seq: BatchSeq::ZERO,
             buffered_rows: 0,
             buffered_bytes: 0,
             batch_deadline: None,
@@ -445,7 +445,7 @@ impl ChangeReader {
         order.sort_by_key(|&i| self.builders[i].first_position());
         for i in order {
             // The sequence number is given when the batch is sent.
-            if let Some(batch) = self.builders[i].finish(0)? {
+            if let Some(batch) = self.builders[i].finish(BatchSeq::ZERO)? {
                 self.sealed.push(batch);
             }
         }
@@ -460,8 +460,8 @@ impl ChangeReader {
         self.seal()?;
         self.last_builder = None;
         for mut batch in std::mem::take(&mut self.sealed) {
-            batch.seq = self.last_batch_seq + 1;
-            self.last_batch_seq += 1;
+            self.last_batch_seq = self.last_batch_seq.next();
+            batch.seq = self.last_batch_seq;
             let table = batch.table.qualified_name();
             metrics::counter!("lily_changes_read_total", "table" => table.clone())
                 .increment(batch.num_rows() as u64);

@@ -19,7 +19,7 @@ use rdkafka::message::BorrowedMessage;
 use tokio::sync::watch;
 use tracing::{error, info, instrument, warn};
 
-use lily_sinks::dead_letter::{DeadLetters, NewDeadLetter};
+use lily_cdc::sink::dead_letter::{DeadLetters, NewDeadLetter};
 
 use crate::error::{InboundError, Result};
 use crate::server::Inbound;

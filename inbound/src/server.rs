@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use lily_cdc::TenantId;
 use lily_config::LilyConfig;
 use lily_transforms::{CatalogState, TransformSet};
 use serde_json::Value;
@@ -103,22 +104,9 @@ impl Inbound {
 }
 
 /// Refuses a tenant name that cannot exist (the metastore's own rule), so
-/// it never reaches a query.
-pub fn check_tenant(tenant: &str) -> Result<()> {
-    let ok = !tenant.is_empty()
-        && tenant.len() <= 63
-        && tenant
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        && tenant
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(InboundError::UnknownTenant(tenant.to_owned()))
-    }
+/// it never reaches a query; the checked id names its indices and topics.
+pub fn check_tenant(tenant: &str) -> Result<TenantId> {
+    TenantId::parse(tenant).map_err(|e| InboundError::UnknownTenant(e.0))
 }
 
 /// A request body, read up to `api.body_limit_bytes`.

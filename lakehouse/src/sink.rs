@@ -13,8 +13,8 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
+use lily_cdc::sink::{Sink, SinkError};
 use lily_cdc::{ChangeBatch, Lsn, Position};
-use lily_sinks::{Sink, SinkError};
 use tracing::{debug, info};
 
 use crate::audit_schema::{AUDIT_TABLE, audit_schema, to_audit_rows};

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
+use lily_cdc::sink::FlushPolicy;
+use lily_cdc::sink::dead_letter::{DeadLetter, DeadLetterFilter, DeadLetters};
 use lily_config::LilyConfig;
 use lily_inbound::db::Metastore;
-use lily_sinks::FlushPolicy;
-use lily_sinks::dead_letter::{DeadLetter, DeadLetterFilter, DeadLetters};
 use lily_sinks::elasticsearch::SearchCluster;
 use lily_sinks::kafka::KafkaSink;
 use lily_sinks::notify::{NotifyTarget, Outbox, build_targets};
@@ -67,6 +67,7 @@ impl Outbound {
                     max_wait: Duration::from_millis(es.flush_interval_ms),
                 },
                 transform: Some(es.transform.clone()),
+                kind: lily_sinks::elasticsearch::DEAD_LETTER_SOURCE,
             });
         }
         let kafka = &config.kafka_sink;
@@ -79,6 +80,7 @@ impl Outbound {
                     max_wait: Duration::from_millis(kafka.flush_interval_ms),
                 },
                 transform: (!kafka.transform.is_empty()).then(|| kafka.transform.clone()),
+                kind: lily_sinks::kafka::DEAD_LETTER_SOURCE,
             });
         }
         for target in &self.targets {
@@ -89,6 +91,7 @@ impl Outbound {
                     max_wait: Duration::from_millis(50),
                 },
                 transform: Some(target.filter.clone()),
+                kind: lily_sinks::notify::DEAD_LETTER_SOURCE,
             });
         }
         Ok(out)
@@ -164,6 +167,22 @@ async fn replay_one(
     search: &Option<SearchCluster>,
     kafka: &mut Option<KafkaSink>,
 ) -> anyhow::Result<()> {
+    if letter.details["kind"] == lily_cdc::sink::dead_letter::CHANGES {
+        let fix = match letter.details["transform"].as_str() {
+            Some(t) if letter.source == lily_transforms::sink::DEAD_LETTER_SOURCE => {
+                format!("fix the transform {t} (lily transforms check)")
+            }
+            _ => format!(
+                "fix what sink {} refused them for",
+                letter.details["sink"].as_str().unwrap_or(&letter.source)
+            ),
+        };
+        anyhow::bail!(
+            "changes are not replayed from here: {fix}, then apply the changes again in the \
+             catalog; the rows are the payload of dead letter {} in lily.dead_letters (JSON lines)",
+            letter.id
+        );
+    }
     match letter.source.as_str() {
         lily_sinks::notify::DEAD_LETTER_SOURCE => lily_sinks::notify::replay(outbox, letter)
             .await
@@ -195,12 +214,6 @@ async fn replay_one(
             let sink = kafka.as_ref().context("a producer")?;
             Ok(sink.replay(letter).await?)
         }
-        lily_transforms::sink::DEAD_LETTER_SOURCE => anyhow::bail!(
-            "changes a transform failed on are not replayed from here: fix the transform \
-             (lily transforms check), then apply the changes again in the catalog; \
-             the rows are the payload of dead letter {} in lily.dead_letters (JSON lines)",
-            letter.id
-        ),
         other => anyhow::bail!("dead letters of {other} cannot be replayed"),
     }
 }

@@ -5,12 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use lily_cdc::sink::{DeadLetters, Fanout, FlushPolicy, Sink, SinkRunner};
 use lily_cdc::wire::ConnectParams;
 use lily_cdc::{AckTracker, CdcError, ChangeBatch, ChangeReader, ReaderConfig, StartPlan};
 use lily_config::LilyConfig;
 use lily_lakehouse::{AuditSink, LakeLocation};
-use lily_sinks::dead_letter::DeadLetters;
-use lily_sinks::{FlushPolicy, Sink, SinkRunner};
 use lily_transforms::propagation::{self, PropagationSink};
 use lily_transforms::{CatalogState, TransformSet, TransformedSink};
 use tokio::sync::{mpsc, watch};
@@ -28,6 +27,8 @@ pub struct SinkSpec {
     /// The transform its own config names (`[transforms.sinks]` can name one
     /// for any sink too).
     pub transform: Option<String>,
+    /// Its kind: the `source` of the dead letters of what it refuses.
+    pub kind: &'static str,
 }
 
 /// A sink printing every change to standard output (`lily run --console`, the demo).
@@ -39,6 +40,7 @@ pub fn console_sink() -> SinkSpec {
             max_wait: Duration::from_millis(1),
         },
         transform: None,
+        kind: "console",
     }
 }
 
@@ -81,6 +83,7 @@ pub async fn default_sinks(config: &LilyConfig) -> anyhow::Result<Vec<SinkSpec>>
             max_wait: Duration::from_millis(config.lake.flush_interval_ms),
         },
         transform: None,
+        kind: "audit",
     }])
 }
 
@@ -141,6 +144,7 @@ pub async fn run(
 /// Puts the sinks named in `[transforms.sinks]` behind their transform.
 async fn route_through_transforms(
     config: &LilyConfig,
+    dead_letters: &DeadLetters,
     sinks: Vec<SinkSpec>,
     transforms: &TransformSet,
     state: &Arc<CatalogState>,
@@ -154,7 +158,7 @@ async fn route_through_transforms(
             );
         }
     }
-    let dead_letters = DeadLetters::new(crate::outbound::pool(config)?);
+    let dead_letters = dead_letters.clone();
     let mut out = Vec::with_capacity(sinks.len());
     for spec in sinks {
         let named = config.transforms.sinks.get(spec.sink.name());
@@ -164,12 +168,13 @@ async fn route_through_transforms(
                 let sink = TransformedSink::new(spec.sink, transforms, transform, state.clone())
                     .await
                     .with_context(|| format!("transform {transform} for sink {sink_name}"))?
-                    .with_dead_letters(dead_letters.clone());
+                    .with_dead_letters(dead_letters.clone(), spec.kind);
                 info!(sink = %sink_name, transform = %transform, "sink fed by a transform");
                 out.push(SinkSpec {
                     sink: Box::new(sink),
                     policy: spec.policy,
                     transform: None,
+                    kind: spec.kind,
                 });
             }
             None => out.push(spec),
@@ -205,6 +210,7 @@ async fn propagation_stage(
             max_wait: Duration::from_millis(5),
         },
         transform: None,
+        kind: "propagation",
     })
 }
 
@@ -230,7 +236,7 @@ async fn run_once(
     });
     let params = ConnectParams::from_config(&pg)?;
     let acks = AckTracker::new();
-    let (tx, mut rx) = mpsc::channel::<Arc<ChangeBatch>>(config.replication.channel_capacity);
+    let (tx, rx) = mpsc::channel::<Arc<ChangeBatch>>(config.replication.channel_capacity);
     let reader = ChangeReader::new(
         params,
         Arc::new(client),
@@ -263,7 +269,9 @@ async fn run_once(
         "catalog state loaded"
     );
 
-    let mut sinks = route_through_transforms(config, sinks, transforms, state).await?;
+    let dead_letters = DeadLetters::new(crate::outbound::pool(config)?);
+    let mut sinks =
+        route_through_transforms(config, &dead_letters, sinks, transforms, state).await?;
     if config.propagation.enabled {
         let mut needed = vec![propagation::CLASSIFICATIONS];
         if !config.propagation.attributes.is_empty() {
@@ -292,35 +300,31 @@ async fn run_once(
     }
     info!(plan = ?plan, sinks = sinks.len(), "pipeline starting");
 
-    // Fan out: every sink gets every batch through its own bounded queue,
-    // so the slowest sink sets the pace (backpressure, not buffering).
     let (abort_tx, abort_rx) = watch::channel(false);
-    let mut inputs = Vec::new();
-    let mut tasks = Vec::new();
-    for spec in sinks {
-        let (sink_tx, sink_rx) = mpsc::channel(config.replication.channel_capacity);
-        let ack = acks.register_sink(spec.sink.name());
-        let runner = SinkRunner::new(spec.sink, ack, spec.policy);
-        tasks.push(tokio::spawn(runner.run(sink_rx, abort_rx.clone())));
-        inputs.push(sink_tx);
-    }
+    let runners = sinks
+        .into_iter()
+        .map(|spec| {
+            let ack = acks.register_sink(spec.sink.name());
+            SinkRunner::new(spec.sink, ack, spec.policy, dead_letters.clone(), spec.kind)
+        })
+        .collect();
     let fanout_state = state.clone();
-    let fanout = tokio::spawn(async move {
-        while let Some(batch) = rx.recv().await {
-            // The state moves first, so every transform of this batch joins
-            // against a catalog that includes it.
-            if let Err(e) = fanout_state.apply(&batch) {
-                metrics::counter!("lily_errors_total", "stage" => "state", "kind" => "apply")
-                    .increment(1);
-                error!(error = %e, table = %batch.table.qualified_name(), "catalog state could not take a batch");
-            }
-            for input in &inputs {
-                if input.send(batch.clone()).await.is_err() {
-                    return;
-                }
-            }
+    // The state moves first, so every transform of a batch joins against a
+    // catalog that includes it.
+    let apply_to_state = move |batch: &ChangeBatch| {
+        if let Err(e) = fanout_state.apply(batch) {
+            metrics::counter!("lily_errors_total", "stage" => "state", "kind" => "apply")
+                .increment(1);
+            error!(error = %e, table = %batch.table.qualified_name(), "catalog state could not take a batch");
         }
-    });
+    };
+    let fanout = Fanout::start(
+        rx,
+        runners,
+        config.replication.channel_capacity,
+        apply_to_state,
+        abort_rx,
+    );
 
     let result = reader.run(plan, shutdown).await;
     if let Err(e) = &result {
@@ -334,9 +338,6 @@ async fn run_once(
         error!(error = %e, "reader stopped");
         let _ = abort_tx.send(true);
     }
-    let _ = fanout.await;
-    for t in tasks {
-        let _ = t.await;
-    }
+    fanout.join().await;
     result.map_err(Into::into)
 }

@@ -7,7 +7,7 @@ use arrow::array::{Array, AsArray};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use lily_cdc::{ChangeBatch, Lsn};
 
-use crate::{Sink, SinkError};
+use lily_cdc::sink::{Sink, SinkError};
 
 /// Columns worth showing, in order of preference, when a table has them.
 const SHOWN: &[&str] = &[

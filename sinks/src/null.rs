@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use lily_cdc::{ChangeBatch, Lsn};
 
-use crate::{Sink, SinkError};
+use lily_cdc::sink::{Sink, SinkError};
 
 /// Counts what it receives and acknowledges it at once.
 #[derive(Debug, Default)]

@@ -12,10 +12,9 @@
 
 use std::sync::Arc;
 
-use lily_cdc::json::{RowEncoder, cell_text};
+use lily_cdc::sink::dead_letter::{ChangesRefused, DeadLetters};
+use lily_cdc::sink::{Sink, SinkError};
 use lily_cdc::{ChangeBatch, Lsn};
-use lily_sinks::dead_letter::{DeadLetters, NewDeadLetter};
-use lily_sinks::{Sink, SinkError};
 use tracing::{Instrument, error, info_span};
 
 use crate::error::Result;
@@ -32,6 +31,8 @@ pub struct TransformedSink {
     pending: Vec<Arc<ChangeBatch>>,
     pending_rows: usize,
     dead_letters: Option<DeadLetters>,
+    /// The inner sink's kind: the source of dead letters of what it refuses.
+    inner_kind: String,
 }
 
 /// `source` of the dead letters of changes a transform failed on.
@@ -68,68 +69,44 @@ impl TransformedSink {
             pending: Vec::new(),
             pending_rows: 0,
             dead_letters: None,
+            inner_kind: String::new(),
         })
     }
 
-    /// Records the changes the transform fails on in `store`.
-    pub fn with_dead_letters(mut self, store: DeadLetters) -> Self {
+    /// Records the changes the transform fails on in `store`, and those
+    /// the inner sink (of kind `inner_kind`) refuses.
+    pub fn with_dead_letters(mut self, store: DeadLetters, inner_kind: &str) -> Self {
         self.dead_letters = Some(store);
+        self.inner_kind = inner_kind.to_owned();
         self
     }
 
-    /// Records that the transform failed on `batches` (of one table): the
-    /// error, where in the stream, and the rows as JSON lines.
+    /// Records that `batches` (of one table) could not be delivered: the
+    /// transform failed on them (`refused_by_sink` false) or the inner sink
+    /// refused their output.
     async fn dead_letter(
         &self,
         batches: &[Arc<ChangeBatch>],
         error: &str,
+        refused_by_sink: bool,
     ) -> std::result::Result<(), SinkError> {
         let Some(store) = &self.dead_letters else {
             return Ok(());
         };
-        let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
-            return Ok(());
+        let (source, error_code) = if refused_by_sink {
+            (self.inner_kind.as_str(), "refused")
+        } else {
+            (DEAD_LETTER_SOURCE, "transform_run")
         };
-        let mut payload = String::new();
-        let mut tenants: Vec<String> = Vec::new();
-        for batch in batches {
-            let encoder = RowEncoder::all_columns(&batch.records);
-            for row in 0..batch.num_rows() {
-                encoder.encode(row, &mut payload);
-                payload.push('\n');
-                if let Some(t) = cell_text(&batch.records, "tenant_id", row)
-                    && !tenants.contains(&t)
-                {
-                    tenants.push(t);
-                }
-            }
-        }
-        let table = first.table.qualified_name();
-        let reference = format!(
-            "{} via {}: {table} {}..{}",
-            self.inner.name(),
-            self.runner.name(),
-            first.first.commit_lsn,
-            last.last.commit_lsn
-        );
-        let letter = NewDeadLetter {
-            source: DEAD_LETTER_SOURCE,
-            tenant_id: (tenants.len() == 1).then(|| tenants[0].as_str()),
-            reference: &reference,
-            error_code: "transform_run",
+        let refused = ChangesRefused {
+            source,
+            sink: self.inner.name(),
+            transform: Some(self.runner.name()),
+            error_code,
             error,
-            payload: Some(payload.as_bytes()),
-            details: serde_json::json!({
-                "sink": self.inner.name(),
-                "transform": self.runner.name(),
-                "table": table,
-                "first_commit_lsn": first.first.commit_lsn.to_string(),
-                "last_commit_lsn": last.last.commit_lsn.to_string(),
-                "rows": batches.iter().map(|b| b.num_rows()).sum::<usize>(),
-            }),
         };
         store
-            .record(&letter)
+            .bury_changes(refused, batches)
             .await
             .map(|_| ())
             .map_err(|e| SinkError::Unavailable {
@@ -183,7 +160,16 @@ impl TransformedSink {
                             .min()
                             .unwrap_or(first.first_commit_micros),
                     };
-                    self.inner.write(Arc::new(merged)).await?;
+                    match self.inner.write(Arc::new(merged)).await {
+                        Ok(()) => {}
+                        Err(e @ SinkError::Rejected { .. }) => {
+                            // Only this table's output is refused; the
+                            // other tables' batches still go.
+                            error!(error = %e, sink = self.inner.name(), "sink refused a transform's output; dead-lettered");
+                            self.dead_letter(&batches, &e.to_string(), true).await?;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Err(e) => {
                     // Batches the transform cannot process are reported and
@@ -194,7 +180,7 @@ impl TransformedSink {
                         .increment(1);
                     error!(error = %e, sink = self.inner.name(), first = ?first.first, last = ?last.last, "transform failed; batches skipped for this sink and dead-lettered");
                     // Until they are recorded, the batches stay pending.
-                    self.dead_letter(&batches, &e.to_string()).await?;
+                    self.dead_letter(&batches, &e.to_string(), false).await?;
                 }
             }
             self.pending.retain(|b| !same_table(b));
@@ -218,6 +204,8 @@ impl Sink for TransformedSink {
 
     async fn flush(&mut self) -> Result<(), SinkError> {
         self.transform_pending().await?;
+        // A refused flush leaves nothing pending here: the runner
+        // dead-letters the batches written since the last flush.
         self.inner.flush().await
     }
 

@@ -47,7 +47,7 @@ pub async fn search(
     Query(p): Query<SearchParams>,
     caller: Caller,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
+    let tenant_id = check_tenant(&tenant)?;
     caller.require(&tenant, Action::Read)?;
     let Some(cluster) = &inbound.search else {
         return Err(InboundError::Unavailable(
@@ -72,10 +72,13 @@ pub async fn search(
         limit,
         offset,
     };
-    let page = cluster.search(&tenant, &query).await.map_err(|e| match e {
-        SearchError::Unavailable(m) => InboundError::Unavailable(m),
-        other => InboundError::Internal(other.to_string()),
-    })?;
+    let page = cluster
+        .search(&tenant_id, &query)
+        .await
+        .map_err(|e| match e {
+            SearchError::Unavailable(m) => InboundError::Unavailable(m),
+            other => InboundError::Internal(other.to_string()),
+        })?;
     let counts = |v: &[(String, u64)]| {
         v.iter()
             .map(|(k, n)| json!({"key": k, "count": n}))

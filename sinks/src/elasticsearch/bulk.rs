@@ -10,17 +10,18 @@
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::UInt64Type;
 use lily_cdc::json::{RowEncoder, cell_text};
+use lily_cdc::{Lsn, TenantId};
 use serde_json::{Value, json};
 
 /// One document write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocWrite {
     /// Tenant (which alias).
-    pub tenant: String,
+    pub tenant: TenantId,
     /// Document id.
     pub id: String,
     /// The commit LSN: the external version.
-    pub version: u64,
+    pub version: Lsn,
     /// The document, or `None` to delete it.
     pub source: Option<String>,
 }
@@ -31,7 +32,7 @@ impl DocWrite {
         let meta = json!({
             "_index": alias,
             "_id": self.id,
-            "version": self.version,
+            "version": self.version.0,
             "version_type": "external_gte",
         });
         match &self.source {
@@ -71,9 +72,10 @@ pub fn doc_writes(batch: &RecordBatch) -> (Vec<DocWrite>, Vec<BadDoc>) {
         let version = lsn
             .as_ref()
             .filter(|l| l.is_valid(row))
-            .map(|l| l.value(row));
-        match (tenant_id.clone(), doc_id, version) {
-            (Some(tenant), Some(id), Some(version)) if !id.is_empty() => {
+            .map(|l| Lsn(l.value(row)));
+        let tenant = tenant_id.as_deref().map(TenantId::parse);
+        match (tenant, doc_id, version) {
+            (Some(Ok(tenant)), Some(id), Some(version)) if !id.is_empty() => {
                 let delete = op
                     .as_ref()
                     .is_some_and(|o| o.is_valid(row) && o.value(row) == "d");
@@ -89,12 +91,16 @@ pub fn doc_writes(batch: &RecordBatch) -> (Vec<DocWrite>, Vec<BadDoc>) {
                     source,
                 });
             }
-            _ => {
+            (tenant, ..) => {
                 let mut row_json = String::new();
                 RowEncoder::all_columns(batch).encode(row, &mut row_json);
+                let error = match tenant {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "a search document needs tenant_id, _id and _commit_lsn".into(),
+                };
                 bad.push(BadDoc {
                     tenant: tenant_id,
-                    error: "a search document needs tenant_id, _id and _commit_lsn".into(),
+                    error,
                     row: row_json,
                 });
             }
@@ -198,6 +204,33 @@ mod tests {
         assert_eq!(meta["index"]["version"], 10);
         assert_eq!(meta["index"]["version_type"], "external_gte");
         assert_eq!(writes[1].lines("x").len(), 1);
+        assert_eq!(writes[0].tenant.as_str(), "acme");
+        assert_eq!(writes[0].version, Lsn(10));
+    }
+
+    #[test]
+    fn a_row_whose_tenant_is_not_a_tenant_id_is_a_bad_document() {
+        let schema = Schema::new(vec![
+            Field::new("_commit_lsn", DataType::UInt64, true),
+            Field::new("_id", DataType::Utf8, true),
+            Field::new("tenant_id", DataType::Utf8, true),
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(UInt64Array::from(vec![10, 11])),
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(StringArray::from(vec!["acme", "../acme"])),
+            ],
+        )
+        .unwrap();
+        let (writes, bad) = doc_writes(&batch);
+        assert_eq!(writes.len(), 1);
+        assert!(
+            bad[0].error.contains("is not a tenant id"),
+            "{}",
+            bad[0].error
+        );
     }
 
     #[test]

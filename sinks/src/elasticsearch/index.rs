@@ -1,7 +1,9 @@
 //! One index per tenant behind an alias.
 //!
 //! Documents are written to and searched through the alias
-//! `<prefix>-<tenant>-<index>`; the index behind it is named after its
+//! `<prefix>-<tenant>-<index>`, the tenant written as its
+//! [`segment`](lily_cdc::TenantId::segment) (only `a-z` and `0-9`, so one
+//! tenant's names never match another's); the index behind it is named after its
 //! mapping's fingerprint, `<alias>-<fingerprint>`. A changed mapping
 //! therefore means a new index, which is filled from the old one (reindexed,
 //! keeping each document's version) and swapped in behind the alias without
@@ -10,6 +12,7 @@
 use elasticsearch::Elasticsearch;
 use elasticsearch::http::StatusCode;
 use elasticsearch::indices::{IndicesCreateParts, IndicesDeleteParts, IndicesGetAliasParts};
+use lily_cdc::TenantId;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -35,13 +38,21 @@ impl IndexNaming {
     }
 
     /// The alias of `tenant`'s documents.
-    pub fn alias(&self, tenant: &str) -> String {
-        format!("{}-{tenant}-{}", self.prefix, self.index)
+    pub fn alias(&self, tenant: &TenantId) -> String {
+        format!("{}-{}-{}", self.prefix, tenant.segment(), self.index)
     }
 
-    /// The alias pattern of every tenant.
-    pub fn all_aliases(&self) -> String {
+    /// The alias pattern of every tenant; it may also match names that are
+    /// not this naming's ([`IndexNaming::tenant_of`] tells).
+    fn alias_pattern(&self) -> String {
         format!("{}-*-{}", self.prefix, self.index)
+    }
+
+    /// The tenant whose alias is `alias`, if it is one of this naming's.
+    pub fn tenant_of(&self, alias: &str) -> Option<TenantId> {
+        let rest = alias.strip_prefix(&self.prefix)?.strip_prefix('-')?;
+        let segment = rest.strip_suffix(&self.index)?.strip_suffix('-')?;
+        TenantId::from_segment(segment)
     }
 }
 
@@ -188,12 +199,26 @@ pub async fn migrate_alias(
 }
 
 /// Deletes every index behind the aliases of `naming` (an unfinished
-/// snapshot is thrown away before the next one fills them again).
-pub async fn delete_all(
+/// snapshot is thrown away before the next one fills them again): those of
+/// `tenant` only, or of every tenant. Returns how many went.
+pub async fn delete_indices(
     client: &Elasticsearch,
     naming: &IndexNaming,
+    tenant: Option<&TenantId>,
 ) -> Result<usize, SearchError> {
-    let indices = alias_targets(client, &naming.all_aliases()).await?;
+    let indices = match tenant {
+        Some(tenant) => alias_targets(client, &naming.alias(tenant)).await?,
+        None => {
+            // The pattern is wide (a prefix `lily` also matches `lily-eu-*`):
+            // only aliases that parse back to a tenant of this naming count.
+            alias_indices(client, &naming.alias_pattern())
+                .await?
+                .into_iter()
+                .filter(|(alias, _)| naming.tenant_of(alias).is_some())
+                .map(|(_, index)| index)
+                .collect()
+        }
+    };
     for index in &indices {
         let response = client
             .indices()
@@ -209,6 +234,41 @@ pub async fn delete_all(
         }
     }
     Ok(indices.len())
+}
+
+/// The (alias, index) pairs of the aliases matching `pattern`.
+async fn alias_indices(
+    client: &Elasticsearch,
+    pattern: &str,
+) -> Result<Vec<(String, String)>, SearchError> {
+    let response = client
+        .indices()
+        .get_alias(IndicesGetAliasParts::Name(&[pattern]))
+        .send()
+        .await?;
+    if response.status_code() == StatusCode::NOT_FOUND {
+        return Ok(Vec::new());
+    }
+    let status = response.status_code();
+    let body: Value = response.json().await?;
+    if !status.is_success() {
+        return Err(SearchError::Refused(format!(
+            "reading aliases {pattern}: HTTP {status}: {body}"
+        )));
+    }
+    // {"<index>": {"aliases": {"<alias>": {...}}}}
+    let mut out = Vec::new();
+    for (index, entry) in body.as_object().into_iter().flatten() {
+        for alias in entry["aliases"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(a, _)| a)
+        {
+            out.push((alias.clone(), index.clone()));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -229,11 +289,28 @@ mod tests {
             "nested"
         );
         let naming = IndexNaming::new("lily", "assets");
-        assert_eq!(naming.alias("acme"), "lily-acme-assets");
+        let acme = TenantId::parse("acme").unwrap();
+        assert_eq!(naming.alias(&acme), "lily-acme-assets");
         assert_eq!(
             m.index_name("lily-acme-assets"),
             format!("lily-acme-assets-{}", m.fingerprint)
         );
         assert!(IndexMapping::parse("{\"settings\": {}}").is_err());
+    }
+
+    #[test]
+    fn aliases_parse_back_to_their_tenant_and_no_other() {
+        let naming = IndexNaming::new("lily", "assets");
+        for id in ["acme", "acme-eu", "acme_incident", "a0"] {
+            let t = TenantId::parse(id).unwrap();
+            assert_eq!(naming.tenant_of(&naming.alias(&t)), Some(t));
+        }
+        // Another deployment's prefix, another index kind.
+        assert_eq!(naming.tenant_of("lily-eu-acme-assets"), None);
+        assert_eq!(naming.tenant_of("lily-acme-incidents"), None);
+        assert_eq!(
+            naming.alias(&TenantId::parse("acme-eu").unwrap()),
+            "lily-acme0deu-assets"
+        );
     }
 }

@@ -28,7 +28,8 @@ pub use index::{ASSETS_MAPPING, IndexMapping, IndexNaming};
 pub use search::{SearchHit, SearchPage, SearchQuery};
 pub use sink::ElasticsearchSink;
 
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use lily_cdc::TenantId;
+use lily_cdc::sink::dead_letter::{DeadLetter, DeadLetters};
 
 /// The dead-letter source of refused documents.
 pub const DEAD_LETTER_SOURCE: &str = "elasticsearch";
@@ -81,7 +82,7 @@ pub(crate) async fn response_json(
 
 impl From<elasticsearch::Error> for SearchError {
     fn from(e: elasticsearch::Error) -> Self {
-        SearchError::Unavailable(crate::error_chain(&e))
+        SearchError::Unavailable(lily_cdc::sink::error_chain(&e))
     }
 }
 
@@ -166,8 +167,17 @@ impl SearchCluster {
     }
 
     /// Searches `tenant`'s documents.
-    pub async fn search(&self, tenant: &str, q: &SearchQuery) -> Result<SearchPage, SearchError> {
+    pub async fn search(
+        &self,
+        tenant: &TenantId,
+        q: &SearchQuery,
+    ) -> Result<SearchPage, SearchError> {
         search::search(&self.client, &self.naming, tenant, q).await
+    }
+
+    /// Deletes the indices of `tenant`'s documents, and no other tenant's.
+    pub async fn delete_tenant(&self, tenant: &TenantId) -> Result<usize, SearchError> {
+        index::delete_indices(&self.client, &self.naming, Some(tenant)).await
     }
 
     /// Sends a dead letter of this sink again (its stored `_bulk` lines;
@@ -187,7 +197,9 @@ impl SearchCluster {
             ));
         }
         if let Some(tenant) = &letter.tenant_id {
-            index::ensure_alias(&self.client, &self.naming.alias(tenant), &self.mapping).await?;
+            let tenant =
+                TenantId::parse(tenant).map_err(|e| SearchError::Refused(e.to_string()))?;
+            index::ensure_alias(&self.client, &self.naming.alias(&tenant), &self.mapping).await?;
         }
         let response = self
             .client

@@ -4,6 +4,7 @@
 
 use elasticsearch::http::StatusCode;
 use elasticsearch::{Elasticsearch, SearchParts};
+use lily_cdc::TenantId;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -96,13 +97,13 @@ fn buckets(v: &Value) -> Vec<(String, u64)> {
 pub async fn search(
     client: &Elasticsearch,
     naming: &IndexNaming,
-    tenant: &str,
+    tenant: &TenantId,
     q: &SearchQuery,
 ) -> Result<SearchPage, SearchError> {
     let alias = naming.alias(tenant);
     let response = client
         .search(SearchParts::Index(&[&alias]))
-        .body(query_body(tenant, q))
+        .body(query_body(tenant.as_str(), q))
         .send()
         .await?;
     let status = response.status_code();

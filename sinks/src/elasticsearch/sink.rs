@@ -13,15 +13,16 @@ use std::time::Instant;
 
 use elasticsearch::params::Refresh;
 use elasticsearch::{BulkParts, Elasticsearch};
+use lily_cdc::TenantId;
 use lily_cdc::{ChangeBatch, Lsn};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use super::bulk::{BadDoc, DocWrite, ItemOutcome, doc_writes, item_outcomes};
-use super::index::{IndexMapping, IndexNaming, delete_all, ensure_alias, migrate_alias};
+use super::index::{IndexMapping, IndexNaming, delete_indices, ensure_alias, migrate_alias};
 use super::{DEAD_LETTER_SOURCE, SearchError, response_json};
-use crate::dead_letter::{DeadLetters, NewDeadLetter};
-use crate::{Sink, SinkError};
+use lily_cdc::sink::dead_letter::{DeadLetters, NewDeadLetter};
+use lily_cdc::sink::{Sink, SinkError};
 
 /// The search sink.
 pub struct ElasticsearchSink {
@@ -77,8 +78,19 @@ impl ElasticsearchSink {
         }
     }
 
+    /// The error of a failed flush. A refusal means no retry can store what
+    /// is pending, so it is dropped (the runner dead-letters the changes);
+    /// anything else keeps it for the retry.
+    fn fail_flush(&mut self, e: SearchError) -> SinkError {
+        let e = self.err(e);
+        if matches!(e, SinkError::Rejected { .. }) {
+            self.pending.clear();
+        }
+        e
+    }
+
     async fn ensure_aliases(&mut self) -> Result<(), SearchError> {
-        let tenants: HashSet<String> = self.pending.iter().map(|w| w.tenant.clone()).collect();
+        let tenants: HashSet<TenantId> = self.pending.iter().map(|w| w.tenant.clone()).collect();
         for tenant in tenants {
             let alias = self.naming.alias(&tenant);
             if self.ready.contains(&alias) {
@@ -103,7 +115,7 @@ impl ElasticsearchSink {
     /// Keeps the last write of each document: earlier ones would be
     /// overwritten anyway.
     fn collapse(&mut self) {
-        let mut last: HashMap<(String, String), usize> = HashMap::new();
+        let mut last: HashMap<(TenantId, String), usize> = HashMap::new();
         for (i, w) in self.pending.iter().enumerate() {
             last.insert((w.tenant.clone(), w.id.clone()), i);
         }
@@ -215,7 +227,9 @@ impl Sink for ElasticsearchSink {
             return Ok(());
         }
         self.collapse();
-        self.ensure_aliases().await.map_err(|e| self.err(e))?;
+        if let Err(e) = self.ensure_aliases().await {
+            return Err(self.fail_flush(e));
+        }
         let mut retry: Vec<DocWrite> = Vec::new();
         let mut first_retry_error = None;
         let writes = std::mem::take(&mut self.pending);
@@ -235,7 +249,7 @@ impl Sink for ElasticsearchSink {
                     // Nothing of this chunk or after it is known to be written.
                     self.pending = retry;
                     self.pending.extend_from_slice(&writes[start..]);
-                    return Err(self.err(e));
+                    return Err(self.fail_flush(e));
                 }
             };
             let (mut done, mut superseded, mut dead) = (0, 0, 0);
@@ -251,15 +265,15 @@ impl Sink for ElasticsearchSink {
                         dead += 1;
                         let alias = self.naming.alias(&w.tenant);
                         let payload = w.lines(&alias).join("\n");
-                        let reference = format!("{alias}/{}@{}", w.id, Lsn(w.version));
+                        let reference = format!("{alias}/{}@{}", w.id, w.version);
                         if let Err(e) = self
                             .bury(
-                                Some(&w.tenant),
+                                Some(w.tenant.as_str()),
                                 &reference,
                                 &code,
                                 &reason,
                                 payload.as_bytes(),
-                                json!({"alias": alias, "id": w.id, "version": w.version}),
+                                json!({"alias": alias, "id": w.id, "version": w.version.0}),
                             )
                             .await
                         {
@@ -291,7 +305,7 @@ impl Sink for ElasticsearchSink {
     }
 
     async fn discard_snapshot(&mut self, snapshot_lsn: Lsn) -> Result<(), SinkError> {
-        let n = delete_all(&self.client, &self.naming)
+        let n = delete_indices(&self.client, &self.naming, None)
             .await
             .map_err(|e| self.err(e))?;
         self.ready.clear();

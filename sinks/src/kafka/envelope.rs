@@ -1,7 +1,10 @@
 //! The record of one change: its topic, its key and its envelope.
 //!
 //! Topic `<prefix>.<tenant>.<stream>`, the stream being the metastore table
-//! (`assets`, `classifications`, ...). The key is the asset the change is
+//! (`assets`, `classifications`, ...) and the tenant written as its
+//! [`segment`](lily_cdc::TenantId::segment) (`acme` stays `acme`, `acme-eu`
+//! is `acme0deu`, `acme_incident` is `acme0uincident`), so no two tenants'
+//! topics collide, not even under Kafka's rule that `.` and `_` clash. The key is the asset the change is
 //! about, so one asset's changes share a partition and stay in order:
 //! `guid` for assets; `asset_guid` for classifications and propagated
 //! attributes; `downstream_guid` for lineage edges (the asset whose lineage
@@ -25,7 +28,7 @@ use arrow::array::{
 use arrow::datatypes::{TimestampMicrosecondType, UInt32Type, UInt64Type};
 use lily_cdc::batch::{BEFORE, COMMIT_LSN, COMMIT_TIME, OP, SEQ, UNCHANGED_TOAST, XID};
 use lily_cdc::json::{RowEncoder, StructEncoder, cell_text, encode_value};
-use lily_cdc::{ChangeBatch, Lsn};
+use lily_cdc::{ChangeBatch, Lsn, TenantId};
 
 /// The value of `schema` in every JSON envelope.
 pub const SCHEMA: &str = "lily.change.v1";
@@ -173,9 +176,15 @@ impl<'a> ChangeRows<'a> {
         self.before.as_ref().is_some_and(|b| b.is_valid(row))
     }
 
-    /// The topic of a change with `meta`, under `prefix`.
+    /// The topic of a change with `meta`, under `prefix`. A tenant that is
+    /// not a tenant id (a transform's output) keeps its text; such records
+    /// are dead-lettered before they are produced ([`valid_tenant`]).
     pub fn topic(&self, prefix: &str, meta: &ChangeMeta) -> String {
-        format!("{prefix}.{}.{}", meta.tenant, self.stream)
+        let segment = match TenantId::parse(&meta.tenant) {
+            Ok(t) => t.segment(),
+            Err(_) => meta.tenant.clone(),
+        };
+        format!("{prefix}.{segment}.{}", self.stream)
     }
 }
 
@@ -277,6 +286,14 @@ pub fn change_records(prefix: &str, batch: &ChangeBatch) -> Vec<ChangeRecord> {
             ChangeRecord::of(&rows, prefix, meta, payload)
         })
         .collect()
+}
+
+/// Whether `record` may be produced: its tenant is a tenant id, or none.
+pub fn valid_tenant(record: &ChangeRecord) -> Result<(), lily_cdc::InvalidTenantId> {
+    if record.tenant == NO_TENANT {
+        return Ok(());
+    }
+    TenantId::parse(&record.tenant).map(|_| ())
 }
 
 fn json_str(s: &str) -> String {

@@ -32,8 +32,8 @@ pub use envelope::{ChangeRecord, ChangeRows, JsonEnvelope, SCHEMA, change_record
 
 use avro::{AvroEnvelopes, SCHEMAS_TOPIC};
 
-use crate::dead_letter::{DeadLetter, DeadLetters, NewDeadLetter};
-use crate::{Sink, SinkError};
+use lily_cdc::sink::dead_letter::{DeadLetter, DeadLetters, NewDeadLetter};
+use lily_cdc::sink::{Sink, SinkError};
 
 /// The dead-letter source of refused records.
 pub const DEAD_LETTER_SOURCE: &str = "kafka";
@@ -130,6 +130,24 @@ impl KafkaSink {
     /// The records of `batch` in the configured format; an Avro schema used
     /// for the first time comes first, on the schemas topic.
     async fn records(&mut self, batch: &ChangeBatch) -> Result<Vec<ChangeRecord>, SinkError> {
+        let records = self.encode(batch).await?;
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            match envelope::valid_tenant(&record) {
+                Ok(()) => out.push(record),
+                Err(e) => {
+                    metrics::counter!("lily_kafka_records_total", "outcome" => "dead_letter")
+                        .increment(1);
+                    self.bury(&record, "invalid_tenant", &e.to_string())
+                        .await
+                        .map_err(Self::unavailable)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn encode(&mut self, batch: &ChangeBatch) -> Result<Vec<ChangeRecord>, SinkError> {
         let Some(avro) = self.avro.as_mut() else {
             return Ok(change_records(&self.prefix, batch));
         };
@@ -309,7 +327,7 @@ impl KafkaSink {
         record: &ChangeRecord,
         code: &str,
         error: &str,
-    ) -> Result<(), crate::dead_letter::DeadLetterError> {
+    ) -> Result<(), lily_cdc::sink::dead_letter::DeadLetterError> {
         warn!(error, topic = %record.topic, key = %record.key, "record refused; kept as a dead letter");
         self.dead_letters
             .record(&NewDeadLetter {

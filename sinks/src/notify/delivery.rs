@@ -15,7 +15,7 @@ use super::event::Notification;
 use super::outbox::{Outbox, Queued};
 use super::refs::SubjectRefs;
 use super::target::{DeliveryContext, DeliveryError, Target};
-use crate::dead_letter::{DeadLetters, NewDeadLetter};
+use lily_cdc::sink::dead_letter::{DeadLetters, NewDeadLetter};
 
 /// The dead-letter source of notifications.
 pub const DEAD_LETTER_SOURCE: &str = "notify";

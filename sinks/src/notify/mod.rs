@@ -45,7 +45,7 @@ pub use refs::SubjectRefs;
 pub use sink::{NotifySink, sink_name};
 pub use target::{DeliveryContext, DeliveryError, Target};
 
-use crate::dead_letter::DeadLetters;
+use lily_cdc::sink::dead_letter::DeadLetters;
 
 /// The kinds of target there are.
 pub const KINDS: [&str; 6] = [
@@ -229,7 +229,7 @@ pub fn build_targets(
 /// queue; the running target delivers it again.
 pub async fn replay(
     outbox: &Outbox,
-    letter: &crate::dead_letter::DeadLetter,
+    letter: &lily_cdc::sink::dead_letter::DeadLetter,
 ) -> Result<(), String> {
     let target = letter.details["target"]
         .as_str()

@@ -11,8 +11,8 @@ use tracing::warn;
 use super::delivery::DEAD_LETTER_SOURCE;
 use super::event::{BadRow, Notification, notifications, required_columns};
 use super::outbox::Outbox;
-use crate::dead_letter::{DeadLetters, NewDeadLetter};
-use crate::{Sink, SinkError};
+use lily_cdc::sink::dead_letter::{DeadLetters, NewDeadLetter};
+use lily_cdc::sink::{Sink, SinkError};
 
 /// Queues a target's notifications (the output of its filter transform).
 pub struct NotifySink {

@@ -43,7 +43,7 @@ impl DeliveryError {
 impl From<reqwest::Error> for DeliveryError {
     fn from(e: reqwest::Error) -> Self {
         DeliveryError::Retry {
-            message: crate::error_chain(&e),
+            message: lily_cdc::sink::error_chain(&e),
             after: None,
         }
     }

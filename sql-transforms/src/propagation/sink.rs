@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use lily_cdc::sink::{Sink, SinkError};
 use lily_cdc::{ChangeBatch, Lsn};
 use lily_config::PropagationConfig;
-use lily_sinks::{Sink, SinkError};
 use tokio_postgres::{Client, NoTls};
 use tracing::{Instrument, debug, info, info_span, warn};
 

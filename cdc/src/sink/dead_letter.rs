@@ -2,13 +2,41 @@
 //! (or, inbound, written), with why, kept so it can be listed and replayed
 //! (`lily dlq list`, `lily dlq replay`).
 //!
-//! `source` says which component gave up (`notify`, `elasticsearch`,
-//! `kafka`, `kafka_source`), `reference` what exactly (a target and
-//! dedupe key, an index and document, a topic and key), `details` what a
-//! replay needs to send it again, `payload` the bytes themselves.
+//! `source` says which component gave up (the kind of a sink, `transform`,
+//! `kafka_source`; the sink registry owns the names and dispatches replays
+//! by them), `reference` what exactly (a target and dedupe key, an index
+//! and document, a topic and key), `details` what a replay needs to send it
+//! again, `payload` the bytes themselves.
+//!
+//! Changes a sink refuses as a whole go through one helper,
+//! [`DeadLetters::bury_changes`]: the rows as JSON lines, one dead letter
+//! per tenant, with `details.kind = "changes"`.
+
+use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use serde_json::Value;
+
+use crate::batch::ChangeBatch;
+use crate::json::{RowEncoder, cell_text};
+
+/// `details.kind` of dead letters holding change rows ([`DeadLetters::bury_changes`]).
+pub const CHANGES: &str = "changes";
+
+/// Where refused changes were headed, for [`DeadLetters::bury_changes`].
+#[derive(Debug, Clone, Copy)]
+pub struct ChangesRefused<'a> {
+    /// The component that gave up (a sink kind, `transform`).
+    pub source: &'a str,
+    /// The sink's name.
+    pub sink: &'a str,
+    /// The transform in between, if any.
+    pub transform: Option<&'a str>,
+    /// A stable error code.
+    pub error_code: &'a str,
+    /// The error in words.
+    pub error: &'a str,
+}
 
 /// A dead letter to record.
 #[derive(Debug, Clone)]
@@ -90,6 +118,30 @@ impl DeadLetters {
         Self { pool }
     }
 
+    /// The store in the metastore at `url`, through a pool of at most
+    /// `size` connections (opened when first needed).
+    pub fn connect(url: &str, size: usize) -> Result<Self, DeadLetterError> {
+        use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
+        let pg: tokio_postgres::Config = url.parse().map_err(db)?;
+        let manager = Manager::from_config(
+            pg,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(size.max(1))
+            .build()
+            .map_err(db)?;
+        Ok(Self { pool })
+    }
+
+    /// The pool behind the store.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Records `letter`; returns its id.
     pub async fn record(&self, letter: &NewDeadLetter<'_>) -> Result<i64, DeadLetterError> {
         let conn = self.pool.get().await.map_err(db)?;
@@ -162,6 +214,68 @@ impl DeadLetters {
                 replayed_at: r.get(9),
             })
             .collect())
+    }
+
+    /// Records changes that `refused` could not take: for each tenant, its
+    /// rows of `batches` (one table) as JSON lines, with where in the stream
+    /// they were. A batch without rows records nothing.
+    pub async fn bury_changes(
+        &self,
+        refused: ChangesRefused<'_>,
+        batches: &[Arc<ChangeBatch>],
+    ) -> Result<usize, DeadLetterError> {
+        let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
+            return Ok(0);
+        };
+        // Rows per tenant, in stream order; rows without one go together.
+        let mut groups: Vec<(Option<String>, String, usize)> = Vec::new();
+        for batch in batches {
+            let encoder = RowEncoder::all_columns(&batch.records);
+            for row in 0..batch.num_rows() {
+                let tenant = cell_text(&batch.records, "tenant_id", row);
+                let index = match groups.iter().position(|(t, _, _)| *t == tenant) {
+                    Some(i) => i,
+                    None => {
+                        groups.push((tenant, String::new(), 0));
+                        groups.len() - 1
+                    }
+                };
+                let (_, lines, rows) = &mut groups[index];
+                encoder.encode(row, lines);
+                lines.push('\n');
+                *rows += 1;
+            }
+        }
+        let table = first.table.qualified_name();
+        let via = refused
+            .transform
+            .map(|t| format!(" via {t}"))
+            .unwrap_or_default();
+        let reference = format!(
+            "{}{via}: {table} {}..{}",
+            refused.sink, first.first.commit_lsn, last.last.commit_lsn
+        );
+        for (tenant, lines, rows) in &groups {
+            self.record(&NewDeadLetter {
+                source: refused.source,
+                tenant_id: tenant.as_deref(),
+                reference: &reference,
+                error_code: refused.error_code,
+                error: refused.error,
+                payload: Some(lines.as_bytes()),
+                details: serde_json::json!({
+                    "kind": CHANGES,
+                    "sink": refused.sink,
+                    "transform": refused.transform,
+                    "table": table,
+                    "first_commit_lsn": first.first.commit_lsn.to_string(),
+                    "last_commit_lsn": last.last.commit_lsn.to_string(),
+                    "rows": rows,
+                }),
+            })
+            .await?;
+        }
+        Ok(groups.len())
     }
 
     /// Notes that dead letter `id` was sent again.
