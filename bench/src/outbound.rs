@@ -131,8 +131,9 @@ pub async fn run(
 
     // Search through Lily.
     let es = [
-        ("LILY_ELASTICSEARCH__URLS", server.url().to_owned()),
-        ("LILY_ELASTICSEARCH__INDEX_PREFIX", "lily".to_owned()),
+        ("LILY_SINKS__SEARCH__TYPE", "elasticsearch".to_owned()),
+        ("LILY_SINKS__SEARCH__URLS", server.url().to_owned()),
+        ("LILY_SINKS__SEARCH__INDEX_PREFIX", "lily".to_owned()),
     ];
     let started = Instant::now();
     let lily = spawn_lily(cluster, dir, "search_run", &es)?;
@@ -192,7 +193,10 @@ pub async fn run(
 
     // Kafka through Lily: done when the slot confirms the end (every
     // record acknowledged by the broker).
-    let kafka = [("LILY_KAFKA_SINK__BROKERS", broker.bootstrap_servers())];
+    let kafka = [
+        ("LILY_SINKS__KAFKA__TYPE", "kafka".to_owned()),
+        ("LILY_SINKS__KAFKA__BROKERS", broker.bootstrap_servers()),
+    ];
     let started = Instant::now();
     let lily = spawn_lily(cluster, dir, "kafka_run", &kafka)?;
     while !confirmed_at_least(cluster, "kafka_run", &end).await? {
@@ -265,7 +269,8 @@ async fn searchable_latency(
         .local_addr()?
         .port();
     let es = [
-        ("LILY_ELASTICSEARCH__URLS", server.url().to_owned()),
+        ("LILY_SINKS__SEARCH__TYPE", "elasticsearch".to_owned()),
+        ("LILY_SINKS__SEARCH__URLS", server.url().to_owned()),
         ("LILY_METRICS__LISTEN", format!("127.0.0.1:{metrics_port}")),
     ];
     let lily = spawn_lily(cluster, dir, "latency_run", &es)?;

@@ -94,6 +94,24 @@ fn resolve(defaults: &Table, var: &str, raw: &str) -> Result<Override, ConfigErr
     };
     let no_such = || env_err(format!("no such setting {dotted}"));
 
+    // `[sinks.<name>]` tables have no defaults here: their values stay text
+    // until the sink registry types them by the sink's kind.
+    if path[0] == "sinks" {
+        let path: Vec<String> = rest
+            .split(ENV_SEPARATOR)
+            .map(|part| part.to_ascii_lowercase())
+            .collect();
+        if path.len() < 3 || path.iter().any(String::is_empty) {
+            return Err(env_err(format!(
+                "set one setting of a sink as {ENV_PREFIX}SINKS{ENV_SEPARATOR}<NAME>{ENV_SEPARATOR}<KEY>=<value>"
+            )));
+        }
+        return Ok(Override {
+            path,
+            value: Value::String(raw.to_owned()),
+        });
+    }
+
     let section = defaults
         .get(&path[0])
         .and_then(Value::as_table)
@@ -123,18 +141,28 @@ fn resolve(defaults: &Table, var: &str, raw: &str) -> Result<Override, ConfigErr
         (template, None) => Some(template),
     };
 
-    let value = match template {
+    let value = coerce(template, raw, &dotted).map_err(env_err)?;
+    Ok(Override { path, value })
+}
+
+/// `raw`, a variable's text, as the type of `template` (the default or
+/// file value at the same key, `dotted`): an integer, a boolean, a number,
+/// a comma-separated list of strings, or else the text itself. The sink
+/// registry types `LILY_SINKS__<NAME>__<KEY>` values with it, against the
+/// defaults of the sink's kind.
+pub fn coerce(template: Option<&Value>, raw: &str, dotted: &str) -> Result<Value, String> {
+    Ok(match template {
         None | Some(Value::String(_)) => Value::String(raw.to_owned()),
         Some(Value::Integer(_)) => {
             let n: i64 = raw
                 .trim()
                 .parse()
-                .map_err(|_| env_err(format!("{raw:?} is not a valid integer for {dotted}")))?;
+                .map_err(|_| format!("{raw:?} is not a valid integer for {dotted}"))?;
             // Every integer setting is a count, a size or a duration.
             if n < 0 {
-                return Err(env_err(format!(
+                return Err(format!(
                     "{raw:?} is not a valid integer for {dotted}: it must be zero or more"
-                )));
+                ));
             }
             Value::Integer(n)
         }
@@ -142,16 +170,16 @@ fn resolve(defaults: &Table, var: &str, raw: &str) -> Result<Override, ConfigErr
             "true" => Value::Boolean(true),
             "false" => Value::Boolean(false),
             _ => {
-                return Err(env_err(format!(
+                return Err(format!(
                     "{raw:?} is not a valid boolean for {dotted}: use true or false"
-                )));
+                ));
             }
         },
         Some(Value::Float(_)) => {
             let x: f64 = raw
                 .trim()
                 .parse()
-                .map_err(|_| env_err(format!("{raw:?} is not a valid number for {dotted}")))?;
+                .map_err(|_| format!("{raw:?} is not a valid number for {dotted}"))?;
             Value::Float(x)
         }
         // A list of strings is given comma-separated: "a,b".
@@ -163,12 +191,11 @@ fn resolve(defaults: &Table, var: &str, raw: &str) -> Result<Override, ConfigErr
                 .collect(),
         ),
         Some(Value::Array(_) | Value::Datetime(_) | Value::Table(_)) => {
-            return Err(env_err(format!(
+            return Err(format!(
                 "{dotted} cannot be set from the environment; set it in the configuration file"
-            )));
+            ));
         }
-    };
-    Ok(Override { path, value })
+    })
 }
 
 /// Deserializes a configuration holding only this override, so that a value

@@ -34,6 +34,14 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// A table of settings (a sink's) cannot be read as a whole.
+    #[error("[{key}]: {message}")]
+    Table {
+        /// The table, e.g. `sinks.search`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A setting has a value outside what is allowed.
     #[error("invalid setting {key} = {value}: {message}")]
     Invalid {

@@ -50,15 +50,15 @@ mod validate;
 
 use std::path::Path;
 
+pub use env::coerce;
 pub use env::{ENV_PREFIX, ENV_SEPARATOR};
 pub use error::ConfigError;
 pub use model::{
-    ApiConfig, AuthConfig, DeactivatedOwner, ElasticsearchConfig, JiraConfig, KafkaSinkConfig,
-    KafkaSourceConfig, LakeConfig, LilyConfig, LogConfig, LogFormat, MetricsConfig,
-    MonteCarloConfig, NotifyTargetConfig, OktaConfig, PostgresConfig, PropagatedAttribute,
-    PropagationConfig, ReplicationConfig, TableNaming, TransformsConfig,
+    ApiConfig, AuthConfig, DeactivatedOwner, JiraConfig, KafkaSourceConfig, LakeConfig, LilyConfig,
+    LogConfig, LogFormat, MetricsConfig, MonteCarloConfig, OktaConfig, PostgresConfig,
+    PropagatedAttribute, PropagationConfig, ReplicationConfig, TableNaming, TransformsConfig,
 };
-pub use validate::PROPAGATABLE_ATTRIBUTES;
+pub use validate::{PROPAGATABLE_ATTRIBUTES, at_least, invalid_str, is_index_part, is_sink_name};
 
 impl LilyConfig {
     /// Loads `path` if given (an error if it does not exist), else the

@@ -33,13 +33,11 @@ pub struct LilyConfig {
     pub jira: JiraConfig,
     /// `[kafka_source]`: Monte Carlo events consumed from Kafka topics.
     pub kafka_source: KafkaSourceConfig,
-    /// `[elasticsearch]`: the search sink and the search API.
-    pub elasticsearch: ElasticsearchConfig,
-    /// `[kafka_sink]`: change streams to Kafka topics.
-    pub kafka_sink: KafkaSinkConfig,
-    /// `[notify.<name>]`: SaaS targets (Slack, Teams, JIRA, Freshdesk,
-    /// PagerDuty, webhooks), by name.
-    pub notify: BTreeMap<String, NotifyTargetConfig>,
+    /// `[sinks.<name>]`: where changes go (search, Kafka, SaaS tools,
+    /// files), by name. Each table's `type` picks the kind of sink, and the
+    /// sink registry (`lily_sinks::registry`) reads the rest with the
+    /// kind's own settings; `transform` names the transform feeding it.
+    pub sinks: BTreeMap<String, toml::Table>,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
     /// `[log]`: logging.
@@ -202,12 +200,6 @@ pub struct TransformsConfig {
     ///
     /// Default `1000`.
     pub reload_interval_ms: u64,
-    /// Which transform feeds which sink: sink name = transform name (the
-    /// file name without `.sql`), e.g. `console = "pii_masked_assets"`. A
-    /// sink not named here receives the changes as they are.
-    ///
-    /// Default: empty.
-    pub sinks: BTreeMap<String, String>,
 }
 
 impl Default for TransformsConfig {
@@ -215,7 +207,6 @@ impl Default for TransformsConfig {
         Self {
             dir: "./sql-transforms".to_owned(),
             reload_interval_ms: 1000,
-            sinks: BTreeMap::new(),
         }
     }
 }
@@ -290,6 +281,11 @@ pub struct ApiConfig {
     ///
     /// Default `30000`.
     pub api_key_cache_ms: u64,
+    /// The `elasticsearch` sink whose cluster the search API queries; empty:
+    /// the only one there is (no search API without one).
+    ///
+    /// Default `""`.
+    pub search_sink: String,
 }
 
 impl Default for ApiConfig {
@@ -299,6 +295,7 @@ impl Default for ApiConfig {
             body_limit_bytes: 1024 * 1024,
             pool_size: 8,
             api_key_cache_ms: 30_000,
+            search_sink: String::new(),
         }
     }
 }
@@ -506,208 +503,6 @@ impl Default for KafkaSourceConfig {
             options: BTreeMap::new(),
         }
     }
-}
-
-/// `[elasticsearch]`: search documents indexed in Elasticsearch (one index
-/// per tenant behind an alias), and the search API that queries them.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ElasticsearchConfig {
-    /// URLs of the cluster's nodes, e.g. `["https://es-1:9200"]`; empty
-    /// disables the search sink and the search API. From the environment,
-    /// comma-separated.
-    ///
-    /// Default: none.
-    pub urls: Vec<String>,
-    /// Basic-auth user; empty: none.
-    ///
-    /// Default `""`.
-    pub username: String,
-    /// Basic-auth password.
-    ///
-    /// Default `""`.
-    pub password: String,
-    /// An API key (the base64 `encoded` value Elasticsearch returns); used
-    /// instead of the user when set.
-    ///
-    /// Default `""`.
-    pub api_key: String,
-    /// First part of every alias and index name: `<prefix>-<tenant>-<index>`.
-    /// Lower case letters, digits, `-` and `_`.
-    ///
-    /// Default `"lily"`.
-    pub index_prefix: String,
-    /// Last part of every alias: what the documents are.
-    ///
-    /// Default `"assets"`.
-    pub index: String,
-    /// The post-consume transform producing the documents.
-    ///
-    /// Default `"search_documents"`.
-    pub transform: String,
-    /// A JSON file with the settings and mappings of new indices; empty:
-    /// the built-in asset mapping. Its fingerprint names the index behind
-    /// each alias.
-    ///
-    /// Default `""`.
-    pub mapping: String,
-    /// `refresh` of each bulk request: `""` (the index's own refresh
-    /// interval), `"wait_for"` or `"true"`.
-    ///
-    /// Default `""`.
-    pub refresh: String,
-    /// The sink sends what it holds at least this often, in milliseconds.
-    ///
-    /// Default `100`.
-    pub flush_interval_ms: u64,
-    /// ... or as soon as it holds this many documents.
-    ///
-    /// Default `5000`.
-    pub flush_max_docs: usize,
-    /// Largest bulk request, in bytes; larger flushes are split.
-    ///
-    /// Default `10485760` (10 MiB).
-    pub bulk_max_bytes: usize,
-    /// Timeout of each request, in milliseconds.
-    ///
-    /// Default `30000`.
-    pub timeout_ms: u64,
-}
-
-impl Default for ElasticsearchConfig {
-    fn default() -> Self {
-        Self {
-            urls: Vec::new(),
-            username: String::new(),
-            password: String::new(),
-            api_key: String::new(),
-            index_prefix: "lily".to_owned(),
-            index: "assets".to_owned(),
-            transform: "search_documents".to_owned(),
-            mapping: String::new(),
-            refresh: String::new(),
-            flush_interval_ms: 100,
-            flush_max_docs: 5000,
-            bulk_max_bytes: 10 * 1024 * 1024,
-            timeout_ms: 30_000,
-        }
-    }
-}
-
-/// `[kafka_sink]`: every change as a keyed record on
-/// `<topic_prefix>.<tenant>.<stream>`, produced idempotently with
-/// `acks=all`; a batch is acknowledged only once the brokers confirmed it.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaSinkConfig {
-    /// Bootstrap servers; empty disables the sink.
-    ///
-    /// Default `""`.
-    pub brokers: String,
-    /// First part of every topic name.
-    ///
-    /// Default `"lily"`.
-    pub topic_prefix: String,
-    /// A post-consume transform the changes go through first; empty: the
-    /// changes as they are.
-    ///
-    /// Default `""`.
-    pub transform: String,
-    /// Record values: `"json"`, or `"avro"` (single-object encoding, the
-    /// schemas published on `<topic_prefix>._schemas`).
-    ///
-    /// Default `"json"`.
-    pub format: String,
-    /// Whether Lily creates a topic before its first record (with the
-    /// partitions and replication factor below).
-    ///
-    /// Default `true`.
-    pub create_topics: bool,
-    /// Partitions of the topics Lily creates.
-    ///
-    /// Default `6`.
-    pub partitions: i32,
-    /// Replication factor of the topics Lily creates.
-    ///
-    /// Default `1`.
-    pub replication_factor: i32,
-    /// How long a flush waits for the brokers' confirmations before it is
-    /// retried, in milliseconds.
-    ///
-    /// Default `30000`.
-    pub flush_timeout_ms: u64,
-    /// The sink flushes at least this often, in milliseconds.
-    ///
-    /// Default `100`.
-    pub flush_interval_ms: u64,
-    /// Extra librdkafka producer settings passed as they are
-    /// (security.protocol, sasl.*, compression.type, ...).
-    ///
-    /// Default: none.
-    pub options: BTreeMap<String, String>,
-}
-
-impl Default for KafkaSinkConfig {
-    fn default() -> Self {
-        Self {
-            brokers: String::new(),
-            topic_prefix: "lily".to_owned(),
-            transform: String::new(),
-            format: "json".to_owned(),
-            create_topics: true,
-            partitions: 6,
-            replication_factor: 1,
-            flush_timeout_ms: 30_000,
-            flush_interval_ms: 100,
-            options: BTreeMap::new(),
-        }
-    }
-}
-
-/// `[notify.<name>]`: a SaaS target. Its filter transform chooses and words
-/// the notifications; they are queued durably and delivered by the
-/// target's own worker, at the vendor's pace, with retries and a
-/// dead-letter store. The keys other than the ones below are the kind's own
-/// (`url`, `api_token`, `project`, ...); a string may name environment
-/// variables as `${NAME}`, which keeps secrets out of the file.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-pub struct NotifyTargetConfig {
-    /// `slack`, `teams`, `jira`, `freshdesk`, `pagerduty` or `webhook`.
-    pub kind: String,
-    /// The post-consume transform choosing and wording the notifications.
-    pub filter: String,
-    /// Only these tenants' notifications; empty: every tenant's.
-    #[serde(default)]
-    pub tenants: Vec<String>,
-    /// Deliveries per second at most; 0: the vendor's documented pace
-    /// (Slack one a second).
-    #[serde(default)]
-    pub rate_per_sec: f64,
-    /// Attempts before a notification goes to the dead-letter store.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// First wait before a retry, in milliseconds; doubled each attempt
-    /// (at most five minutes).
-    #[serde(default = "default_retry_base_ms")]
-    pub retry_base_ms: u64,
-    /// Timeout of each request, in milliseconds.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// The kind's own settings.
-    #[serde(flatten)]
-    pub settings: toml::Table,
-}
-
-fn default_max_attempts() -> u32 {
-    8
-}
-
-fn default_retry_base_ms() -> u64 {
-    1000
-}
-
-fn default_timeout_ms() -> u64 {
-    10_000
 }
 
 /// `[metrics]`: the Prometheus endpoint.

@@ -135,92 +135,13 @@ impl LilyConfig {
             ));
         }
 
-        let es = &self.elasticsearch;
-        for u in &es.urls {
-            if url::Url::parse(u).is_err() {
+        for name in self.sinks.keys() {
+            if !is_sink_name(name) {
                 return Err(invalid_str(
-                    "elasticsearch.urls",
-                    u,
-                    "give node URLs such as \"https://es-1.example:9200\"",
-                ));
-            }
-        }
-        for (key, value) in [
-            ("elasticsearch.index_prefix", &es.index_prefix),
-            ("elasticsearch.index", &es.index),
-        ] {
-            if !is_index_part(value) {
-                return Err(invalid_str(
-                    key,
-                    value,
-                    "index names take lower-case letters, digits, - and _, and do not start with - or _",
-                ));
-            }
-        }
-        if !["", "true", "wait_for"].contains(&es.refresh.as_str()) {
-            return Err(invalid_str(
-                "elasticsearch.refresh",
-                &es.refresh,
-                "one of \"\" (the index's refresh interval), \"wait_for\", \"true\"",
-            ));
-        }
-        at_least("elasticsearch.flush_interval_ms", es.flush_interval_ms, 1)?;
-        at_least("elasticsearch.flush_max_docs", es.flush_max_docs as u64, 1)?;
-        at_least(
-            "elasticsearch.bulk_max_bytes",
-            es.bulk_max_bytes as u64,
-            1024,
-        )?;
-
-        let ks = &self.kafka_sink;
-        if ks.topic_prefix.is_empty()
-            || !ks
-                .topic_prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        {
-            return Err(invalid_str(
-                "kafka_sink.topic_prefix",
-                &ks.topic_prefix,
-                "topic names take letters, digits, '.', '_' and '-'",
-            ));
-        }
-        if !["json", "avro"].contains(&ks.format.as_str()) {
-            return Err(invalid_str(
-                "kafka_sink.format",
-                &ks.format,
-                "one of \"json\", \"avro\"",
-            ));
-        }
-        at_least("kafka_sink.partitions", ks.partitions.max(0) as u64, 1)?;
-        at_least(
-            "kafka_sink.replication_factor",
-            ks.replication_factor.max(0) as u64,
-            1,
-        )?;
-        at_least("kafka_sink.flush_interval_ms", ks.flush_interval_ms, 1)?;
-
-        for (name, target) in &self.notify {
-            if !is_slot_name(&name.replace('-', "_")) {
-                return Err(invalid_str(
-                    "notify",
+                    "sinks",
                     name,
-                    "a target name is 1-63 characters of a-z, 0-9, - and _",
+                    "a sink name is 1-63 characters of a-z, 0-9, - and _, starting with a letter or a digit",
                 ));
-            }
-            if target.filter.trim().is_empty() {
-                return Err(invalid_str(
-                    &format!("notify.{name}.filter"),
-                    &target.filter,
-                    "name the transform that chooses the target's notifications",
-                ));
-            }
-            if !(target.rate_per_sec >= 0.0 && target.rate_per_sec.is_finite()) {
-                return Err(ConfigError::Invalid {
-                    key: format!("notify.{name}.rate_per_sec"),
-                    value: target.rate_per_sec.to_string(),
-                    message: "deliveries per second: 0 (the vendor's pace) or more".into(),
-                });
             }
         }
 
@@ -252,8 +173,18 @@ fn is_identifier(name: &str) -> bool {
     is_slot_name(name) && !name.starts_with(|c: char| c.is_ascii_digit())
 }
 
+/// A sink's name, as in `[sinks.<name>]`: it names metrics, logs and dead
+/// letters.
+pub fn is_sink_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
 /// A part of an Elasticsearch index name.
-fn is_index_part(name: &str) -> bool {
+pub fn is_index_part(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 100
         && !name.starts_with(['-', '_'])
@@ -262,7 +193,8 @@ fn is_index_part(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
+/// An error unless `value` (of setting `key`) is at least `min`.
+pub fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
     if value >= min {
         return Ok(());
     }
@@ -273,7 +205,8 @@ fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
     })
 }
 
-fn invalid_str(key: &str, value: &str, message: &str) -> ConfigError {
+/// The error of setting `key`, whose text `value` is wrong as `message` says.
+pub fn invalid_str(key: &str, value: &str, message: &str) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_owned(),
         value: toml::Value::String(value.to_owned()).to_string(),

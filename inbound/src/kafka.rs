@@ -25,9 +25,6 @@ use crate::error::{InboundError, Result};
 use crate::server::Inbound;
 use crate::sources::monte_carlo::SCHEMA;
 
-/// The dead-letter source of events this source could not write.
-pub const DEAD_LETTER_SOURCE: &str = "kafka_source";
-
 /// The Kafka source.
 pub struct KafkaSource {
     inbound: Arc<Inbound>,
@@ -182,7 +179,7 @@ impl KafkaSource {
             .map(|k| String::from_utf8_lossy(k).into_owned());
         DeadLetters::new(self.inbound.db.pool().clone())
             .record(&NewDeadLetter {
-                source: DEAD_LETTER_SOURCE,
+                source: lily_sinks::registry::source::KAFKA_SOURCE,
                 tenant_id: tenant,
                 reference,
                 error_code: e.code(),

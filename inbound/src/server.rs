@@ -41,17 +41,19 @@ pub struct Inbound {
     /// Monte Carlo incidents: transform and writer (None when the
     /// transform does not load; the webhook then answers 503).
     pub incidents: Option<IncidentIngest>,
-    /// The search cluster (None when `elasticsearch.urls` is empty).
+    /// The search cluster (None without an elasticsearch sink).
     pub search: Option<lily_sinks::elasticsearch::SearchCluster>,
 }
 
 impl Inbound {
-    /// Everything the routes need: connection pool, JWKS, schemas, and the
-    /// Monte Carlo pre-ingest transform planned from `transforms`.
+    /// Everything the routes need: connection pool, JWKS, schemas, the
+    /// Monte Carlo pre-ingest transform planned from `transforms`, and the
+    /// cluster the search API queries.
     pub async fn new(
         config: &LilyConfig,
         transforms: &TransformSet,
         state: Arc<CatalogState>,
+        search: Option<lily_sinks::elasticsearch::SearchCluster>,
     ) -> Result<Arc<Self>> {
         let db = Metastore::new(
             &config.postgres.url,
@@ -73,8 +75,6 @@ impl Inbound {
                     None
                 }
             };
-        let search = lily_sinks::elasticsearch::SearchCluster::from_config(&config.elasticsearch)
-            .map_err(|e| InboundError::Internal(e.to_string()))?;
         Ok(Arc::new(Self {
             config: config.clone(),
             db,

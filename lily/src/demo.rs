@@ -121,13 +121,22 @@ pub async fn run(dir: &Path, search_server: Option<&Path>, base: LilyConfig) -> 
     // Search on this machine: an in-memory server the demo starts, unless
     // the config names a cluster.
     let mut _search = None;
-    if config.elasticsearch.urls.is_empty()
+    let has_search = |config: &LilyConfig| {
+        config
+            .sinks
+            .values()
+            .any(|t| t.get("type").and_then(|v| v.as_str()) == Some("elasticsearch"))
+    };
+    if !has_search(&config)
         && let Some(bin) = search_server
     {
         match lily_embedded::SearchServer::start(bin).await {
             Ok(server) => {
                 println!("  search server (in memory) on {}", server.url());
-                config.elasticsearch.urls = vec![server.url().to_owned()];
+                let mut table = toml::Table::new();
+                table.insert("type".into(), "elasticsearch".into());
+                table.insert("urls".into(), toml::Value::Array(vec![server.url().into()]));
+                config.sinks.insert("search".into(), table);
                 _search = Some(server);
             }
             Err(e) => println!("  no search: {e}"),
@@ -160,11 +169,9 @@ pub async fn run(dir: &Path, search_server: Option<&Path>, base: LilyConfig) -> 
     println!("  Ctrl-C stops. Changes as they arrive:\n");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let pipeline_config = config.clone();
-    let pipeline = tokio::spawn(async move {
-        let console = || vec![pipeline::console_sink()];
-        pipeline::run(&pipeline_config, console, shutdown_rx).await
-    });
+    let mut pipeline_config = config.clone();
+    pipeline::add_console(&mut pipeline_config);
+    let pipeline = tokio::spawn(async move { pipeline::run(&pipeline_config, shutdown_rx).await });
 
     let api = if config.api.listen.is_empty() {
         None
@@ -193,7 +200,7 @@ pub async fn run(dir: &Path, search_server: Option<&Path>, base: LilyConfig) -> 
                 .cloned()
                 .unwrap_or_default(),
             http: reqwest::Client::new(),
-            search: !config.elasticsearch.urls.is_empty(),
+            search: has_search(&config),
         })
     };
     let client = Arc::new(client);

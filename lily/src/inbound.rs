@@ -11,6 +11,7 @@ use lily_inbound::auth::{ApiKeys, Role};
 use lily_inbound::db::Metastore;
 use lily_inbound::kafka::KafkaSource;
 use lily_inbound::{Inbound, bind, serve};
+use lily_sinks::elasticsearch::SearchCluster;
 use lily_transforms::{CatalogState, TransformSet};
 use tokio::sync::watch;
 use tracing::error;
@@ -22,6 +23,7 @@ pub async fn start(
     config: &LilyConfig,
     transforms: &TransformSet,
     state: &Arc<CatalogState>,
+    search: Option<SearchCluster>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let api = !config.api.listen.is_empty();
@@ -29,7 +31,7 @@ pub async fn start(
     if !api && !kafka {
         return Ok(());
     }
-    let inbound = Inbound::new(config, transforms, state.clone())
+    let inbound = Inbound::new(config, transforms, state.clone(), search)
         .await
         .context("starting the inbound API")?;
     if api {

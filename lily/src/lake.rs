@@ -5,7 +5,7 @@ use deltalake::datafusion::prelude::SessionContext;
 use lily_config::LilyConfig;
 use lily_lakehouse::{AUDIT_TABLE, maintenance};
 
-use crate::pipeline::lake_location;
+use lily_sinks::builtin::lake_location;
 
 /// Compacts small files of the audit table.
 pub async fn optimize(config: &LilyConfig, target_size: Option<u64>) -> anyhow::Result<()> {

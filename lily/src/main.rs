@@ -1,9 +1,9 @@
 //! The `lily` command.
 
 mod demo;
+mod dlq;
 mod inbound;
 mod lake;
-mod outbound;
 mod pipeline;
 mod telemetry;
 mod transforms;
@@ -105,8 +105,8 @@ enum DlqCommand {
 }
 
 impl DlqArgs {
-    fn selection(self) -> outbound::DlqSelection {
-        outbound::DlqSelection {
+    fn selection(self) -> dlq::DlqSelection {
+        dlq::DlqSelection {
             ids: self.ids,
             source: self.source,
             tenant: self.tenant,
@@ -259,10 +259,10 @@ async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
         } => inbound::revoke_key(&config, &key_id).await,
         Command::Dlq {
             command: DlqCommand::List(args),
-        } => outbound::list(&config, &args.selection()).await,
+        } => dlq::list(&config, &args.selection()).await,
         Command::Dlq {
             command: DlqCommand::Replay(args),
-        } => outbound::replay(&config, &args.selection()).await,
+        } => dlq::replay(&config, &args.selection()).await,
     }
 }
 
@@ -322,7 +322,10 @@ fn print_setup(report: &SetupReport, config: &LilyConfig) {
     );
 }
 
-async fn run(config: LilyConfig, console: bool) -> anyhow::Result<()> {
+async fn run(mut config: LilyConfig, console: bool) -> anyhow::Result<()> {
+    if console {
+        pipeline::add_console(&mut config);
+    }
     telemetry::init_metrics(&config.metrics.listen)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -338,12 +341,5 @@ async fn run(config: LilyConfig, console: bool) -> anyhow::Result<()> {
         info!("stopping: finishing in-flight batches");
         let _ = shutdown_tx.send(true);
     });
-    let extra = move || {
-        if console {
-            vec![pipeline::console_sink()]
-        } else {
-            Vec::new()
-        }
-    };
-    pipeline::run(&config, extra, shutdown_rx).await
+    pipeline::run(&config, shutdown_rx).await
 }

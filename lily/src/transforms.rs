@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use lily_config::LilyConfig;
+use lily_sinks::registry::Registry;
 use lily_transforms::slt::run_all;
 use lily_transforms::{TransformError, TransformSet, check_source, discover};
 use tokio::sync::{mpsc, watch};
@@ -23,7 +24,10 @@ pub fn transforms_dir(config: &LilyConfig, dir: Option<&Path>) -> PathBuf {
 
 /// Loads the transforms for `lily run`. Files that do not load are reported
 /// and left out; a transform a sink needs that did not load stops the start.
-pub async fn load_transforms(config: &LilyConfig) -> anyhow::Result<TransformSet> {
+pub async fn load_transforms(
+    config: &LilyConfig,
+    registry: &Registry,
+) -> anyhow::Result<TransformSet> {
     let dir = transforms_dir(config, None);
     if !dir.is_dir() {
         warn!(dir = %dir.display(), "no transforms folder (transforms.dir): running without transforms or propagation");
@@ -32,7 +36,7 @@ pub async fn load_transforms(config: &LilyConfig) -> anyhow::Result<TransformSet
         .await
         .with_context(|| format!("loading transforms from {}", dir.display()))?;
     info!(dir = %dir.display(), loaded = report.loaded.len(), failed = report.errors.len(), "transforms loaded");
-    for (sink, transform) in &config.transforms.sinks {
+    for (sink, transform) in registry.transforms() {
         if set.get(transform).is_none() {
             let file = dir.join(format!("{transform}.sql"));
             let why = report
@@ -171,11 +175,16 @@ pub async fn check(config: &LilyConfig, dir: Option<&Path>) -> anyhow::Result<()
             }
         }
     }
-    for (sink, transform) in &config.transforms.sinks {
+    let env = |name: &str| std::env::var(name).ok();
+    for sink in lily_sinks::registry::parse(config, &env)? {
+        let Some(transform) = &sink.transform else {
+            continue;
+        };
         if !sources.iter().any(|s| &s.name == transform) {
             failures += 1;
             println!(
-                "error  transforms.sinks: sink {sink} is fed by {transform}, which has no file in {}",
+                "error  sinks.{}: fed by transform {transform}, which has no file in {}",
+                sink.name,
                 dir.display()
             );
         }

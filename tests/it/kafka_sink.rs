@@ -95,8 +95,8 @@ async fn changes_reach_kafka_keyed_in_order_and_complete_across_a_crash() -> any
     std::fs::write(
         &config,
         format!(
-            "[kafka_sink]\nbrokers = \"{}\"\npartitions = 3\n\
-             [kafka_sink.options]\n\"linger.ms\" = \"2\"\n",
+            "[sinks.kafka]\ntype = \"kafka\"\nbrokers = \"{}\"\npartitions = 3\n\
+             [sinks.kafka.options]\n\"linger.ms\" = \"2\"\n",
             broker.bootstrap_servers()
         ),
     )?;
@@ -283,7 +283,7 @@ async fn avro_records_decode_with_the_schemas_lily_publishes() -> anyhow::Result
     std::fs::write(
         &config,
         format!(
-            "[kafka_sink]\nbrokers = \"{}\"\nformat = \"avro\"\npartitions = 1\n",
+            "[sinks.kafka]\ntype = \"kafka\"\nbrokers = \"{}\"\nformat = \"avro\"\npartitions = 1\n",
             broker.bootstrap_servers()
         ),
     )?;

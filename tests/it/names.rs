@@ -46,13 +46,15 @@ async fn tenants_with_clashing_names_get_their_own_topics_and_indices() -> anyho
     let lily = env.spawn_lily_with(
         &["run"],
         &[
+            ("LILY_SINKS__EVENTS__TYPE".into(), "kafka".into()),
             (
-                "LILY_KAFKA_SINK__BROKERS".into(),
+                "LILY_SINKS__EVENTS__BROKERS".into(),
                 broker.bootstrap_servers(),
             ),
-            ("LILY_KAFKA_SINK__PARTITIONS".into(), "1".into()),
-            ("LILY_ELASTICSEARCH__URLS".into(), server.url().to_owned()),
-            ("LILY_ELASTICSEARCH__FLUSH_INTERVAL_MS".into(), "50".into()),
+            ("LILY_SINKS__EVENTS__PARTITIONS".into(), "1".into()),
+            ("LILY_SINKS__SEARCH__TYPE".into(), "elasticsearch".into()),
+            ("LILY_SINKS__SEARCH__URLS".into(), server.url().to_owned()),
+            ("LILY_SINKS__SEARCH__FLUSH_INTERVAL_MS".into(), "50".into()),
         ],
     )?;
     wait_streaming(&env, "lily").await?;
@@ -126,12 +128,12 @@ async fn tenants_with_clashing_names_get_their_own_topics_and_indices() -> anyho
     lily.stop().await?;
 
     // Removing acme's indices leaves acme_incident's and acme-eu's.
-    let cluster =
-        lily_sinks::elasticsearch::SearchCluster::from_config(&lily_config::ElasticsearchConfig {
+    let cluster = lily_sinks::elasticsearch::SearchCluster::connect(
+        &lily_sinks::elasticsearch::ElasticsearchConfig {
             urls: vec![server.url().to_owned()],
             ..Default::default()
-        })?
-        .ok_or_else(|| anyhow::anyhow!("no cluster"))?;
+        },
+    )?;
     let removed = cluster.delete_tenant(&TenantId::parse("acme")?).await?;
     assert_eq!(removed, 1);
     assert!(server.documents(&aliases["acme"]).await?.is_empty());

@@ -165,60 +165,69 @@ async fn saas_targets_get_their_vendors_formats_at_their_pace() -> anyhow::Resul
 [jira.secrets]
 acme = "{JIRA_SECRET}"
 
-[notify.governance]
+[sinks.governance]
+type = "notify"
 kind = "slack"
-filter = "notify_pii_tagged"
+transform = "notify_pii_tagged"
 tenants = ["acme"]
 url = "${{LILY_TEST_SLACK_URL}}"
 
-[notify.teams]
+[sinks.teams]
+type = "notify"
 kind = "teams"
-filter = "notify_pii_tagged"
+transform = "notify_pii_tagged"
 url = "{teams}/workflows/lily"
 
-[notify.dq-jira]
+[sinks.dq-jira]
+type = "notify"
 kind = "jira"
-filter = "notify_incidents"
+transform = "notify_incidents"
 base_url = "{jira}"
 email = "bot@acme.example"
 api_token = "jira-token"
 project = "DQ"
 labels = ["data quality"]
 
-[notify.helpdesk]
+[sinks.helpdesk]
+type = "notify"
 kind = "freshdesk"
-filter = "notify_incidents"
+transform = "notify_incidents"
 base_url = "{freshdesk}"
 api_key = "fd-key"
 requester_email = "data@acme.example"
 
-[notify.oncall]
+[sinks.oncall]
+type = "notify"
 kind = "pagerduty"
-filter = "notify_incidents"
+transform = "notify_incidents"
 routing_key = "R0UT1NGKEY"
 url = "{pagerduty}/v2/enqueue"
 
-[notify.audit-hook]
+[sinks.audit-hook]
+type = "notify"
 kind = "webhook"
-filter = "notify_pii_tagged"
+transform = "notify_pii_tagged"
 url = "{hook}/lily"
 secret = "{HOOK_SECRET}"
 
-[notify.flaky]
+[sinks.flaky]
+type = "notify"
 kind = "webhook"
-filter = "notify_pii_tagged"
+transform = "notify_pii_tagged"
 url = "{flaky}/"
 max_attempts = 2
 retry_base_ms = 50
 
-[notify.refusing]
+[sinks.refusing]
+type = "notify"
 kind = "webhook"
-filter = "notify_pii_tagged"
+transform = "notify_pii_tagged"
 url = "{refusing}/"
 
-[notify.stuck]
+[sinks.stuck]
+type = "notify"
 kind = "webhook"
-filter = "notify_pii_tagged"
+transform = "notify_pii_tagged"
 url = "{stuck}/"
 timeout_ms = 50000
 "#,
@@ -389,7 +398,10 @@ timeout_ms = 50000
         args.push(id.to_string());
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out) = run_lily(&argv, &env.lily_env())?;
+    // A replay reads the sinks as `lily run` does, secrets included.
+    let mut vars = env.lily_env();
+    vars.extend(extra.iter().cloned());
+    let (code, out) = run_lily(&argv, &vars)?;
     assert_eq!(code, 0, "{out}");
     let got = wait_requests("the 5 replayed notifications", &flaky, 15, &lily).await?;
     let first: BTreeSet<&String> = got[..10]

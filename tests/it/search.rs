@@ -138,9 +138,10 @@ async fn converge(
 
 fn search_env(server: &SearchServer) -> Vec<(String, String)> {
     vec![
-        ("LILY_ELASTICSEARCH__URLS".into(), server.url().to_owned()),
-        ("LILY_ELASTICSEARCH__TIMEOUT_MS".into(), "2000".into()),
-        ("LILY_ELASTICSEARCH__FLUSH_INTERVAL_MS".into(), "50".into()),
+        ("LILY_SINKS__SEARCH__TYPE".into(), "elasticsearch".into()),
+        ("LILY_SINKS__SEARCH__URLS".into(), server.url().to_owned()),
+        ("LILY_SINKS__SEARCH__TIMEOUT_MS".into(), "2000".into()),
+        ("LILY_SINKS__SEARCH__FLUSH_INTERVAL_MS".into(), "50".into()),
         ("LILY_AUTH__JWT_HS256_SECRETS".into(), HS_SECRET.into()),
     ]
 }
@@ -427,7 +428,7 @@ async fn a_document_the_mapping_refuses_is_a_dead_letter_until_replayed() -> any
     std::fs::write(&mapping_file, mapping.to_string())?;
     let mut settings = search_env(&server);
     settings.push((
-        "LILY_ELASTICSEARCH__MAPPING".into(),
+        "LILY_SINKS__SEARCH__MAPPING".into(),
         mapping_file.display().to_string(),
     ));
     let lily = env.spawn_lily_with(&["run"], &settings)?;
@@ -501,7 +502,7 @@ async fn a_changed_mapping_is_reindexed_behind_the_alias() -> anyhow::Result<()>
     std::fs::write(&mapping_file, text)?;
     let mut settings = search_env(&server);
     settings.push((
-        "LILY_ELASTICSEARCH__MAPPING".into(),
+        "LILY_SINKS__SEARCH__MAPPING".into(),
         mapping_file.display().to_string(),
     ));
     let lily = env.spawn_lily_with(&["run"], &settings)?;

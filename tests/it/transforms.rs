@@ -43,8 +43,9 @@ async fn a_transform_feeds_its_sink_and_survives_a_broken_edit() -> anyhow::Resu
     let mut vars = env.lily_env();
     vars.retain(|(k, _)| k != "LILY_TRANSFORMS__DIR");
     vars.push(("LILY_TRANSFORMS__DIR".into(), dir.display().to_string()));
+    vars.push(("LILY_SINKS__CONSOLE__TYPE".into(), "console".into()));
     vars.push((
-        "LILY_TRANSFORMS__SINKS__CONSOLE".into(),
+        "LILY_SINKS__CONSOLE__TRANSFORM".into(),
         "pii_masked_assets".into(),
     ));
     // Only `lily transforms reload` reloads here.
@@ -205,8 +206,9 @@ async fn a_transform_feeds_its_sink_and_survives_a_broken_edit() -> anyhow::Resu
 async fn a_route_to_a_missing_transform_stops_the_start() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let mut vars = env.lily_env();
+    vars.push(("LILY_SINKS__CONSOLE__TYPE".into(), "console".into()));
     vars.push((
-        "LILY_TRANSFORMS__SINKS__CONSOLE".into(),
+        "LILY_SINKS__CONSOLE__TRANSFORM".into(),
         "no_such_transform".into(),
     ));
     let (code, out) = run_lily(&["run", "--console"], &vars)?;

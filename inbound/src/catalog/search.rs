@@ -51,7 +51,7 @@ pub async fn search(
     caller.require(&tenant, Action::Read)?;
     let Some(cluster) = &inbound.search else {
         return Err(InboundError::Unavailable(
-            "search is not configured (elasticsearch.urls is empty)".into(),
+            "search is not configured (no elasticsearch sink)".into(),
         ));
     };
     if !inbound.db.tenant_exists(&tenant).await? {

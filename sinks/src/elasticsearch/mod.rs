@@ -8,6 +8,7 @@
 //! Speaks the API Elasticsearch 8 serves (OpenSearch serves the same).
 
 pub mod bulk;
+mod config;
 pub mod index;
 pub mod search;
 mod sink;
@@ -21,21 +22,16 @@ use elasticsearch::http::response::Response;
 use elasticsearch::http::transport::{
     MultiNodeConnectionPool, SingleNodeConnectionPool, TransportBuilder,
 };
-use elasticsearch::params::Refresh;
-use lily_config::ElasticsearchConfig;
+use lily_cdc::sink::SinkError;
+use tracing::warn;
 
+pub use config::{DEFAULT_TRANSFORM, ElasticsearchConfig, Refresh};
 pub use index::{ASSETS_MAPPING, IndexMapping, IndexNaming};
 pub use search::{SearchHit, SearchPage, SearchQuery};
 pub use sink::ElasticsearchSink;
 
 use lily_cdc::TenantId;
 use lily_cdc::sink::dead_letter::{DeadLetter, DeadLetters};
-
-/// The dead-letter source of refused documents.
-pub const DEAD_LETTER_SOURCE: &str = "elasticsearch";
-
-/// The name of the search sink in the pipeline.
-pub const SINK_NAME: &str = "search";
 
 /// Why a search call failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +43,7 @@ pub enum SearchError {
     #[error("search cluster refused: {0}")]
     Refused(String),
     /// The configuration is wrong.
-    #[error("[elasticsearch]: {0}")]
+    #[error("{0}")]
     Config(String),
 }
 
@@ -86,8 +82,8 @@ impl From<elasticsearch::Error> for SearchError {
     }
 }
 
-/// Elasticsearch as `[elasticsearch]` describes it: its client, the naming
-/// of its indices and the mapping of its documents.
+/// Elasticsearch as an `elasticsearch` sink describes it: its client, the
+/// naming of its indices and the mapping of its documents.
 #[derive(Clone)]
 pub struct SearchCluster {
     /// The client.
@@ -100,10 +96,10 @@ pub struct SearchCluster {
 }
 
 impl SearchCluster {
-    /// `None` when `config.urls` is empty (no search).
-    pub fn from_config(config: &ElasticsearchConfig) -> Result<Option<Self>, SearchError> {
+    /// The cluster at `config.urls`.
+    pub fn connect(config: &ElasticsearchConfig) -> Result<Self, SearchError> {
         if config.urls.is_empty() {
-            return Ok(None);
+            return Err(SearchError::Config("urls: no node URL".into()));
         }
         let urls = config
             .urls
@@ -140,23 +136,23 @@ impl SearchCluster {
             })?;
             IndexMapping::parse(&text)?
         };
-        Ok(Some(Self {
+        Ok(Self {
             client: Elasticsearch::new(transport),
             naming: IndexNaming::new(&config.index_prefix, &config.index),
             mapping,
             config: config.clone(),
-        }))
+        })
     }
 
-    /// The search sink writing to this cluster.
-    pub fn sink(&self, dead_letters: DeadLetters) -> ElasticsearchSink {
-        let refresh = match self.config.refresh.as_str() {
-            "true" => Some(Refresh::True),
-            "wait_for" => Some(Refresh::WaitFor),
-            _ => None,
+    /// A search sink named `name` writing to this cluster.
+    pub fn sink(&self, name: &str, dead_letters: DeadLetters) -> ElasticsearchSink {
+        let refresh = match self.config.refresh {
+            Refresh::Immediately => Some(elasticsearch::params::Refresh::True),
+            Refresh::WaitFor => Some(elasticsearch::params::Refresh::WaitFor),
+            Refresh::IndexInterval => None,
         };
         ElasticsearchSink::new(
-            SINK_NAME,
+            name,
             self.client.clone(),
             self.naming.clone(),
             self.mapping.clone(),
@@ -164,6 +160,27 @@ impl SearchCluster {
             self.config.bulk_max_bytes,
             dead_letters,
         )
+    }
+
+    /// Refuses credentials the cluster refuses; an unreachable cluster is
+    /// only reported, since the runner retries until it is back.
+    pub async fn healthcheck(self, sink: String) -> Result<(), SinkError> {
+        match self.client.ping().send().await {
+            Ok(r) if r.status_code().as_u16() == 401 || r.status_code().as_u16() == 403 => {
+                Err(SinkError::Rejected {
+                    sink,
+                    message: format!(
+                        "the cluster refuses Lily's credentials (HTTP {})",
+                        r.status_code()
+                    ),
+                })
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                warn!(sink, error = %e, "the search cluster is unreachable; documents wait until it is back");
+                Ok(())
+            }
+        }
     }
 
     /// Searches `tenant`'s documents.

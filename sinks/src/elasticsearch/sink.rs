@@ -20,7 +20,8 @@ use tracing::{debug, info, warn};
 
 use super::bulk::{BadDoc, DocWrite, ItemOutcome, doc_writes, item_outcomes};
 use super::index::{IndexMapping, IndexNaming, delete_indices, ensure_alias, migrate_alias};
-use super::{DEAD_LETTER_SOURCE, SearchError, response_json};
+use super::{SearchError, response_json};
+use crate::registry::source;
 use lily_cdc::sink::dead_letter::{DeadLetters, NewDeadLetter};
 use lily_cdc::sink::{Sink, SinkError};
 
@@ -164,15 +165,21 @@ impl ElasticsearchSink {
         code: &str,
         error: &str,
         payload: &[u8],
-        details: Value,
+        mut details: Value,
     ) -> Result<(), SinkError> {
         warn!(
             reference,
             code, error, "search document kept as a dead letter"
         );
+        // Which sink replays it.
+        if let Value::Object(map) = &mut details {
+            map.insert("sink".into(), Value::String(self.name.clone()));
+        } else {
+            details = json!({ "sink": self.name });
+        }
         self.dead_letters
             .record(&NewDeadLetter {
-                source: DEAD_LETTER_SOURCE,
+                source: source::ELASTICSEARCH,
                 tenant_id: tenant,
                 reference,
                 error_code: code,
@@ -321,26 +328,5 @@ impl Sink for ElasticsearchSink {
             Field::new("tenant_id", DataType::Utf8, true),
             Field::new("_id", DataType::Utf8, true),
         ])
-    }
-
-    /// Refuses credentials the cluster refuses; an unreachable cluster is
-    /// only reported, since the runner retries until it is back.
-    async fn healthcheck(&mut self) -> Result<(), SinkError> {
-        match self.client.ping().send().await {
-            Ok(r) if r.status_code().as_u16() == 401 || r.status_code().as_u16() == 403 => {
-                Err(SinkError::Rejected {
-                    sink: self.name.clone(),
-                    message: format!(
-                        "the cluster refuses Lily's credentials (HTTP {})",
-                        r.status_code()
-                    ),
-                })
-            }
-            Ok(_) => Ok(()),
-            Err(e) => {
-                warn!(error = %e, "the search cluster is unreachable; documents wait until it is back");
-                Ok(())
-            }
-        }
     }
 }

@@ -17,9 +17,6 @@ use super::refs::SubjectRefs;
 use super::target::{DeliveryContext, DeliveryError, Target};
 use lily_cdc::sink::dead_letter::{DeadLetters, NewDeadLetter};
 
-/// The dead-letter source of notifications.
-pub const DEAD_LETTER_SOURCE: &str = "notify";
-
 /// At most `rate` deliveries a second, one at a time.
 #[derive(Debug)]
 pub struct RateLimit {
@@ -238,7 +235,7 @@ impl DeliveryWorker {
         warn!(error, code, reference, "notification kept as a dead letter");
         self.dead_letters
             .record(&NewDeadLetter {
-                source: DEAD_LETTER_SOURCE,
+                source: crate::registry::source::NOTIFY,
                 tenant_id: n.map(|n| n.tenant_id.as_str()),
                 reference: &reference,
                 error_code: code,

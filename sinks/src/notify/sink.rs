@@ -8,7 +8,6 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tracing::warn;
 
-use super::delivery::DEAD_LETTER_SOURCE;
 use super::event::{BadRow, Notification, notifications, required_columns};
 use super::outbox::Outbox;
 use lily_cdc::sink::dead_letter::{DeadLetters, NewDeadLetter};
@@ -37,7 +36,7 @@ impl NotifySink {
         wake: Arc<Notify>,
     ) -> Self {
         Self {
-            sink_name: sink_name(target),
+            sink_name: target.to_owned(),
             target: target.to_owned(),
             tenants,
             outbox,
@@ -54,11 +53,6 @@ impl NotifySink {
             message: message.to_string(),
         }
     }
-}
-
-/// The pipeline's name of the sink of target `target`.
-pub fn sink_name(target: &str) -> String {
-    format!("notify.{target}")
 }
 
 #[async_trait::async_trait]
@@ -88,7 +82,7 @@ impl Sink for NotifySink {
             warn!(target = %self.target, error = %bad.error, "a filter row is not a notification; kept as a dead letter");
             self.dead_letters
                 .record(&NewDeadLetter {
-                    source: DEAD_LETTER_SOURCE,
+                    source: crate::registry::source::NOTIFY,
                     tenant_id: bad.tenant_id.as_deref(),
                     reference: &format!("{}:bad-row", self.target),
                     error_code: "bad_output",

@@ -24,12 +24,21 @@ const SHOWN: &[&str] = &[
 ];
 
 /// Prints changes to standard output.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConsoleSink {
+    name: String,
     printed: u64,
 }
 
 impl ConsoleSink {
+    /// A sink named `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            printed: 0,
+        }
+    }
+
     /// Changes printed so far.
     pub fn printed(&self) -> u64 {
         self.printed
@@ -39,7 +48,7 @@ impl ConsoleSink {
 #[async_trait::async_trait]
 impl Sink for ConsoleSink {
     fn name(&self) -> &str {
-        "console"
+        &self.name
     }
 
     async fn write(&mut self, batch: Arc<ChangeBatch>) -> Result<(), SinkError> {
