@@ -65,4 +65,6 @@ sink_kinds! {
     notify::NotifyConfig => Notify,
     /// One line per change on standard output.
     console::ConsoleConfig => Console,
+    /// NDJSON files, one per tenant and day.
+    file::FileConfig => File,
 }
