@@ -262,12 +262,9 @@ async fn resumable_slot(client: &tokio_postgres::Client, name: &str) -> anyhow::
             &[&name],
         )
         .await?;
-    SnapshotState {
-        snapshot_lsn: None,
-        done: true,
-    }
-    .save(client, name)
-    .await?;
+    SnapshotState::Delivered { at: None }
+        .save(client, name)
+        .await?;
     Ok(())
 }
 

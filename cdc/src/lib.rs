@@ -31,4 +31,4 @@ pub use error::{CdcError, Result};
 pub use lsn::{Lsn, Position};
 pub use reader::{ChangeReader, ReaderConfig, StartPlan};
 pub use slot::{ReplicationSlot, SnapshotState};
-pub use tenant::{InvalidTenantId, TenantId};
+pub use tenant::{InvalidTenantId, TenantId, renamed_onto_others};

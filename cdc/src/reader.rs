@@ -149,12 +149,12 @@ impl ChangeReader {
     pub async fn plan(&self) -> Result<StartPlan> {
         let state = SnapshotState::load(&self.sql, &self.config.slot).await?;
         let slot = self.slot.inspect(&self.sql).await?;
-        Ok(match (slot, state.done) {
-            (Some(info), true) => StartPlan::Resume {
+        Ok(match slot {
+            Some(info) if state.is_delivered() => StartPlan::Resume {
                 from: info.confirmed_flush.unwrap_or(Lsn::ZERO),
             },
             _ => StartPlan::Snapshot {
-                discard: state.snapshot_lsn,
+                discard: state.point(),
             },
         })
     }
@@ -177,12 +177,9 @@ impl ChangeReader {
                     _ = self.acks.wait_durable(last) => {}
                     _ = shutdown.changed() => return self.shutdown(conn).await,
                 }
-                SnapshotState {
-                    snapshot_lsn: Some(point),
-                    done: true,
-                }
-                .save(&self.sql, &self.config.slot)
-                .await?;
+                SnapshotState::Delivered { at: Some(point) }
+                    .save(&self.sql, &self.config.slot)
+                    .await?;
                 self.acks.start_at(point);
                 info!(consistent_point = %point, "snapshot delivered to every sink");
                 point
@@ -512,12 +509,9 @@ impl ChangeReader {
     async fn snapshot(&mut self, conn: &mut ReplicationConnection) -> Result<Lsn> {
         self.slot.drop_if_exists(&self.sql).await?;
         let (point, snapshot) = self.slot.create_exporting_snapshot(conn).await?;
-        SnapshotState {
-            snapshot_lsn: Some(point),
-            done: false,
-        }
-        .save(&self.sql, &self.config.slot)
-        .await?;
+        SnapshotState::InProgress { at: point }
+            .save(&self.sql, &self.config.slot)
+            .await?;
         info!(consistent_point = %point, %snapshot, "slot created; copying tables at its snapshot");
         let tables = catalog::published_tables(&self.sql, &self.config.publication).await?;
         let sql = self.sql.clone();

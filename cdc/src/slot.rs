@@ -125,17 +125,49 @@ impl ReplicationSlot {
     }
 }
 
-/// Whether the initial snapshot of a slot has been fully delivered, kept in
+/// Where the initial snapshot of a slot stands, kept in
 /// `lily.replication_state` (created by the metastore migrations).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotState {
-    /// Consistent point of the last snapshot started, if any.
-    pub snapshot_lsn: Option<Lsn>,
-    /// Every sink durably holds that snapshot.
-    pub done: bool,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotState {
+    /// No snapshot was started for the slot.
+    NotTaken,
+    /// A snapshot at consistent point `at` started; not every sink holds it
+    /// yet, so the next run discards its rows and takes a new one.
+    InProgress {
+        /// Its consistent point.
+        at: Lsn,
+    },
+    /// Every sink durably holds the snapshot; the slot streams from here.
+    Delivered {
+        /// Its consistent point, when recorded.
+        at: Option<Lsn>,
+    },
 }
 
 impl SnapshotState {
+    /// Whether every sink holds the snapshot.
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, SnapshotState::Delivered { .. })
+    }
+
+    /// The consistent point of the last snapshot started, if known.
+    pub fn point(&self) -> Option<Lsn> {
+        match *self {
+            SnapshotState::NotTaken => None,
+            SnapshotState::InProgress { at } => Some(at),
+            SnapshotState::Delivered { at } => at,
+        }
+    }
+
+    /// The state once the slot is gone: a new snapshot is needed, and the
+    /// old one's rows are what the sinks discard first.
+    pub fn retake(&self) -> SnapshotState {
+        match self.point() {
+            Some(at) => SnapshotState::InProgress { at },
+            None => SnapshotState::NotTaken,
+        }
+    }
+
     /// Reads the state of `slot`; a slot never snapshotted reads as not done.
     pub async fn load(client: &Client, slot: &str) -> Result<SnapshotState> {
         let row = client
@@ -145,28 +177,28 @@ impl SnapshotState {
             )
             .await
             .map_err(CdcError::sql("reading lily.replication_state (has `lily setup` run?)"))?;
-        Ok(match row {
-            Some(r) => SnapshotState {
-                snapshot_lsn: r.get::<_, Option<String>>(0).and_then(|s| s.parse().ok()),
-                done: r.get(1),
-            },
-            None => SnapshotState {
-                snapshot_lsn: None,
-                done: false,
-            },
+        let Some(r) = row else {
+            return Ok(SnapshotState::NotTaken);
+        };
+        let at: Option<Lsn> = r.get::<_, Option<String>>(0).and_then(|s| s.parse().ok());
+        Ok(match (at, r.get::<_, bool>(1)) {
+            (at, true) => SnapshotState::Delivered { at },
+            (Some(at), false) => SnapshotState::InProgress { at },
+            (None, false) => SnapshotState::NotTaken,
         })
     }
 
     /// Stores the state of `slot`.
     pub async fn save(&self, client: &Client, slot: &str) -> Result<()> {
-        let lsn = self.snapshot_lsn.map(|l| l.to_string());
+        let lsn = self.point().map(|l| l.to_string());
+        let done = self.is_delivered();
         client
             .execute(
                 "INSERT INTO lily.replication_state (slot_name, snapshot_lsn, snapshot_done, updated_at) \
                  VALUES ($1, $2::text::pg_lsn, $3, now()) \
                  ON CONFLICT (slot_name) DO UPDATE SET snapshot_lsn = EXCLUDED.snapshot_lsn, \
                  snapshot_done = EXCLUDED.snapshot_done, updated_at = now()",
-                &[&slot, &lsn, &self.done],
+                &[&slot, &lsn, &done],
             )
             .await
             .map_err(CdcError::sql("writing lily.replication_state"))?;

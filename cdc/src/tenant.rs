@@ -91,10 +91,49 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// A tenant id is text in SQL (`tenant_id text` everywhere).
+impl tokio_postgres::types::ToSql for TenantId {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        self.0.to_sql(ty, out)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <String as tokio_postgres::types::ToSql>::accepts(ty)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+impl std::ops::Deref for TenantId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for TenantId {
     fn as_ref(&self) -> &str {
         &self.0
     }
+}
+
+/// Pairs `(renamed, other)` of `ids` where `renamed`'s segment is `other`'s
+/// id as it is: before segments, Kafka topics and search indices were
+/// named with ids as they are, so after an upgrade `renamed` writes to the
+/// names `other` used to have (tenant `team0` to `lily.team00.*`, once
+/// tenant `team00`'s). Consumers and grants on those old names must move.
+pub fn renamed_onto_others(ids: &[TenantId]) -> Vec<(TenantId, TenantId)> {
+    let known: std::collections::HashSet<&str> = ids.iter().map(TenantId::as_str).collect();
+    ids.iter()
+        .filter_map(|t| {
+            let seg = t.segment();
+            (seg != t.0 && known.contains(seg.as_str())).then(|| (t.clone(), TenantId(seg)))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -143,6 +182,19 @@ mod tests {
         assert_eq!(TenantId::from_segment("acme-eu"), None);
         assert_eq!(TenantId::from_segment("acme0x"), None);
         assert_eq!(TenantId::from_segment("acme0"), None);
+    }
+
+    #[test]
+    fn tenants_that_take_anothers_old_names_are_found() {
+        let ids: Vec<TenantId> = ["team0", "team00", "acme", "acme-eu", "acme0deu"]
+            .into_iter()
+            .map(t)
+            .collect();
+        let pairs = renamed_onto_others(&ids);
+        assert_eq!(
+            pairs,
+            vec![(t("team0"), t("team00")), (t("acme-eu"), t("acme0deu"))]
+        );
     }
 
     #[test]

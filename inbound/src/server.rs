@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, MatchedPath, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, RawPathParams, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -107,6 +108,27 @@ impl Inbound {
 /// it never reaches a query; the checked id names its indices and topics.
 pub fn check_tenant(tenant: &str) -> Result<TenantId> {
     TenantId::parse(tenant).map_err(|e| InboundError::UnknownTenant(e.0))
+}
+
+/// The `{tenant}` of a route, checked once: a name that cannot be a tenant
+/// is refused before anything reads it, and the checked id names what the
+/// handler touches.
+pub struct Tenant(pub TenantId);
+
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+    type Rejection = InboundError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| InboundError::Internal(format!("route parameters: {e}")))?;
+        let raw = params
+            .iter()
+            .find(|(name, _)| *name == "tenant")
+            .map(|(_, value)| value.to_owned())
+            .ok_or_else(|| InboundError::Internal("the route has no {tenant}".into()))?;
+        Ok(Tenant(check_tenant(&raw)?))
+    }
 }
 
 /// A request body, read up to `api.body_limit_bytes`.

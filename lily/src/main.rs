@@ -48,7 +48,7 @@ enum Command {
         #[arg(long, default_value = ".lily")]
         dir: PathBuf,
         /// An osmem-server binary to run as the demo's search cluster (when
-        /// elasticsearch.urls names none); `scripts/demo` passes the one
+        /// the config has no elasticsearch sink); `scripts/demo` passes the one
         /// `scripts/bootstrap` installed.
         #[arg(long, env = "LILY_DEMO_SEARCH_SERVER")]
         search_server: Option<PathBuf>,

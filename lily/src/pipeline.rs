@@ -25,6 +25,32 @@ pub fn add_console(config: &mut LilyConfig) {
         .or_insert_with(|| toml::toml! { type = "console" });
 }
 
+/// Tenants whose topic and index names are another tenant's old names
+/// (before tenant ids were written as segments) are named at every start,
+/// so an operator moves consumers and grants off those names.
+async fn warn_about_renamed_tenants(pool: &deadpool_postgres::Pool) {
+    let Ok(conn) = pool.get().await else {
+        return;
+    };
+    let Ok(rows) = conn
+        .query("SELECT tenant_id FROM metastore.tenants", &[])
+        .await
+    else {
+        return;
+    };
+    let ids: Vec<lily_cdc::TenantId> = rows
+        .iter()
+        .filter_map(|r| lily_cdc::TenantId::parse(r.get::<_, &str>(0)).ok())
+        .collect();
+    for (renamed, other) in lily_cdc::renamed_onto_others(&ids) {
+        warn!(
+            tenant = %renamed,
+            old_names_of = %other,
+            "this tenant's topics and indices carry the names tenant {other}'s had before tenant ids were written as segments; move consumers and grants of {other} to its new names (docs/outbound.md)"
+        );
+    }
+}
+
 /// The reader's settings from the config.
 pub fn reader_config(config: &LilyConfig) -> ReaderConfig {
     let r = &config.replication;
@@ -57,6 +83,7 @@ pub async fn run(config: &LilyConfig, shutdown: watch::Receiver<bool>) -> anyhow
     let configured = lily_sinks::registry::parse(config, &env)?;
     let pool = crate::dlq::pool(config)?;
     let registry = Registry::build(config, &configured, &pool).await?;
+    warn_about_renamed_tenants(&pool).await;
     let transforms = load_transforms(config, &registry).await?;
     let state = Arc::new(CatalogState::new(config.propagation.attributes.clone()));
     tokio::spawn(watch_transforms(

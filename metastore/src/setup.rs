@@ -86,15 +86,10 @@ pub async fn setup(client: &mut Client, opts: &SetupOptions) -> Result<SetupRepo
     let slot = ReplicationSlot::new(opts.slot.clone());
     let state = SnapshotState::load(client, &opts.slot).await?;
     report.slot_created = slot.ensure(client).await?;
-    if report.slot_created && state.done {
+    if report.slot_created && state.is_delivered() {
         // The slot was dropped behind our back: changes since are gone from
         // it, so the next run must take a fresh snapshot.
-        SnapshotState {
-            snapshot_lsn: state.snapshot_lsn,
-            done: false,
-        }
-        .save(client, &opts.slot)
-        .await?;
+        state.retake().save(client, &opts.slot).await?;
         info!(slot = %opts.slot, "slot was missing; the next run takes a new snapshot");
     } else if report.slot_created {
         state.save(client, &opts.slot).await?;

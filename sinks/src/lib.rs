@@ -44,6 +44,24 @@ macro_rules! sink_kinds {
                 }
             }
 
+            /// Reads the settings of a `type` from its table (without
+            /// `type`), through TOML text so that an error shows the key
+            /// and line it is about.
+            pub fn parse(type_name: &str, table: toml::Table) -> Option<Result<SinkConfig, String>> {
+                let text = match toml::to_string(&table) {
+                    Ok(text) => text,
+                    Err(e) => return Some(Err(e.to_string())),
+                };
+                match type_name {
+                    $( stringify!($module) => Some(
+                        toml::from_str::<$module::$config>(&text)
+                            .map(SinkConfig::$variant)
+                            .map_err(|e| e.to_string().trim_end().to_owned()),
+                    ), )*
+                    _ => None,
+                }
+            }
+
             /// The defaults of a `type`: they give values set from the
             /// environment their types.
             pub fn defaults(type_name: &str) -> Option<toml::Table> {

@@ -239,13 +239,13 @@ pub fn parse(
             }
         };
         coerce_strings(&mut table, &defaults, &key)?;
-        let sink: SinkConfig =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Table {
-                    key: key.clone(),
-                    message: e.message().trim().to_owned(),
-                })?;
+        table.remove("type");
+        let sink = SinkConfig::parse(&type_name, table)
+            .unwrap_or_else(|| Err(format!("no such kind of sink {type_name:?}")))
+            .map_err(|message| ConfigError::Table {
+                key: key.clone(),
+                message,
+            })?;
         let kind = sink.kind();
         kind.validate(&key)?;
         let transform = transform.or_else(|| kind.default_transform().map(str::to_owned));
@@ -567,11 +567,10 @@ mod tests {
         for t in SinkConfig::TYPES {
             assert!(SinkConfig::defaults(t).is_some(), "{t}");
         }
-        for s in [
-            source::ELASTICSEARCH,
-            source::KAFKA,
-            source::NOTIFY,
-        ] {
+        // The enum reads a whole table by its tag as well.
+        let c: SinkConfig = toml::from_str("type = \"console\"").unwrap();
+        assert_eq!(c.type_name(), "console");
+        for s in [source::ELASTICSEARCH, source::KAFKA, source::NOTIFY] {
             assert!(SinkConfig::TYPES.contains(&s), "{s}");
         }
     }
@@ -631,6 +630,10 @@ mod tests {
             ),
             ("[sinks.propagation]\ntype = \"console\"", "built-in"),
             ("[sinks.x]\ntype = \"console\"\nurl = \"${NOPE}\"", "NOPE"),
+            (
+                "[sinks.x]\ntype = \"kafka\"\nbrokers = \"k\"\npartitions = true",
+                "partitions",
+            ),
         ];
         for (text, want) in cases {
             let e = parse(&config(text), &none).unwrap_err().to_string();

@@ -33,6 +33,12 @@ pub struct TransformedSink {
     dead_letters: Option<DeadLetters>,
     /// The inner sink's kind: the source of dead letters of what it refuses.
     inner_kind: String,
+    /// Batches whose output the inner sink took since its last flush: what
+    /// a refused flush dead-letters.
+    delivered: Vec<Arc<ChangeBatch>>,
+    /// Those of a refused flush not recorded yet, by table, and why.
+    refused: Vec<Vec<Arc<ChangeBatch>>>,
+    refused_error: String,
 }
 
 /// `source` of the dead letters of changes a transform failed on.
@@ -70,6 +76,9 @@ impl TransformedSink {
             pending_rows: 0,
             dead_letters: None,
             inner_kind: String::new(),
+            delivered: Vec::new(),
+            refused: Vec::new(),
+            refused_error: String::new(),
         })
     }
 
@@ -118,6 +127,16 @@ impl TransformedSink {
             })
     }
 
+    /// Records the batches of a refused flush; what the store does not take
+    /// stays for the next attempt.
+    async fn bury_refused(&mut self) -> std::result::Result<(), SinkError> {
+        while let Some(batches) = self.refused.first() {
+            self.dead_letter(batches, &self.refused_error, true).await?;
+            self.refused.remove(0);
+        }
+        Ok(())
+    }
+
     /// Transforms the pending batches, all those of one table at a time (in
     /// the order the tables first appear), and hands each result to the
     /// inner sink. Within a table the stream's order is kept; across tables
@@ -161,7 +180,7 @@ impl TransformedSink {
                             .unwrap_or(first.first_commit_micros),
                     };
                     match self.inner.write(Arc::new(merged)).await {
-                        Ok(()) => {}
+                        Ok(()) => self.delivered.extend(batches.iter().cloned()),
                         Err(e @ SinkError::Rejected { .. }) => {
                             // Only this table's output is refused; the
                             // other tables' batches still go.
@@ -203,10 +222,33 @@ impl Sink for TransformedSink {
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
+        self.bury_refused().await?;
         self.transform_pending().await?;
-        // A refused flush leaves nothing pending here: the runner
-        // dead-letters the batches written since the last flush.
-        self.inner.flush().await
+        match self.inner.flush().await {
+            Ok(()) => {
+                self.delivered.clear();
+                Ok(())
+            }
+            Err(e @ SinkError::Rejected { .. }) => {
+                // The inner sink dropped what it held: the batches it came
+                // from become dead letters here, once, naming the transform
+                // (those dead-lettered already are not among them).
+                error!(error = %e, sink = self.inner.name(), "sink refused a flush of a transform's output; dead-lettered");
+                for b in std::mem::take(&mut self.delivered) {
+                    match self
+                        .refused
+                        .iter_mut()
+                        .find(|t| t[0].table.relation_id == b.table.relation_id)
+                    {
+                        Some(t) => t.push(b),
+                        None => self.refused.push(vec![b]),
+                    }
+                }
+                self.refused_error = e.to_string();
+                self.bury_refused().await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn buffered_rows(&self) -> usize {

@@ -144,27 +144,44 @@ impl DeadLetters {
 
     /// Records `letter`; returns its id.
     pub async fn record(&self, letter: &NewDeadLetter<'_>) -> Result<i64, DeadLetterError> {
-        let conn = self.pool.get().await.map_err(db)?;
-        let row = conn
-            .query_one(
-                "INSERT INTO lily.dead_letters
-                     (source, tenant_id, reference, error_code, error, payload, details)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING dead_letter_id",
-                &[
-                    &letter.source,
-                    &letter.tenant_id,
-                    &letter.reference,
-                    &letter.error_code,
-                    &letter.error,
-                    &letter.payload,
-                    &letter.details,
-                ],
-            )
-            .await
-            .map_err(db)?;
-        metrics::counter!("lily_dead_letters_total", "source" => letter.source.to_owned())
-            .increment(1);
-        Ok(row.get(0))
+        let ids = self.record_all(std::slice::from_ref(letter)).await?;
+        Ok(ids[0])
+    }
+
+    /// Records `letters` in one transaction: all of them or none.
+    pub async fn record_all(
+        &self,
+        letters: &[NewDeadLetter<'_>],
+    ) -> Result<Vec<i64>, DeadLetterError> {
+        let mut conn = self.pool.get().await.map_err(db)?;
+        let tx = conn.transaction().await.map_err(db)?;
+        let mut ids = Vec::with_capacity(letters.len());
+        for letter in letters {
+            let row = tx
+                .query_one(
+                    "INSERT INTO lily.dead_letters
+                         (source, tenant_id, reference, error_code, error, payload, details)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING dead_letter_id",
+                    &[
+                        &letter.source,
+                        &letter.tenant_id,
+                        &letter.reference,
+                        &letter.error_code,
+                        &letter.error,
+                        &letter.payload,
+                        &letter.details,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            ids.push(row.get(0));
+        }
+        tx.commit().await.map_err(db)?;
+        for letter in letters {
+            metrics::counter!("lily_dead_letters_total", "source" => letter.source.to_owned())
+                .increment(1);
+        }
+        Ok(ids)
     }
 
     /// The dead letters `filter` selects, oldest first.
@@ -255,8 +272,9 @@ impl DeadLetters {
             "{}{via}: {table} {}..{}",
             refused.sink, first.first.commit_lsn, last.last.commit_lsn
         );
-        for (tenant, lines, rows) in &groups {
-            self.record(&NewDeadLetter {
+        let letters: Vec<NewDeadLetter<'_>> = groups
+            .iter()
+            .map(|(tenant, lines, rows)| NewDeadLetter {
                 source: refused.source,
                 tenant_id: tenant.as_deref(),
                 reference: &reference,
@@ -273,8 +291,9 @@ impl DeadLetters {
                     "rows": rows,
                 }),
             })
-            .await?;
-        }
+            .collect();
+        // One transaction: a retry after a failure records nothing twice.
+        self.record_all(&letters).await?;
         Ok(groups.len())
     }
 

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::decode;
 use crate::auth::{Action, Caller};
 use crate::error::{InboundError, Result};
-use crate::server::{Body, Inbound, check_tenant};
+use crate::server::{Body, Inbound, Tenant};
 
 #[derive(Deserialize)]
 struct Assets {
@@ -59,11 +59,10 @@ RETURNING (xmax = 0) AS created";
 /// their values. All or nothing.
 pub async fn upsert(
     State(inbound): State<Arc<Inbound>>,
-    Path(tenant): Path<String>,
+    Tenant(tenant): Tenant,
     caller: Caller,
     Body(body): Body,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Ingest)?;
     let Assets { assets } = decode(inbound.json("assets.v1", &body)?)?;
     let mut conn = inbound.db.connection().await?;
@@ -129,11 +128,10 @@ pub async fn upsert(
 /// children go with them.
 pub async fn remove(
     State(inbound): State<Arc<Inbound>>,
-    Path(tenant): Path<String>,
+    Tenant(tenant): Tenant,
     caller: Caller,
     Body(body): Body,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Curate)?;
     let Names { qualified_names } = decode(inbound.json("asset-names.v1", &body)?)?;
     let mut conn = inbound.db.connection().await?;
@@ -161,10 +159,10 @@ pub async fn remove(
 /// propagated) and its incidents.
 pub async fn get_one(
     State(inbound): State<Arc<Inbound>>,
-    Path((tenant, qualified_name)): Path<(String, String)>,
+    Tenant(tenant): Tenant,
+    Path((_, qualified_name)): Path<(String, String)>,
     caller: Caller,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Read)?;
     let mut conn = inbound.db.connection().await?;
     let tx = inbound.db.tenant_transaction(&mut conn, &tenant).await?;

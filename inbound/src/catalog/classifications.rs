@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{decode, resolve};
 use crate::auth::{Action, Caller};
 use crate::error::Result;
-use crate::server::{Body, Inbound, check_tenant};
+use crate::server::{Body, Inbound, Tenant};
 
 #[derive(Deserialize)]
 struct Classifications {
@@ -28,11 +28,10 @@ struct ClassificationIn {
 /// `POST`: tags assets (or changes whether a tag propagates).
 pub async fn upsert(
     State(inbound): State<Arc<Inbound>>,
-    Path(tenant): Path<String>,
+    Tenant(tenant): Tenant,
     caller: Caller,
     Body(body): Body,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Curate)?;
     let Classifications { classifications } = decode(inbound.json("classifications.v1", &body)?)?;
     let mut conn = inbound.db.connection().await?;
@@ -70,11 +69,10 @@ pub async fn upsert(
 /// `DELETE`: removes direct tags.
 pub async fn remove(
     State(inbound): State<Arc<Inbound>>,
-    Path(tenant): Path<String>,
+    Tenant(tenant): Tenant,
     caller: Caller,
     Body(body): Body,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Curate)?;
     let Classifications { classifications } = decode(inbound.json("classifications.v1", &body)?)?;
     let mut conn = inbound.db.connection().await?;

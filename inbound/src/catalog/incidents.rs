@@ -14,7 +14,7 @@ use super::decode;
 use crate::auth::{Action, Caller};
 use crate::error::{InboundError, Result};
 use crate::incidents::read_links;
-use crate::server::{Body, Inbound, check_tenant};
+use crate::server::{Body, Inbound, Tenant};
 
 /// How many of an incident's latest events `GET /incidents/{id}` returns.
 const EVENTS: i64 = 20;
@@ -59,11 +59,10 @@ fn incident_json(r: &Row) -> Value {
 /// id, paged by `limit` (at most 1000, default 100) and `offset`.
 pub async fn list(
     State(inbound): State<Arc<Inbound>>,
-    Path(tenant): Path<String>,
+    Tenant(tenant): Tenant,
     Query(q): Query<ListQuery>,
     caller: Caller,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Read)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let offset = q.offset.unwrap_or(0).max(0);
@@ -96,10 +95,10 @@ fn incident_id(raw: &str) -> Result<Uuid> {
 /// `GET /incidents/{id}`: one incident with its assets and tickets.
 pub async fn get_one(
     State(inbound): State<Arc<Inbound>>,
-    Path((tenant, id)): Path<(String, String)>,
+    Tenant(tenant): Tenant,
+    Path((_, id)): Path<(String, String)>,
     caller: Caller,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Read)?;
     let id = incident_id(&id)?;
     let mut conn = inbound.db.connection().await?;
@@ -150,11 +149,11 @@ pub async fn get_one(
 /// `POST /incidents/{id}/tickets`: links a ticket to the incident.
 pub async fn link_ticket(
     State(inbound): State<Arc<Inbound>>,
-    Path((tenant, id)): Path<(String, String)>,
+    Tenant(tenant): Tenant,
+    Path((_, id)): Path<(String, String)>,
     caller: Caller,
     Body(body): Body,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Ingest)?;
     let id = incident_id(&id)?;
     let TicketIn { system, key } = decode(inbound.json("ticket.v1", &body)?)?;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Action, Caller, Role};
 use crate::error::{InboundError, Result};
-use crate::server::{Body, Inbound, check_tenant};
+use crate::server::{Body, Inbound, Tenant};
 
 #[derive(Deserialize)]
 struct NewKey {
@@ -20,11 +20,10 @@ struct NewKey {
 /// `POST`: creates a key; the response is the only time it is shown.
 pub async fn create(
     State(inbound): State<Arc<Inbound>>,
-    Path(tenant): Path<String>,
+    Tenant(tenant): Tenant,
     caller: Caller,
     Body(body): Body,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Administer)?;
     let value = crate::schemas::parse_json(&body)?;
     let NewKey { role, name } = serde_json::from_value(value).map_err(|e| {
@@ -40,10 +39,9 @@ pub async fn create(
 /// `GET`: the tenant's keys, without secrets.
 pub async fn list(
     State(inbound): State<Arc<Inbound>>,
-    Path(tenant): Path<String>,
+    Tenant(tenant): Tenant,
     caller: Caller,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Administer)?;
     let keys = inbound.auth.api_keys().list(Some(&tenant)).await?;
     Ok(Json(json!({
@@ -56,10 +54,10 @@ pub async fn list(
 /// `DELETE /api-keys/{key_id}`: revokes a key of the tenant.
 pub async fn revoke(
     State(inbound): State<Arc<Inbound>>,
-    Path((tenant, key_id)): Path<(String, String)>,
+    Tenant(tenant): Tenant,
+    Path((_, key_id)): Path<(String, String)>,
     caller: Caller,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Administer)?;
     let keys = inbound.auth.api_keys().list(Some(&tenant)).await?;
     if !keys.iter().any(|k| k.key_id == key_id) {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{decode, resolve};
 use crate::auth::{Action, Caller};
 use crate::error::Result;
-use crate::server::{Body, Inbound, check_tenant};
+use crate::server::{Body, Inbound, Tenant};
 
 #[derive(Deserialize)]
 struct Edges {
@@ -44,11 +44,10 @@ fn names(edges: &[EdgeIn]) -> Vec<&str> {
 /// `POST`: adds edges (or updates their blocked tags). All or nothing.
 pub async fn upsert(
     State(inbound): State<Arc<Inbound>>,
-    Path(tenant): Path<String>,
+    Tenant(tenant): Tenant,
     caller: Caller,
     Body(body): Body,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Ingest)?;
     let Edges { edges } = decode(inbound.json("lineage.v1", &body)?)?;
     let mut conn = inbound.db.connection().await?;
@@ -86,11 +85,10 @@ pub async fn upsert(
 /// `DELETE`: removes edges.
 pub async fn remove(
     State(inbound): State<Arc<Inbound>>,
-    Path(tenant): Path<String>,
+    Tenant(tenant): Tenant,
     caller: Caller,
     Body(body): Body,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Curate)?;
     let Edges { edges } = decode(inbound.json("lineage.v1", &body)?)?;
     let mut conn = inbound.db.connection().await?;

@@ -6,14 +6,14 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use lily_sinks::elasticsearch::{SearchError, SearchQuery};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{Action, Caller};
 use crate::error::{InboundError, Result};
-use crate::server::{Inbound, check_tenant};
+use crate::server::{Inbound, Tenant};
 
 /// Query parameters; lists are comma-separated.
 #[derive(Deserialize)]
@@ -43,11 +43,10 @@ const MAX_WINDOW: u32 = 10_000;
 /// `GET`: hits (newest relevance first), their total, and counts by type and tag.
 pub async fn search(
     State(inbound): State<Arc<Inbound>>,
-    Path(tenant): Path<String>,
+    Tenant(tenant): Tenant,
     Query(p): Query<SearchParams>,
     caller: Caller,
 ) -> Result<Json<Value>> {
-    let tenant_id = check_tenant(&tenant)?;
     caller.require(&tenant, Action::Read)?;
     let Some(cluster) = &inbound.search else {
         return Err(InboundError::Unavailable(
@@ -55,7 +54,7 @@ pub async fn search(
         ));
     };
     if !inbound.db.tenant_exists(&tenant).await? {
-        return Err(InboundError::UnknownTenant(tenant));
+        return Err(InboundError::UnknownTenant(tenant.to_string()));
     }
     let limit = p.limit.unwrap_or(20).clamp(1, 100);
     let offset = p.offset.unwrap_or(0);
@@ -72,13 +71,10 @@ pub async fn search(
         limit,
         offset,
     };
-    let page = cluster
-        .search(&tenant_id, &query)
-        .await
-        .map_err(|e| match e {
-            SearchError::Unavailable(m) => InboundError::Unavailable(m),
-            other => InboundError::Internal(other.to_string()),
-        })?;
+    let page = cluster.search(&tenant, &query).await.map_err(|e| match e {
+        SearchError::Unavailable(m) => InboundError::Unavailable(m),
+        other => InboundError::Internal(other.to_string()),
+    })?;
     let counts = |v: &[(String, u64)]| {
         v.iter()
             .map(|(k, n)| json!({"key": k, "count": n}))

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -16,7 +16,7 @@ use tracing::info;
 
 use crate::auth::{Action, Caller};
 use crate::error::{InboundError, Result};
-use crate::server::{Body, Inbound, check_tenant, header_text};
+use crate::server::{Body, Inbound, Tenant, header_text};
 use crate::signature::{HUB_HEADER, verify_hub_sha256};
 
 pub(super) fn routes() -> Router<Arc<Inbound>> {
@@ -74,19 +74,18 @@ impl Issue {
 
 async fn receive(
     State(inbound): State<Arc<Inbound>>,
-    Path(tenant): Path<String>,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     caller: Result<Caller, InboundError>,
     Body(body): Body,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     match header_text(&headers, HUB_HEADER) {
         Some(signature) => {
             let secret = inbound
                 .config
                 .jira
                 .secrets
-                .get(&tenant)
+                .get(tenant.as_str())
                 .ok_or(InboundError::BadSignature(HUB_HEADER))?;
             if !verify_hub_sha256(secret.as_bytes(), &body, signature) {
                 return Err(InboundError::BadSignature(HUB_HEADER));
@@ -120,7 +119,7 @@ async fn receive(
     }
     tx.commit().await?;
     if !resolved.is_empty() {
-        info!(tenant, issue = %issue.key, incidents = resolved.len(), "JIRA issue done: incidents resolved");
+        info!(tenant = %tenant, issue = %issue.key, incidents = resolved.len(), "JIRA issue done: incidents resolved");
         metrics::counter!("lily_inbound_incidents_total", "outcome" => "resolved_by_ticket")
             .increment(resolved.len() as u64);
     }

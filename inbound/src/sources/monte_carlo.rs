@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::error::{InboundError, Result};
-use crate::server::{Body, Inbound, check_tenant, header_text};
+use crate::server::{Body, Inbound, Tenant, header_text};
 use crate::signature::{MONTE_CARLO_HEADER, verify_monte_carlo};
 
 /// Name of the event schema.
@@ -23,18 +23,17 @@ pub(super) fn routes() -> Router<Arc<Inbound>> {
 
 async fn receive(
     State(inbound): State<Arc<Inbound>>,
-    Path(tenant): Path<String>,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
-    let Some(secret) = inbound.config.monte_carlo.secrets.get(&tenant) else {
+    let Some(secret) = inbound.config.monte_carlo.secrets.get(tenant.as_str()) else {
         return Err(if inbound.db.tenant_exists(&tenant).await? {
             InboundError::Forbidden(format!(
                 "tenant {tenant:?} has no Monte Carlo secret (monte_carlo.secrets.{tenant})"
             ))
         } else {
-            InboundError::UnknownTenant(tenant)
+            InboundError::UnknownTenant(tenant.to_string())
         });
     };
     let signature = header_text(&headers, MONTE_CARLO_HEADER)

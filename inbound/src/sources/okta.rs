@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -18,7 +18,7 @@ use tracing::info;
 
 use crate::auth::{Action, Caller};
 use crate::error::{InboundError, Result};
-use crate::server::{Body, Inbound, check_tenant, header_text};
+use crate::server::{Body, Inbound, Tenant, header_text};
 
 /// The header Okta's verification request carries.
 pub const CHALLENGE_HEADER: &str = "x-okta-verification-challenge";
@@ -62,12 +62,7 @@ struct Target {
     alternate_id: Option<String>,
 }
 
-async fn verify(
-    Path(tenant): Path<String>,
-    caller: Caller,
-    headers: HeaderMap,
-) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
+async fn verify(Tenant(tenant): Tenant, caller: Caller, headers: HeaderMap) -> Result<Json<Value>> {
     caller.require(&tenant, Action::Ingest)?;
     let challenge = header_text(&headers, CHALLENGE_HEADER).ok_or_else(|| {
         InboundError::Unprocessable(format!("the {CHALLENGE_HEADER} header is missing"))
@@ -89,11 +84,10 @@ UPDATE metastore.assets
 
 async fn receive(
     State(inbound): State<Arc<Inbound>>,
-    Path(tenant): Path<String>,
+    Tenant(tenant): Tenant,
     caller: Caller,
     Body(body): Body,
 ) -> Result<Json<Value>> {
-    check_tenant(&tenant)?;
     caller.require(&tenant, Action::Ingest)?;
     let delivery: Delivery = serde_json::from_value(inbound.json("okta-event-hook.v1", &body)?)
         .map_err(|e| InboundError::Unprocessable(e.to_string()))?;
@@ -119,7 +113,7 @@ async fn receive(
     tx.commit().await?;
     if !users.is_empty() {
         info!(
-            tenant,
+            tenant = %tenant,
             users = users.len(),
             assets,
             "deactivated Okta users handled"

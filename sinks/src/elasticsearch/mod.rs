@@ -48,10 +48,13 @@ pub enum SearchError {
 }
 
 impl SearchError {
-    /// What a failed HTTP `status` means: 429 and 5xx may pass later, the
-    /// rest is a refusal.
+    /// What a failed HTTP `status` means: 408, 429 and 5xx may pass later,
+    /// the rest is a refusal.
     pub(crate) fn from_status(status: StatusCode, message: String) -> Self {
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        if status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+        {
             SearchError::Unavailable(message)
         } else {
             SearchError::Refused(message)

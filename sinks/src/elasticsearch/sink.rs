@@ -79,15 +79,16 @@ impl ElasticsearchSink {
         }
     }
 
-    /// The error of a failed flush. A refusal means no retry can store what
-    /// is pending, so it is dropped (the runner dead-letters the changes);
-    /// anything else keeps it for the retry.
-    fn fail_flush(&mut self, e: SearchError) -> SinkError {
-        let e = self.err(e);
-        if matches!(e, SinkError::Rejected { .. }) {
-            self.pending.clear();
+    /// The error of a flush that failed as a whole. Whatever the cluster
+    /// said (credentials rotated, a proxy's limit, an index it would not
+    /// create), it is about the cluster or its configuration, not one
+    /// document: the pipeline holds until it is fixed. Documents refused one
+    /// by one are dead-lettered in the flush itself.
+    fn fail_flush(&self, e: SearchError) -> SinkError {
+        SinkError::Unavailable {
+            sink: self.name.clone(),
+            message: e.to_string(),
         }
-        e
     }
 
     async fn ensure_aliases(&mut self) -> Result<(), SearchError> {

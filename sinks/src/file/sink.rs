@@ -59,8 +59,10 @@ impl FileSink {
             .map_err(|e| format!("cannot list the files in {}: {e}", root.display()))?;
         let state = match fs::read(&state_path) {
             Ok(bytes) => {
-                let state: State = serde_json::from_slice(&bytes)
+                let mut state: State = serde_json::from_slice(&bytes)
                     .map_err(|e| format!("{} is not this sink's state: {e}", state_path.display()))?;
+                // A file an operator removed starts again from nothing.
+                state.files.retain(|file, _| files.contains(file));
                 // Anything past the recorded length was written after the
                 // last flush: it arrives again.
                 for file in &files {
@@ -100,7 +102,7 @@ impl FileSink {
         f.write_all(&serde_json::to_vec(&self.state).map_err(std::io::Error::other)?)?;
         f.sync_all()?;
         fs::rename(&tmp, self.root.join(STATE_FILE))?;
-        File::open(&self.root)?.sync_all()
+        sync_dir(&self.root)
     }
 }
 
@@ -125,6 +127,10 @@ fn data_files(root: &Path) -> std::io::Result<Vec<String>> {
     }
     out.sort();
     Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 fn cut_to(path: &Path, len: u64) -> std::io::Result<()> {
@@ -182,15 +188,29 @@ impl Sink for FileSink {
     async fn write(&mut self, batch: Arc<ChangeBatch>) -> Result<(), SinkError> {
         let rows = ChangeRows::new(&batch);
         let envelope = JsonEnvelope::new(&rows);
+        // Positions are per stream as the envelope names it (the table
+        // without its schema: the publication holds `metastore` only).
+        let stream = rows.stream.to_owned();
+        // Rows carry a position only with both columns (a transform's
+        // output may lack them; it is then written whole, every time).
+        let schema = batch.records.schema();
+        let positioned = schema.index_of(lily_cdc::batch::COMMIT_LSN).is_ok()
+            && schema.index_of(lily_cdc::batch::SEQ).is_ok();
+        // Rows at or before what an earlier batch of the stream wrote came
+        // again after a restart. Within a batch nothing is compared: a
+        // transform's output need not be in order.
+        let before = self.written_through(&stream);
+        let mut last = before;
         // Check the whole batch first: a refused batch leaves nothing behind.
         let mut lines = Vec::with_capacity(rows.len());
-        let mut last = self.written_through(rows.stream);
         for row in 0..rows.len() {
             let meta = rows.meta(row);
             let position = (meta.commit_lsn.0, meta.seq);
-            // Written before a restart: the slot sends it again.
-            if meta.commit_lsn.0 > 0 && last.is_some_and(|l| position <= l) {
-                continue;
+            if positioned {
+                if before.is_some_and(|b| position <= b) {
+                    continue;
+                }
+                last = last.max(Some(position));
             }
             let folder = if meta.tenant == NO_TENANT {
                 NO_TENANT.to_owned()
@@ -210,9 +230,6 @@ impl Sink for FileSink {
             let mut line = envelope.encode(row, &meta);
             line.push(b'\n');
             lines.push((format!("{folder}/{day}.ndjson"), line));
-            if meta.commit_lsn.0 > 0 {
-                last = Some(position);
-            }
         }
         for (file, line) in lines {
             self.pending
@@ -221,8 +238,8 @@ impl Sink for FileSink {
                 .push_str(&String::from_utf8_lossy(&line));
             self.pending_rows += 1;
         }
-        if let Some(last) = last {
-            self.pending_streams.insert(rows.stream.to_owned(), last);
+        if let Some(last) = last.filter(|_| positioned) {
+            self.pending_streams.insert(stream, last);
         }
         Ok(())
     }
@@ -235,21 +252,31 @@ impl Sink for FileSink {
         for (file, lines) in &self.pending {
             let path = self.root.join(file);
             let err = |what: &str, e| io_error(&self.name, &format!("{what} {}", path.display()), e);
-            if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir).map_err(|e| err("creating the folder of", e))?;
-            }
+            let dir = path.parent().unwrap_or(&self.root);
+            let new_dir = !dir.exists();
+            let new_file = !path.exists();
+            fs::create_dir_all(dir).map_err(|e| err("creating the folder of", e))?;
             let mut f = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .map_err(|e| err("opening", e))?;
-            // A failed flush may have appended part of this already.
-            let recorded = self.state.files.get(file).copied().unwrap_or(0);
-            f.set_len(recorded).map_err(|e| err("cutting back", e))?;
+            // A failed flush may have appended part of this already; a file
+            // removed meanwhile starts from nothing (never padded).
+            let current = f.metadata().map_err(|e| err("reading", e))?.len();
+            let base = self.state.files.get(file).copied().unwrap_or(0).min(current);
+            f.set_len(base).map_err(|e| err("cutting back", e))?;
             f.write_all(lines.as_bytes())
                 .map_err(|e| err("writing", e))?;
             f.sync_all().map_err(|e| err("syncing", e))?;
-            lengths.push((file.clone(), recorded + lines.len() as u64));
+            // A new entry is durable only once its folder is.
+            if new_file {
+                sync_dir(dir).map_err(|e| err("syncing the folder of", e))?;
+            }
+            if new_dir {
+                sync_dir(&self.root).map_err(|e| err("syncing the folder of", e))?;
+            }
+            lengths.push((file.clone(), base + lines.len() as u64));
         }
         let before = std::mem::take(&mut self.state.files);
         self.state.files = before.clone();
@@ -299,6 +326,74 @@ mod tests {
         ));
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// A transform's output for `assets`: rows at `positions`, tenant acme.
+    fn output(positions: &[(u64, u64)]) -> Arc<ChangeBatch> {
+        use arrow::array::{StringArray, UInt64Array};
+        use arrow::datatypes::{DataType, Field, Schema};
+        use lily_cdc::batch::{COMMIT_LSN, OP, SEQ};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(OP, DataType::Utf8, true),
+            Field::new(COMMIT_LSN, DataType::UInt64, true),
+            Field::new(SEQ, DataType::UInt64, true),
+            Field::new("tenant_id", DataType::Utf8, true),
+        ]));
+        let n = positions.len();
+        let records = arrow::array::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["u"; n])),
+                Arc::new(UInt64Array::from(
+                    positions.iter().map(|p| p.0).collect::<Vec<_>>(),
+                )),
+                Arc::new(UInt64Array::from(
+                    positions.iter().map(|p| p.1).collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(vec!["acme"; n])),
+            ],
+        )
+        .unwrap();
+        let table = lily_cdc::TableSchema {
+            relation_id: 1,
+            namespace: "metastore".into(),
+            name: "assets".into(),
+            replica_identity: lily_cdc::pgoutput::ReplicaIdentity::Default,
+            columns: Vec::new(),
+            arrow: schema,
+        };
+        Arc::new(ChangeBatch {
+            seq: lily_cdc::BatchSeq(1),
+            table: Arc::new(table),
+            records,
+            first: lily_cdc::Position::default(),
+            last: lily_cdc::Position::default(),
+            first_commit_micros: 0,
+        })
+    }
+
+    fn written(dir: &Path) -> usize {
+        data_files(dir)
+            .unwrap()
+            .iter()
+            .map(|f| fs::read_to_string(dir.join(f)).unwrap().lines().count())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn rows_out_of_order_within_a_batch_are_all_written_and_a_resent_batch_is_not() {
+        let dir = scratch("order");
+        let mut sink = FileSink::open("debug", &dir).unwrap();
+        // A transform's output: out of order, two rows from one change.
+        sink.write(output(&[(20, 1), (10, 5), (20, 1)])).await.unwrap();
+        sink.flush().await.unwrap();
+        assert_eq!(written(&dir), 3);
+        // After a restart the slot sends the change at (20, 1) again.
+        let mut sink = FileSink::open("debug", &dir).unwrap();
+        sink.write(output(&[(20, 1), (30, 0)])).await.unwrap();
+        sink.flush().await.unwrap();
+        assert_eq!(written(&dir), 4);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

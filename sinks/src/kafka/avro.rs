@@ -1,4 +1,4 @@
-//! Avro envelopes, for `kafka_sink.format = "avro"`.
+//! Avro envelopes, for a kafka sink with `format = "avro"`.
 //!
 //! Each stream has a record schema made from its Arrow schema: `Change` in
 //! namespace `lily.<stream>`, with the envelope's fields and `before` and
