@@ -11,7 +11,6 @@ pub mod auth;
 pub mod catalog;
 pub mod db;
 pub mod error;
-pub mod incidents;
 pub mod kafka;
 pub mod schemas;
 pub mod server;

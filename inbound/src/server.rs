@@ -1,6 +1,7 @@
 //! The HTTP service: shared state, the router of every route, request
 //! metrics and spans, and the body reader with its size limit.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use lily_cdc::TenantId;
-use lily_config::LilyConfig;
+use lily_config::{LilyConfig, OktaConfig};
 use lily_transforms::{CatalogState, TransformSet};
 use serde_json::Value;
 use tracing::{Instrument, info, info_span};
@@ -23,27 +24,41 @@ use tracing::{Instrument, info, info_span};
 use crate::auth::{ApiKeys, Authenticator, JwtVerifier};
 use crate::db::Metastore;
 use crate::error::{ErrorCode, InboundError, Result};
-use crate::incidents::IncidentIngest;
 use crate::schemas::{Schemas, parse_json};
+use crate::sources::monte_carlo::IncidentIngest;
 
 /// The OpenAPI description of every route, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
-/// What every route shares.
+/// What the routes share: each field is something a handler uses, not
+/// the whole configuration.
 pub struct Inbound {
-    /// The configuration `lily run` started with.
-    pub config: LilyConfig,
     /// Metastore connections.
     pub db: Metastore,
     /// Credential checks.
     pub auth: Authenticator,
     /// Compiled JSON Schemas.
     pub schemas: Schemas,
-    /// Monte Carlo incidents: transform and writer (None when the
-    /// transform does not load; the webhook then answers 503).
-    pub incidents: Option<IncidentIngest>,
+    /// Monte Carlo incidents: transform and writer, or why there is none
+    /// (the transform did not load; the webhook then answers 503).
+    pub incidents: std::result::Result<IncidentIngest, String>,
     /// The search cluster (None without an elasticsearch sink).
     pub search: Option<lily_sinks::elasticsearch::SearchCluster>,
+    /// Each tenant's webhook secrets.
+    pub secrets: WebhookSecrets,
+    /// What an Okta deactivation does.
+    pub okta: OktaConfig,
+    /// Largest request body, in bytes.
+    pub body_limit_bytes: usize,
+}
+
+/// Each tenant's webhook signing secrets, by source.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookSecrets {
+    /// Monte Carlo's (`monte_carlo.secrets`).
+    pub monte_carlo: BTreeMap<String, String>,
+    /// JIRA's (`jira.secrets`).
+    pub jira: BTreeMap<String, String>,
 }
 
 impl Inbound {
@@ -68,32 +83,35 @@ impl Inbound {
                 Duration::from_millis(config.api.api_key_cache_ms),
             ),
         );
-        let incidents =
-            match IncidentIngest::new(db.clone(), transforms, state, &config.monte_carlo).await {
-                Ok(i) => Some(i),
-                Err(e) => {
-                    tracing::warn!(error = %e, "Monte Carlo incidents cannot be received");
-                    None
-                }
-            };
+        let incidents = IncidentIngest::new(db.clone(), transforms, state, &config.monte_carlo)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "Monte Carlo incidents cannot be received");
+                format!(
+                    "the pre-ingest transform {} is not loaded; see `lily transforms check`",
+                    config.monte_carlo.transform
+                )
+            });
         Ok(Arc::new(Self {
-            config: config.clone(),
             db,
             auth,
             schemas: Schemas::compile()?,
             incidents,
             search,
+            secrets: WebhookSecrets {
+                monte_carlo: config.monte_carlo.secrets.clone(),
+                jira: config.jira.secrets.clone(),
+            },
+            okta: config.okta.clone(),
+            body_limit_bytes: config.api.body_limit_bytes,
         }))
     }
 
     /// The incident writer, or why there is none.
     pub fn incidents(&self) -> Result<&IncidentIngest> {
-        self.incidents.as_ref().ok_or_else(|| {
-            InboundError::Unavailable(format!(
-                "the pre-ingest transform {} is not loaded; see `lily transforms check`",
-                self.config.monte_carlo.transform
-            ))
-        })
+        self.incidents
+            .as_ref()
+            .map_err(|why| InboundError::Unavailable(why.clone()))
     }
 
     /// Parses `body` as JSON and checks it against the schema `schema`.
@@ -138,7 +156,7 @@ impl FromRequest<Arc<Inbound>> for Body {
     type Rejection = InboundError;
 
     async fn from_request(req: Request, state: &Arc<Inbound>) -> Result<Self> {
-        let limit = state.config.api.body_limit_bytes;
+        let limit = state.body_limit_bytes;
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)

@@ -13,8 +13,8 @@ use uuid::Uuid;
 use super::decode;
 use crate::auth::{Action, Caller};
 use crate::error::{InboundError, Result};
-use crate::incidents::read_links;
 use crate::server::{Body, Inbound, Tenant};
+use crate::sources::monte_carlo::read_links;
 
 /// How many of an incident's latest events `GET /incidents/{id}` returns.
 const EVENTS: i64 = 20;

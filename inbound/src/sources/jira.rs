@@ -82,9 +82,8 @@ async fn receive(
     match header_text(&headers, HUB_HEADER) {
         Some(signature) => {
             let secret = inbound
-                .config
-                .jira
                 .secrets
+                .jira
                 .get(tenant.as_str())
                 .ok_or(InboundError::BadSignature(HUB_HEADER))?;
             if !verify_hub_sha256(secret.as_bytes(), &body, signature) {

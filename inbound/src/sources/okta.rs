@@ -100,7 +100,7 @@ async fn receive(
         .filter(|t| t.kind.as_deref() == Some("User"))
         .filter_map(|t| t.alternate_id.clone())
         .collect();
-    let sql = match inbound.config.okta.on_deactivate {
+    let sql = match inbound.okta.on_deactivate {
         DeactivatedOwner::Remove => REMOVE,
         DeactivatedOwner::Flag => FLAG,
     };

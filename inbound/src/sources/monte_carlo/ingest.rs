@@ -4,10 +4,6 @@
 //! asset links, in one tenant-scoped transaction. An event already applied
 //! (by the digest of its JSON) changes nothing.
 
-mod links;
-mod rows;
-mod update;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,12 +20,12 @@ use tokio::sync::Mutex;
 use tracing::{debug, instrument};
 use uuid::Uuid;
 
-pub use links::{IncidentLink, read as read_links};
+pub use super::links::{IncidentLink, read as read_links};
 
+use super::rows::{IncidentRow, rows};
+use super::update::IncidentFields;
 use crate::db::Metastore;
 use crate::error::{InboundError, Result};
-use rows::{IncidentRow, rows};
-use update::IncidentFields;
 
 /// An incident as written.
 #[derive(Debug, Clone, Serialize)]
@@ -278,7 +274,7 @@ impl IncidentIngest {
             }
         }
         let naming = self.naming.get(tenant);
-        changed |= links::write(tx, tenant, incident_id, row, naming).await? > 0;
+        changed |= super::links::write(tx, tenant, incident_id, row, naming).await? > 0;
         Ok(Applied {
             incident_id,
             created,

@@ -1,6 +1,15 @@
 //! Monte Carlo incident webhooks: `POST /v1/tenants/{tenant}/ingest/monte-carlo`,
 //! signed with the tenant's secret (`x-mcd-signature`, HMAC-SHA512), checked
-//! against `monte-carlo-event.v1`, mapped by the pre-ingest transform.
+//! against `monte-carlo-event.v1`, mapped by the pre-ingest transform
+//! ([`ingest`]: the rows it yields become incident updates ([`update`]) and
+//! asset links ([`links`])). The Kafka source feeds the same path.
+
+pub mod ingest;
+mod links;
+mod rows;
+mod update;
+
+pub use ingest::{IncidentIngest, IncidentLink, read_links};
 
 use std::sync::Arc;
 
@@ -27,7 +36,7 @@ async fn receive(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Json<Value>> {
-    let Some(secret) = inbound.config.monte_carlo.secrets.get(tenant.as_str()) else {
+    let Some(secret) = inbound.secrets.monte_carlo.get(tenant.as_str()) else {
         return Err(if inbound.db.tenant_exists(&tenant).await? {
             InboundError::Forbidden(format!(
                 "tenant {tenant:?} has no Monte Carlo secret (monte_carlo.secrets.{tenant})"
