@@ -218,8 +218,4 @@ impl Sink for AuditSink {
         self.table = table;
         Ok(())
     }
-
-    async fn healthcheck(&mut self) -> Result<(), SinkError> {
-        self.reload().await.map_err(unavailable)
-    }
 }

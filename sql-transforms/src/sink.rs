@@ -262,8 +262,4 @@ impl Sink for TransformedSink {
     fn transform_input(&self) -> Option<Vec<arrow::datatypes::Field>> {
         None
     }
-
-    async fn healthcheck(&mut self) -> Result<(), SinkError> {
-        self.inner.healthcheck().await
-    }
 }

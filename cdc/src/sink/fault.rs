@@ -130,8 +130,4 @@ impl Sink for FaultInjector {
     fn transform_input(&self) -> Option<Vec<arrow::datatypes::Field>> {
         self.inner.transform_input()
     }
-
-    async fn healthcheck(&mut self) -> Result<(), SinkError> {
-        self.inner.healthcheck().await
-    }
 }

@@ -115,9 +115,4 @@ pub trait Sink: Send + Sync {
     fn transform_input(&self) -> Option<Vec<arrow::datatypes::Field>> {
         Some(Vec::new())
     }
-
-    /// Checks that the destination is reachable and usable.
-    async fn healthcheck(&mut self) -> Result<(), SinkError> {
-        Ok(())
-    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use lily_cdc::sink::dead_letter::DeadLetter;
-use lily_cdc::sink::{DeadLetters, FlushPolicy, Sink};
+use lily_cdc::sink::{DeadLetters, FlushPolicy, Sink, SinkError};
 use lily_config::{ConfigError, invalid_str};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -21,7 +21,6 @@ use super::{
 };
 use crate::registry::{
     BuildError, BuiltSink, Healthcheck, ReplayError, RunContext, SinkContext, SinkKind,
-    no_healthcheck,
 };
 
 /// The settings of a `notify` sink.
@@ -203,7 +202,20 @@ impl BuiltSink for Built {
             self.dead_letters.clone(),
             self.wake.clone(),
         );
-        Ok(Some((Box::new(sink), no_healthcheck())))
+        // The queue is in the metastore: that it answers is the check.
+        let outbox = Outbox::new(self.pool.clone());
+        let name = self.name.clone();
+        let healthcheck: Healthcheck = Box::pin(async move {
+            outbox
+                .backlog(&name)
+                .await
+                .map(|_| ())
+                .map_err(|e| SinkError::Unavailable {
+                    sink: name.clone(),
+                    message: e.to_string(),
+                })
+        });
+        Ok(Some((Box::new(sink), healthcheck)))
     }
 
     async fn replay(&self, letter: &DeadLetter) -> Result<(), ReplayError> {

@@ -120,12 +120,4 @@ impl Sink for NotifySink {
     fn transform_input(&self) -> Option<Vec<arrow::datatypes::Field>> {
         Some(required_columns())
     }
-
-    async fn healthcheck(&mut self) -> Result<(), SinkError> {
-        self.outbox
-            .backlog(&self.target)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.unavailable(e))
-    }
 }

@@ -226,13 +226,4 @@ impl Sink for PropagationSink {
     fn transform_input(&self) -> Option<Vec<arrow::datatypes::Field>> {
         None
     }
-
-    async fn healthcheck(&mut self) -> Result<(), SinkError> {
-        let client = self.client().await.map_err(unavailable)?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| unavailable(TransformError::sql("checking the metastore")(e)))?;
-        Ok(())
-    }
 }
