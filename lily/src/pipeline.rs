@@ -66,6 +66,37 @@ pub fn reader_config(config: &LilyConfig) -> ReaderConfig {
     }
 }
 
+/// Runs `work` on a thread and runtime of its own, so that nothing the
+/// other tasks do (a burst of API requests, a slow transform) can delay it:
+/// the reader's standby status updates keep their pace, and the server
+/// never drops replication for a busy process (`wal_sender_timeout`).
+async fn on_own_runtime<F>(name: &str, work: F) -> anyhow::Result<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => {
+                    let _ = tx.send(Ok(runtime.block_on(work)));
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })
+        .with_context(|| format!("starting the {name} thread"))?;
+    rx.await
+        .with_context(|| format!("the {name} thread ended without an answer"))?
+        .with_context(|| format!("the {name} runtime"))
+}
+
 fn retryable(e: &CdcError) -> bool {
     match e {
         CdcError::Io { .. } => true,
@@ -220,7 +251,7 @@ async fn run_once(
         abort_rx,
     );
 
-    let result = reader.run(plan, shutdown).await;
+    let result = on_own_runtime("lily-reader", reader.run(plan, shutdown)).await?;
     if let Err(e) = &result {
         let kind = match e {
             CdcError::Io { .. } => "connection",

@@ -146,7 +146,11 @@ async fn monte_carlo_incidents_are_verified_linked_updated_and_resolved() -> any
     tampered[at] = b'9';
     let r = post_mc(&s.api, "acme", &tampered, Some(&acme_sig)).await?;
     assert_eq!((r.status, r.error()), (401, "bad_signature"), "{r:?}");
+    // An unknown tenant is refused like a wrong signature: no enumeration.
     let r = post_mc(&s.api, "nosuch", &created, Some(&acme_sig)).await?;
+    assert_eq!((r.status, r.error()), (401, "bad_signature"), "{r:?}");
+    // A name that cannot be a tenant is refused before anything reads it.
+    let r = post_mc(&s.api, "No-Such", &created, Some(&acme_sig)).await?;
     assert_eq!((r.status, r.error()), (404, "unknown_tenant"), "{r:?}");
     assert_eq!(scalar(&s.env, incidents).await?, 0);
 

@@ -6,6 +6,7 @@ mod crash;
 mod demo;
 mod file_sink;
 mod handoff;
+mod hardening;
 mod heartbeat;
 mod inbound;
 mod kafka_sink;

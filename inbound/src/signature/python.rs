@@ -11,7 +11,10 @@
 
 use std::fmt::Write as _;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::cell::Cell;
+use std::collections::HashMap;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// A JSON value that remembers the order of object keys, as Python's
 /// `json.loads` does.
@@ -25,15 +28,32 @@ enum Py {
     Dict(Vec<(String, Py)>),
 }
 
-impl<'de> Deserialize<'de> for Py {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(PyVisitor)
+/// The most values (of any depth) a body may hold before it is signed:
+/// the check runs before any credential is known, so its work is bounded.
+/// A Monte Carlo event holds a few hundred.
+pub const MAX_VALUES: usize = 100_000;
+
+/// Reads a [`Py`], counting every value against a budget.
+struct PySeed<'a> {
+    budget: &'a Cell<usize>,
+}
+
+impl<'de> DeserializeSeed<'de> for PySeed<'_> {
+    type Value = Py;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Py, D::Error> {
+        let left = self.budget.get();
+        if left == 0 {
+            return Err(serde::de::Error::custom(format!(
+                "more than {MAX_VALUES} values"
+            )));
+        }
+        self.budget.set(left - 1);
+        d.deserialize_any(self)
     }
 }
 
-struct PyVisitor;
-
-impl<'de> Visitor<'de> for PyVisitor {
+impl<'de> Visitor<'de> for PySeed<'_> {
     type Value = Py;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -62,18 +82,28 @@ impl<'de> Visitor<'de> for PyVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Py, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
+        while let Some(item) = seq.next_element_seed(PySeed {
+            budget: self.budget,
+        })? {
             items.push(item);
         }
         Ok(Py::List(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Py, A::Error> {
         let mut entries: Vec<(String, Py)> = Vec::new();
-        while let Some((k, v)) = map.next_entry::<String, Py>()? {
+        // Where each key sits, so a repeated key costs O(1), not a scan.
+        let mut index: HashMap<String, usize> = HashMap::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map.next_value_seed(PySeed {
+                budget: self.budget,
+            })?;
             // A repeated key keeps its first place and its last value.
-            match entries.iter_mut().find(|(seen, _)| *seen == k) {
-                Some(entry) => entry.1 = v,
-                None => entries.push((k, v)),
+            match index.get(&k) {
+                Some(&i) => entries[i].1 = v,
+                None => {
+                    index.insert(k.clone(), entries.len());
+                    entries.push((k, v));
+                }
             }
         }
         Ok(Py::Dict(entries))
@@ -81,11 +111,14 @@ impl<'de> Visitor<'de> for PyVisitor {
 }
 
 /// `urlencode(json.loads(body))`, or None when the body is not a JSON
-/// object.
+/// object (or holds more than [`MAX_VALUES`] values). Linear in the body.
 pub fn python_form(body: &[u8]) -> Option<String> {
-    let Ok(Py::Dict(entries)) = serde_json::from_slice::<Py>(body) else {
+    let budget = Cell::new(MAX_VALUES);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let Ok(Py::Dict(entries)) = PySeed { budget: &budget }.deserialize(&mut de) else {
         return None;
     };
+    de.end().ok()?;
     let mut out = String::new();
     for (i, (k, v)) in entries.iter().enumerate() {
         if i > 0 {
@@ -251,5 +284,29 @@ mod tests {
         let mut s = String::new();
         str_repr("tab\there\u{7f}é\u{200b}", &mut s);
         assert_eq!(s, "'tab\\there\\x7fé\\u200b'");
+    }
+
+    /// A body of `n` distinct keys, `{"k0":1,"k1":1,...}`.
+    fn many_keys(n: usize) -> String {
+        let keys: Vec<String> = (0..n).map(|i| format!("\"k{i}\":1")).collect();
+        format!("{{{}}}", keys.join(","))
+    }
+
+    #[test]
+    fn repeated_keys_keep_their_first_place_and_last_value() {
+        assert_eq!(
+            python_form(br#"{"a": 1, "b": 2, "a": 3}"#).unwrap(),
+            "a=3&b=2"
+        );
+    }
+
+    #[test]
+    fn a_body_of_many_keys_is_refused_without_quadratic_work() {
+        // Under the budget: encoded, in one linear pass.
+        let body = many_keys(MAX_VALUES - 1);
+        assert!(python_form(body.as_bytes()).is_some());
+        // Over it: refused (the signature cannot match, the caller gets 401).
+        let body = many_keys(MAX_VALUES + 1);
+        assert!(python_form(body.as_bytes()).is_none());
     }
 }
