@@ -154,8 +154,16 @@ fn fixture(name: &str) -> PathBuf {
 /// Claims granting `grants` ("tenant:role"), expiring in `ttl_secs` (negative: already expired).
 pub fn claims(subject: &str, grants: &[&str], ttl_secs: i64) -> Value {
     let now = chrono::Utc::now().timestamp();
-    json!({ "sub": subject, "exp": now + ttl_secs, "iat": now, "lily_roles": grants })
+    json!({
+        "sub": subject, "exp": now + ttl_secs, "iat": now, "lily_roles": grants,
+        "iss": TEST_ISSUER, "aud": TEST_AUDIENCE,
+    })
 }
+
+/// The issuer the tests' tokens name (`auth.jwt_issuer` where checked).
+pub const TEST_ISSUER: &str = "https://idp.test.example/realms/lily";
+/// The audience the tests' tokens name (`auth.jwt_audience` where checked).
+pub const TEST_AUDIENCE: &str = "lily";
 
 /// An HS256 token.
 pub fn hs256(secret: &str, claims: &Value) -> anyhow::Result<String> {

@@ -293,6 +293,44 @@ mod tests {
     }
 
     #[test]
+    fn a_jwks_needs_https_off_this_machine_and_an_issuer_and_audience() {
+        let load = |text: &str| LilyConfig::from_toml_str(text, no_env());
+        let e = load("[auth]\njwks_url = \"https://idp.example/certs\"").unwrap_err();
+        assert!(e.to_string().contains("auth.jwt_issuer"), "{e}");
+        let e = load(
+            "[auth]\njwks_url = \"https://idp.example/certs\"\njwt_issuer = \"https://idp.example\"",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("auth.jwt_audience"), "{e}");
+        let both = "jwt_issuer = \"https://idp.example\"\njwt_audience = \"lily\"";
+        assert!(
+            load(&format!(
+                "[auth]\njwks_url = \"https://idp.example/certs\"\n{both}"
+            ))
+            .is_ok()
+        );
+        let e = load(&format!(
+            "[auth]\njwks_url = \"http://idp.example/certs\"\n{both}"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("https://"), "{e}");
+        for local in [
+            "http://127.0.0.1:8080/certs",
+            "http://localhost/certs",
+            "http://[::1]/certs",
+        ] {
+            assert!(
+                load(&format!("[auth]\njwks_url = \"{local}\"\n{both}")).is_ok(),
+                "{local}"
+            );
+        }
+        assert!(
+            load("[auth]\njwks_url = \"https://idp.example/certs\"\ninsecure_any_issuer_and_audience = true")
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn monte_carlo_naming_maps_full_table_ids() {
         let text = r#"
             [monte_carlo.naming.acme]

@@ -326,14 +326,22 @@ pub struct AuthConfig {
     ///
     /// Default `5000`.
     pub jwks_min_refresh_ms: u64,
-    /// Required `iss` claim; empty: not checked.
+    /// Required `iss` claim: the OIDC provider's issuer URL. Required with
+    /// a `jwks_url`: a provider (a shared Keycloak realm, say) issues tokens
+    /// to other clients too, and only `iss` and `aud` tell Lily's apart.
     ///
     /// Default `""`.
     pub jwt_issuer: String,
-    /// Required `aud` claim; empty: not checked.
+    /// Required `aud` claim: the client id Lily's tokens are issued to.
+    /// Required with a `jwks_url`.
     ///
     /// Default `""`.
     pub jwt_audience: String,
+    /// Development only: accept JWKS-signed tokens whatever their `iss` and
+    /// `aud` (any client of the provider with the right role claim gets in).
+    ///
+    /// Default `false`.
+    pub insecure_any_issuer_and_audience: bool,
     /// Claim that holds the caller's grants, each `"<tenant>:<role>"` with
     /// role one of admin, steward, viewer, ingest; a string or a list.
     ///
@@ -354,6 +362,7 @@ impl Default for AuthConfig {
             jwks_min_refresh_ms: 5_000,
             jwt_issuer: String::new(),
             jwt_audience: String::new(),
+            insecure_any_issuer_and_audience: false,
             roles_claim: "lily_roles".to_owned(),
             leeway_secs: 30,
         }

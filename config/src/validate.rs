@@ -112,6 +112,9 @@ impl LilyConfig {
         )?;
         at_least("api.pool_size", self.api.pool_size as u64, 1)?;
         at_least("auth.jwks_refresh_ms", self.auth.jwks_refresh_ms, 1000)?;
+        if !self.auth.jwks_url.is_empty() {
+            check_jwks(&self.auth)?;
+        }
         if !self.auth.jwks_url.is_empty() && url::Url::parse(&self.auth.jwks_url).is_err() {
             return Err(invalid_str(
                 "auth.jwks_url",
@@ -156,6 +159,60 @@ impl LilyConfig {
         }
         Ok(())
     }
+}
+
+/// A JWKS URL is fetched over HTTPS (its keys decide who gets in), except
+/// on this machine; and tokens it signs must name Lily's issuer and
+/// audience unless that is explicitly waived.
+fn check_jwks(auth: &crate::AuthConfig) -> Result<(), ConfigError> {
+    let url = url::Url::parse(&auth.jwks_url).map_err(|e| {
+        invalid_str(
+            "auth.jwks_url",
+            &auth.jwks_url,
+            &format!("not a URL ({e}); give the provider's https:// JWKS URL"),
+        )
+    })?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if url.scheme() != "https" && !loopback {
+        return Err(invalid_str(
+            "auth.jwks_url",
+            &auth.jwks_url,
+            "the keys that decide who gets in are fetched over https:// (plain http only on this machine)",
+        ));
+    }
+    if auth.insecure_any_issuer_and_audience {
+        return Ok(());
+    }
+    for (key, value, what) in [
+        (
+            "auth.jwt_issuer",
+            &auth.jwt_issuer,
+            "the provider's issuer URL (the tokens' iss)",
+        ),
+        (
+            "auth.jwt_audience",
+            &auth.jwt_audience,
+            "the client id Lily's tokens are issued to (their aud)",
+        ),
+    ] {
+        if value.trim().is_empty() {
+            return Err(invalid_str(
+                key,
+                value,
+                &format!(
+                    "with auth.jwks_url set, give {what}: otherwise a token the provider issued to \
+                     any other client is accepted (auth.insecure_any_issuer_and_audience = true \
+                     waives this, for development only)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// PostgreSQL replication slot names: lower-case letters, digits and

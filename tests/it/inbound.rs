@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use lily_inbound::signature::{hmac_sha256_hex, hmac_sha512_hex};
-use lily_tests::api::{ApiClient, JwksServer, claims, hs256, monte_carlo_signature, signed};
+use lily_tests::api::{
+    ApiClient, JwksServer, TEST_AUDIENCE, TEST_ISSUER, claims, hs256, monte_carlo_signature, signed,
+};
 use lily_tests::{LilyProcess, TestEnv, free_port, http_get, run_lily, wait_for};
 use serde_json::{Value, json};
 
@@ -50,6 +52,8 @@ async fn start(jwks: Option<JwksServer>) -> anyhow::Result<Setup> {
     if let Some(j) = &jwks {
         extra.push(("LILY_AUTH__JWKS_URL".into(), j.url.clone()));
         extra.push(("LILY_AUTH__JWKS_MIN_REFRESH_MS".into(), "0".into()));
+        extra.push(("LILY_AUTH__JWT_ISSUER".into(), TEST_ISSUER.into()));
+        extra.push(("LILY_AUTH__JWT_AUDIENCE".into(), TEST_AUDIENCE.into()));
     }
     let lily = env.spawn_lily_with(&["run"], &extra)?;
     let api = ApiClient::new(&base);
@@ -527,6 +531,29 @@ async fn credentials_roles_and_tenants_are_enforced() -> anyhow::Result<()> {
             .await?
             .status,
         200
+    );
+    // A token the same provider issued to another client, or under another
+    // issuer, with the right role claim: refused; and one without them.
+    for (claim, value) in [
+        ("aud", json!("another-client")),
+        ("iss", json!("https://other.example")),
+    ] {
+        let mut c = claims("other-client", &["acme:admin"], 300);
+        c[claim] = value;
+        let r = post_assets("acme", ("authorization", bearer(signed("rsa-a", &c)?))).await?;
+        assert_eq!(
+            (r.status, r.error()),
+            (401, "bad_credentials"),
+            "{claim}: {r:?}"
+        );
+    }
+    let mut c = claims("no-audience", &["acme:admin"], 300);
+    c.as_object_mut().expect("claims").remove("aud");
+    let r = post_assets("acme", ("authorization", bearer(signed("rsa-a", &c)?))).await?;
+    assert_eq!(
+        (r.status, r.error()),
+        (401, "bad_credentials"),
+        "no aud: {r:?}"
     );
     let r = post_assets("acme", ("authorization", bearer(rs_b.clone()))).await?;
     assert_eq!(r.status, 401, "rsa-b is not published yet: {r:?}");

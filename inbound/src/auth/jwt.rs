@@ -50,15 +50,20 @@ impl JwtVerifier {
         let mut v = Validation::new(alg);
         v.leeway = self.leeway;
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience must be in the token, not merely
+        // match when present.
+        let mut required = vec!["exp"];
         if !self.issuer.is_empty() {
             v.set_issuer(&[&self.issuer]);
+            required.push("iss");
         }
         if self.audience.is_empty() {
             v.validate_aud = false;
         } else {
             v.set_audience(&[&self.audience]);
+            required.push("aud");
         }
+        v.set_required_spec_claims(&required);
         v
     }
 
