@@ -25,6 +25,24 @@ pub fn add_console(config: &mut LilyConfig) {
         .or_insert_with(|| toml::toml! { type = "console" });
 }
 
+/// Refuses to serve tenants while row-level security would not hold for
+/// their sessions (the tenant role is a superuser, bypasses RLS, or owns a
+/// table): `lily setup` checks the same.
+async fn check_tenant_role(config: &LilyConfig) -> anyhow::Result<()> {
+    let (client, connection) = tokio_postgres::connect(&config.postgres.url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to the metastore")?;
+    let task = tokio::spawn(connection);
+    let problems =
+        lily_metastore::tenant_role_problems(&client, &config.postgres.tenant_role).await?;
+    drop(client);
+    let _ = task.await;
+    if !problems.is_empty() {
+        return Err(lily_metastore::SetupError::TenantRole(problems).into());
+    }
+    Ok(())
+}
+
 /// Tenants whose topic and index names are another tenant's old names
 /// (before tenant ids were written as segments) are named at every start,
 /// so an operator moves consumers and grants off those names.
@@ -115,6 +133,7 @@ pub async fn run(config: &LilyConfig, shutdown: watch::Receiver<bool>) -> anyhow
     let pool = crate::dlq::pool(config)?;
     let registry = Registry::build(config, &configured, &pool).await?;
     warn_about_renamed_tenants(&pool).await;
+    check_tenant_role(config).await?;
     let transforms = load_transforms(config, &registry).await?;
     let state = Arc::new(CatalogState::new(config.propagation.attributes.clone()));
     tokio::spawn(watch_transforms(

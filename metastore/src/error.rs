@@ -34,6 +34,9 @@ pub enum SetupError {
     /// The server is not ready for logical replication; nothing was changed.
     #[error("PostgreSQL is not ready for Lily; nothing was changed:\n  - {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - "))]
     Preflight(Vec<Problem>),
+    /// Row-level security would not hold for the tenant role.
+    #[error("row-level security would not hold for tenant sessions:\n  - {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - "))]
+    TenantRole(Vec<Problem>),
     /// A migration that was applied earlier has been edited since.
     #[error(
         "migration {version} ({name}) was changed after it was applied; migrations are append-only: add a new one instead"

@@ -10,7 +10,7 @@ mod setup;
 
 pub use error::{Problem, SetupError};
 pub use migrations::{MIGRATIONS, Migration, apply_migrations};
-pub use preflight::preflight;
+pub use preflight::{preflight, tenant_role_problems};
 pub use relations::metastore_relations;
 pub use setup::{SetupOptions, SetupReport, setup};
 

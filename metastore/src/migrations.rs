@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "monte_carlo",
         sql: include_str!("../migrations/0005_monte_carlo.sql"),
     },
+    Migration {
+        version: 6,
+        name: "force_rls",
+        sql: include_str!("../migrations/0006_force_rls.sql"),
+    },
 ];
 
 /// A stable checksum (FNV-1a) of the migration text as shipped.

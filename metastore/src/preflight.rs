@@ -110,3 +110,72 @@ pub async fn preflight(client: &Client, slot: &str) -> Result<Vec<Problem>, Setu
     }
     Ok(problems)
 }
+
+/// What would let the tenant role see past row-level security: being a
+/// superuser, having BYPASSRLS, or owning a table of the metastore. Each
+/// problem says how to fix it. `lily setup` and `lily run` refuse to go on
+/// while there is one.
+pub async fn tenant_role_problems(
+    client: &Client,
+    tenant_role: &str,
+) -> Result<Vec<Problem>, SetupError> {
+    let mut problems = Vec::new();
+    let role = client
+        .query_opt(
+            "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1",
+            &[&tenant_role],
+        )
+        .await
+        .map_err(SetupError::sql("looking up the tenant role"))?;
+    let Some(role) = role else {
+        problems.push(Problem {
+            what: format!("the tenant role {tenant_role} does not exist"),
+            fix: "run `lily setup`, which creates it".into(),
+        });
+        return Ok(problems);
+    };
+    let (superuser, bypass): (bool, bool) = (role.get(0), role.get(1));
+    if superuser {
+        problems.push(Problem {
+            what: format!(
+                "the tenant role {tenant_role} is a superuser: row-level security does not apply to it"
+            ),
+            fix: format!("run ALTER ROLE \"{tenant_role}\" NOSUPERUSER;"),
+        });
+    }
+    if bypass {
+        problems.push(Problem {
+            what: format!(
+                "the tenant role {tenant_role} has BYPASSRLS: row-level security does not apply to it"
+            ),
+            fix: format!("run ALTER ROLE \"{tenant_role}\" NOBYPASSRLS;"),
+        });
+    }
+    let owned: Vec<String> = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname IN ('metastore', 'lily') AND c.relkind IN ('r', 'p')
+                AND pg_get_userbyid(c.relowner) = $1
+              ORDER BY 1",
+            &[&tenant_role],
+        )
+        .await
+        .map_err(SetupError::sql("listing the tables the tenant role owns"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !owned.is_empty() {
+        problems.push(Problem {
+            what: format!(
+                "the tenant role {tenant_role} owns {}: an owner can turn row-level security off",
+                owned.join(", ")
+            ),
+            fix: format!(
+                "give them back to Lily's role: ALTER TABLE <table> OWNER TO <lily's role>; for each of {}",
+                owned.join(", ")
+            ),
+        });
+    }
+    Ok(problems)
+}

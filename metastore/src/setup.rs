@@ -7,7 +7,7 @@ use tracing::info;
 use crate::METASTORE_SCHEMA;
 use crate::error::SetupError;
 use crate::migrations::apply_migrations;
-use crate::preflight::preflight;
+use crate::preflight::{preflight, tenant_role_problems};
 
 /// What setup needs to know.
 #[derive(Debug, Clone)]
@@ -43,6 +43,10 @@ pub async fn setup(client: &mut Client, opts: &SetupOptions) -> Result<SetupRepo
         migrations_applied: apply_migrations(client, &opts.tenant_role).await?,
         ..Default::default()
     };
+    let problems = tenant_role_problems(client, &opts.tenant_role).await?;
+    if !problems.is_empty() {
+        return Err(SetupError::TenantRole(problems));
+    }
 
     // An explicit table list (not FOR TABLES IN SCHEMA, which needs a
     // superuser); re-set on every setup so tables of new migrations join.

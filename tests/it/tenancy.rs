@@ -1,6 +1,6 @@
 //! Row-level security: a session in the tenant role sees and writes only its tenant.
 
-use lily_tests::TestEnv;
+use lily_tests::{TestEnv, run_lily};
 
 /// Tenants a and b with one table each.
 async fn two_tenants(env: &TestEnv) -> anyhow::Result<tokio_postgres::Client> {
@@ -68,5 +68,49 @@ async fn lineage_cannot_point_into_another_tenant() -> anyhow::Result<()> {
         .map(|e| e.message().to_string())
         .unwrap_or_default();
     assert!(message.contains("foreign key"), "{message}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_role_that_could_pass_row_level_security_stops_setup_and_run() -> anyhow::Result<()>
+{
+    let env = TestEnv::new().await?;
+    let c = env.client().await?;
+    // Every tenant table forces row-level security, on its owner too.
+    let unforced: Vec<String> = c
+        .query(
+            "SELECT format('%I.%I', n.nspname, t.relname) FROM pg_class t
+               JOIN pg_namespace n ON n.oid = t.relnamespace
+              WHERE t.relrowsecurity AND NOT t.relforcerowsecurity",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(unforced.is_empty(), "{unforced:?}");
+
+    // BYPASSRLS, then ownership of a tenant table: named, with the fix.
+    c.batch_execute("ALTER ROLE lily_tenant BYPASSRLS").await?;
+    let (code, out) = run_lily(&["setup"], &env.lily_env())?;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("BYPASSRLS") && out.contains("NOBYPASSRLS"),
+        "{out}"
+    );
+    let (code, out) = run_lily(&["run"], &env.lily_env())?;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("BYPASSRLS"), "lily run checks too: {out}");
+    c.batch_execute(
+        "ALTER ROLE lily_tenant NOBYPASSRLS; ALTER TABLE metastore.assets OWNER TO lily_tenant",
+    )
+    .await?;
+    let (code, out) = run_lily(&["setup"], &env.lily_env())?;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("owns metastore.assets"), "{out}");
+    c.batch_execute("ALTER TABLE metastore.assets OWNER TO CURRENT_USER")
+        .await?;
+    let (code, out) = run_lily(&["setup"], &env.lily_env())?;
+    assert_eq!(code, 0, "{out}");
     Ok(())
 }
