@@ -255,12 +255,18 @@ async fn run_once(
     let fanout_state = state.clone();
     // The state moves first, so every transform of a batch joins against a
     // catalog that includes it.
+    // A batch the state cannot take stops the pipeline: transforms joined
+    // against a state without it could retract a PII tag downstream.
     let apply_to_state = move |batch: &ChangeBatch| {
-        if let Err(e) = fanout_state.apply(batch) {
+        fanout_state.apply(batch).map_err(|e| {
             metrics::counter!("lily_errors_total", "stage" => "state", "kind" => "apply")
                 .increment(1);
-            error!(error = %e, table = %batch.table.qualified_name(), "catalog state could not take a batch");
-        }
+            error!(error = %e, table = %batch.table.qualified_name(), "catalog state could not take a batch; stopping");
+            format!(
+                "the catalog state could not take a batch of {}: {e}",
+                batch.table.qualified_name()
+            )
+        })
     };
     let fanout = Fanout::start(
         rx,
@@ -282,6 +288,8 @@ async fn run_once(
         error!(error = %e, "reader stopped");
         let _ = abort_tx.send(true);
     }
-    fanout.join().await;
+    if let Some(stopped) = fanout.join().await {
+        return Err(anyhow::anyhow!(stopped));
+    }
     result.map_err(Into::into)
 }

@@ -287,7 +287,9 @@ pub fn decode(data: &[u8]) -> Result<LogicalMessage<'_>, String> {
         b'T' => {
             let n = c.i32()?.max(0) as usize;
             let options = c.u8()?;
-            let mut relation_ids = Vec::with_capacity(n);
+            // The count comes from the wire: never reserve more than the
+            // message can hold (four bytes an oid).
+            let mut relation_ids = Vec::with_capacity(n.min(c.buf.len() / 4));
             for _ in 0..n {
                 relation_ids.push(c.u32()?);
             }
@@ -338,5 +340,25 @@ mod tests {
             "a short message is an error, not a panic"
         );
         assert!(decode(b"?").is_err());
+    }
+
+    #[test]
+    fn a_truncate_claiming_two_billion_tables_reserves_nothing_and_is_refused() {
+        let mut b = vec![b'T'];
+        b.extend_from_slice(&i32::MAX.to_be_bytes());
+        b.push(0);
+        b.extend_from_slice(&7u32.to_be_bytes());
+        assert!(decode(&b).is_err());
+        let mut ok = vec![b'T'];
+        ok.extend_from_slice(&1i32.to_be_bytes());
+        ok.push(1);
+        ok.extend_from_slice(&7u32.to_be_bytes());
+        match decode(&ok).unwrap() {
+            LogicalMessage::Truncate {
+                relation_ids,
+                options,
+            } => assert_eq!((relation_ids, options), (vec![7], 1)),
+            other => panic!("{other:?}"),
+        }
     }
 }

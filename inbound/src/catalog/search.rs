@@ -58,7 +58,8 @@ pub async fn search(
     }
     let limit = p.limit.unwrap_or(20).clamp(1, 100);
     let offset = p.offset.unwrap_or(0);
-    if offset + limit > MAX_WINDOW {
+    // Both come from the query string: added without overflow.
+    if offset.saturating_add(limit) > MAX_WINDOW {
         return Err(InboundError::Unprocessable(format!(
             "offset + limit must stay within {MAX_WINDOW}; narrow the search instead"
         )));
