@@ -82,7 +82,9 @@ pub fn render(n: &Notification) -> Value {
             "{emoji} {} · tenant {} · Lily", n.action.as_str(), escape(&n.tenant_id)
         )}]
     }));
-    json!({"text": truncate(&n.title, 3000), "blocks": blocks})
+    // The top-level text is mrkdwn too (the notification's fallback): a
+    // title naming `<!channel>` must not mention anyone.
+    json!({"text": truncate(&escape(&n.title), 3000), "blocks": blocks})
 }
 
 #[async_trait::async_trait]
@@ -141,6 +143,19 @@ pub(crate) mod tests {
             "<https://lily.example/a?b=1|Open>"
         );
         assert_eq!(v["blocks"][4]["type"], "context");
+    }
+
+    #[test]
+    fn an_asset_name_cannot_mention_anyone() {
+        let mut n = sample();
+        n.title = "PII added to crm.<!channel> & <@U0HOLD>.notes".into();
+        let v = render(&n);
+        assert_eq!(
+            v["text"],
+            "PII added to crm.&lt;!channel&gt; &amp; &lt;@U0HOLD&gt;.notes"
+        );
+        // The header is plain_text: Slack shows it as it is.
+        assert_eq!(v["blocks"][0]["text"]["type"], "plain_text");
     }
 
     #[test]
