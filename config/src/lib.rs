@@ -331,6 +331,21 @@ mod tests {
     }
 
     #[test]
+    fn empty_or_unexpanded_webhook_secrets_are_refused() {
+        for text in [
+            "[monte_carlo.secrets]\nacme = \"\"",
+            "[jira.secrets]\nacme = \"${JIRA_SECRET}\"",
+        ] {
+            let e = LilyConfig::from_toml_str(text, no_env()).unwrap_err();
+            assert!(e.to_string().contains("secrets.acme"), "{e}");
+            assert!(
+                !e.to_string().contains("JIRA_SECRET"),
+                "the value is not echoed: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn monte_carlo_naming_maps_full_table_ids() {
         let text = r#"
             [monte_carlo.naming.acme]

@@ -138,6 +138,28 @@ impl LilyConfig {
             ));
         }
 
+        // An empty key lets anyone sign; an unexpanded reference is a
+        // deployment that forgot to pass the secret.
+        for (section, secrets) in [
+            ("monte_carlo.secrets", &self.monte_carlo.secrets),
+            ("jira.secrets", &self.jira.secrets),
+        ] {
+            for (tenant, secret) in secrets {
+                if secret.trim().is_empty() || secret.contains("${") {
+                    return Err(invalid_str(
+                        &format!("{section}.{tenant}"),
+                        if secret.trim().is_empty() {
+                            ""
+                        } else {
+                            "${...}"
+                        },
+                        "a webhook secret must be set (an empty one would let anyone sign); \
+                         set it from the environment, e.g. LILY_MONTE_CARLO__SECRETS__ACME",
+                    ));
+                }
+            }
+        }
+
         for name in self.sinks.keys() {
             if !is_sink_name(name) {
                 return Err(invalid_str(

@@ -41,9 +41,11 @@ impl DeliveryError {
 }
 
 impl From<reqwest::Error> for DeliveryError {
+    /// Without the URL: a Slack or Teams webhook URL is its credential, and
+    /// this text goes to logs, `lily.outbox.last_error` and dead letters.
     fn from(e: reqwest::Error) -> Self {
         DeliveryError::Retry {
-            message: lily_cdc::sink::error_chain(&e),
+            message: lily_cdc::sink::error_chain(&e.without_url()),
             after: None,
         }
     }
@@ -128,6 +130,20 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_delivery_never_shows_the_webhook_url() {
+        // Nothing listens on port 9: the request fails to connect.
+        let secret_url = "http://127.0.0.1:9/services/T000/B000/s3cr3t-token";
+        let e = reqwest::Client::new()
+            .post(secret_url)
+            .send()
+            .await
+            .expect_err("nothing listens there");
+        let message = DeliveryError::from(e).to_string();
+        assert!(!message.contains("s3cr3t"), "{message}");
+        assert!(!message.is_empty());
+    }
 
     #[test]
     fn truncation_keeps_within_the_limit() {
