@@ -50,6 +50,9 @@ pub struct Inbound {
     pub okta: OktaConfig,
     /// Largest request body, in bytes.
     pub body_limit_bytes: usize,
+    /// Asset fields only a steward or admin may change: `certificate`, and
+    /// every attribute lineage propagates (`propagation.attributes`).
+    pub governed_asset_fields: Vec<String>,
 }
 
 /// Each tenant's webhook signing secrets, by source.
@@ -104,6 +107,15 @@ impl Inbound {
             },
             okta: config.okta.clone(),
             body_limit_bytes: config.api.body_limit_bytes,
+            governed_asset_fields: {
+                let mut fields = vec!["certificate".to_owned()];
+                for a in &config.propagation.attributes {
+                    if !fields.contains(&a.name) {
+                        fields.push(a.name.clone());
+                    }
+                }
+                fields
+            },
         }))
     }
 

@@ -112,3 +112,130 @@ async fn unsigned_floods_get_a_quick_401_and_replication_keeps_reporting() -> an
     lily.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ingest_key_cannot_change_what_governs_propagation() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    let base = env.enable_api()?;
+    let db = env.client().await?;
+    db.batch_execute(
+        "INSERT INTO metastore.tenants (tenant_id, name) VALUES ('acme', 'Acme');
+         INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name)
+           VALUES ('acme', 'column', 'crm.customers.email', 'email'),
+                  ('acme', 'column', 'dw.users.email', 'email');
+         INSERT INTO metastore.lineage_edges (tenant_id, upstream_guid, downstream_guid)
+           SELECT 'acme', u.guid, d.guid FROM metastore.assets u, metastore.assets d
+            WHERE u.qualified_name = 'crm.customers.email' AND d.qualified_name = 'dw.users.email';",
+    )
+    .await?;
+    let key = |role: &str| -> anyhow::Result<String> {
+        let (code, out) = lily_tests::run_lily(
+            &[
+                "api-key", "create", "--tenant", "acme", "--role", role, "--name", role,
+            ],
+            &env.lily_env(),
+        )?;
+        anyhow::ensure!(code == 0, "{out}");
+        Ok(out
+            .lines()
+            .find(|l| l.starts_with("lily_"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned())
+    };
+    let (ingest, steward) = (key("ingest")?, key("steward")?);
+    let lily = env.spawn_lily(&["run"])?;
+    let api = ApiClient::new(&base);
+    api.wait_ready().await?;
+    let edge = |blocked: &[&str]| {
+        serde_json::json!({"edges": [{
+            "upstream": "crm.customers.email", "downstream": "dw.users.email", "blocked_tags": blocked
+        }]})
+    };
+    let blocked = || async {
+        anyhow::Ok(
+            db.query_one("SELECT blocked_tags FROM metastore.lineage_edges", &[])
+                .await?
+                .get::<_, Vec<String>>(0),
+        )
+    };
+
+    // The attacker's side: block PII from propagating, deprecate a table.
+    let r = api
+        .post(
+            "/v1/tenants/acme/lineage",
+            &edge(&["PII"]),
+            &[("x-api-key", &ingest)],
+        )
+        .await?;
+    assert_eq!((r.status, r.error()), (403, "forbidden"), "{r:?}");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("blocked_tags"),
+        "{r:?}"
+    );
+    assert!(blocked().await?.is_empty(), "nothing written");
+    let deprecate = serde_json::json!({"assets": [
+        {"qualified_name": "crm.customers.email", "type": "column", "certificate": "deprecated"}
+    ]});
+    let r = api
+        .post(
+            "/v1/tenants/acme/assets",
+            &deprecate,
+            &[("x-api-key", &ingest)],
+        )
+        .await?;
+    assert_eq!((r.status, r.error()), (403, "forbidden"), "{r:?}");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("certificate"),
+        "{r:?}"
+    );
+
+    // What ingest is for still works: describing assets and edges, and
+    // restating a governance field as it is.
+    let describe = serde_json::json!({"assets": [
+        {"qualified_name": "crm.customers.email", "type": "column", "description": "e-mail", "owners": ["ana@acme.example"]}
+    ]});
+    let r = api
+        .post(
+            "/v1/tenants/acme/assets",
+            &describe,
+            &[("x-api-key", &ingest)],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = api
+        .post(
+            "/v1/tenants/acme/lineage",
+            &edge(&[]),
+            &[("x-api-key", &ingest)],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // A steward may.
+    let r = api
+        .post(
+            "/v1/tenants/acme/lineage",
+            &edge(&["PII"]),
+            &[("x-api-key", &steward)],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(blocked().await?, vec!["PII".to_owned()]);
+    let r = api
+        .post(
+            "/v1/tenants/acme/assets",
+            &deprecate,
+            &[("x-api-key", &steward)],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    lily.stop().await?;
+    Ok(())
+}

@@ -141,6 +141,14 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether the caller may do `action` in `tenant` (nothing counted:
+    /// for choosing what to check, not for refusing).
+    pub fn may(&self, tenant: &str, action: Action) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.tenant == tenant && g.role.allows(action))
+    }
+
     /// Allows `action` in `tenant` or says why not. The tenant comes from
     /// the path; a grant for another tenant never counts.
     pub fn require(&self, tenant: &str, action: Action) -> Result<()> {

@@ -67,6 +67,9 @@ pub async fn upsert(
     let Assets { assets } = decode(inbound.json("assets.v1", &body)?)?;
     let mut conn = inbound.db.connection().await?;
     let tx = inbound.db.tenant_transaction(&mut conn, &tenant).await?;
+    if !caller.may(&tenant, Action::Curate) {
+        refuse_governance_changes(&tx, &tenant, &assets, &inbound.governed_asset_fields).await?;
+    }
     let (mut created, mut updated) = (0, 0);
     for (i, a) in assets.iter().enumerate() {
         let at = |e: InboundError| {
@@ -122,6 +125,47 @@ pub async fn upsert(
         "updated": updated,
         "unchanged": assets.len() - created - updated,
     })))
+}
+
+/// An ingest caller may describe assets but not change what governs them:
+/// the certificate and the attributes lineage propagates (a deprecated
+/// certificate or an owner travels downstream). 403 naming the field when
+/// a request would change one.
+async fn refuse_governance_changes(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    assets: &[AssetIn],
+    governed: &[String],
+) -> Result<()> {
+    for (i, a) in assets.iter().enumerate() {
+        let current = tx
+            .query_opt(
+                "SELECT certificate, owners FROM metastore.assets WHERE tenant_id = $1 AND qualified_name = $2",
+                &[&tenant, &a.qualified_name],
+            )
+            .await?;
+        let (certificate, owners): (Option<String>, Vec<String>) =
+            current.map(|r| (r.get(0), r.get(1))).unwrap_or_default();
+        let changes = [
+            (
+                "certificate",
+                a.certificate
+                    .as_ref()
+                    .is_some_and(|c| Some(c) != certificate.as_ref()),
+            ),
+            ("owners", a.owners.as_ref().is_some_and(|o| *o != owners)),
+        ];
+        if let Some((field, _)) = changes
+            .iter()
+            .find(|(field, changed)| *changed && governed.iter().any(|g| g == field))
+        {
+            return Err(InboundError::Forbidden(format!(
+                "assets[{i}] ({}): {field} governs what propagates downstream; changing it needs the steward or admin role",
+                a.qualified_name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `DELETE`: removes assets by qualified name; their lineage, tags and

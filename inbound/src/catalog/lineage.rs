@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{decode, resolve};
 use crate::auth::{Action, Caller};
-use crate::error::Result;
+use crate::error::{InboundError, Result};
 use crate::server::{Body, Inbound, Tenant};
 
 #[derive(Deserialize)]
@@ -53,6 +53,37 @@ pub async fn upsert(
     let mut conn = inbound.db.connection().await?;
     let tx = inbound.db.tenant_transaction(&mut conn, &tenant).await?;
     let guids = resolve(&tx, &names(&edges)).await?;
+    // Blocked tags stop PII from propagating: an ingest caller may add
+    // edges but not change what they block.
+    if !caller.may(&tenant, Action::Curate) {
+        for (i, e) in edges.iter().enumerate() {
+            let Some(blocked) = &e.blocked_tags else {
+                continue;
+            };
+            let process: Option<Uuid> = e.process.as_ref().map(|p| guids[p]);
+            let current: Vec<String> = tx
+                .query_opt(
+                    "SELECT blocked_tags FROM metastore.lineage_edges
+                      WHERE tenant_id = $1 AND upstream_guid = $2 AND downstream_guid = $3
+                        AND process_guid IS NOT DISTINCT FROM $4",
+                    &[
+                        &tenant,
+                        &guids[&e.upstream],
+                        &guids[&e.downstream],
+                        &process,
+                    ],
+                )
+                .await?
+                .map(|r| r.get(0))
+                .unwrap_or_default();
+            if *blocked != current {
+                return Err(InboundError::Forbidden(format!(
+                    "edges[{i}] ({} -> {}): blocked_tags decides which tags propagate; changing it needs the steward or admin role",
+                    e.upstream, e.downstream
+                )));
+            }
+        }
+    }
     let stmt = tx
         .prepare(
             "INSERT INTO metastore.lineage_edges AS e (tenant_id, upstream_guid, downstream_guid, process_guid, blocked_tags)
