@@ -184,7 +184,12 @@ pub async fn run(dir: &Path, search_server: Option<&Path>, base: LilyConfig) -> 
             )?,
             Duration::ZERO,
         )
-        .create("acme", lily_inbound::auth::Role::Steward, "demo")
+        .create(
+            "acme",
+            lily_inbound::auth::Role::Steward,
+            "demo",
+            "lily demo",
+        )
         .await?;
         println!(
             "  API on http://{}: catalog edits below use API key {} (steward of acme)",

@@ -59,6 +59,14 @@ pub async fn start(
     Ok(())
 }
 
+/// Who runs `lily api-key`, for the key trail: `cli:<user>`.
+fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
 fn api_keys(config: &LilyConfig) -> anyhow::Result<ApiKeys> {
     let db = Metastore::new(&config.postgres.url, 1, &config.postgres.tenant_role)?;
     Ok(ApiKeys::new(db, Duration::ZERO))
@@ -72,7 +80,9 @@ pub async fn create_key(
     name: &str,
 ) -> anyhow::Result<()> {
     let role: Role = role.parse().map_err(anyhow::Error::msg)?;
-    let created = api_keys(config)?.create(tenant, role, name).await?;
+    let created = api_keys(config)?
+        .create(tenant, role, name, &cli_actor())
+        .await?;
     println!("{}", created.key);
     eprintln!(
         "API key {} ({role} in {tenant}) created; it is not shown again.",
@@ -98,7 +108,7 @@ pub async fn list_keys(config: &LilyConfig, tenant: Option<&str>) -> anyhow::Res
 
 /// `lily api-key revoke`.
 pub async fn revoke_key(config: &LilyConfig, key_id: &str) -> anyhow::Result<()> {
-    if !api_keys(config)?.revoke(key_id).await? {
+    if !api_keys(config)?.revoke(key_id, &cli_actor()).await? {
         anyhow::bail!("no API key {key_id}");
     }
     println!("revoked {key_id}");

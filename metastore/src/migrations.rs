@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "force_rls",
         sql: include_str!("../migrations/0006_force_rls.sql"),
     },
+    Migration {
+        version: 7,
+        name: "api_key_events",
+        sql: include_str!("../migrations/0007_api_key_events.sql"),
+    },
 ];
 
 /// A stable checksum (FNV-1a) of the migration text as shipped.

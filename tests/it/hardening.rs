@@ -236,6 +236,47 @@ async fn an_ingest_key_cannot_change_what_governs_propagation() -> anyhow::Resul
         )
         .await?;
     assert_eq!(r.status, 200, "{r:?}");
+
+    // Every key created or revoked leaves a trail: what, which tenant and
+    // role, and who (the CLI's user, or the admin's credential).
+    let admin = key("admin")?;
+    let ingest_id = ingest.split('_').nth(1).unwrap_or_default().to_owned();
+    let r = api
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/tenants/acme/api-keys/{ingest_id}"),
+            None,
+            &[("x-api-key", admin.as_str())],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let trail: Vec<(String, String, String, String)> = db
+        .query(
+            "SELECT key_id, event, role, actor FROM lily.api_key_events ORDER BY event_id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(trail.len(), 4, "{trail:?}");
+    assert!(
+        trail[..3]
+            .iter()
+            .all(|(_, e, _, a)| e == "created" && a.starts_with("cli:")),
+        "{trail:?}"
+    );
+    let admin_id = admin.split('_').nth(1).unwrap_or_default();
+    assert_eq!(
+        trail[3],
+        (
+            ingest_id.clone(),
+            "revoked".to_owned(),
+            "ingest".to_owned(),
+            format!("api key {admin_id}")
+        ),
+        "{trail:?}"
+    );
     lily.stop().await?;
     Ok(())
 }

@@ -81,33 +81,69 @@ impl ApiKeys {
         }
     }
 
-    /// Creates a key with `role` in `tenant`.
-    pub async fn create(&self, tenant: &str, role: Role, name: &str) -> Result<CreatedKey> {
+    /// Creates a key with `role` in `tenant`; `actor` (who asked: a token
+    /// subject, an admin key, `cli:<user>`) goes into the key trail,
+    /// `lily.api_key_events`, in the same transaction.
+    pub async fn create(
+        &self,
+        tenant: &str,
+        role: Role,
+        name: &str,
+        actor: &str,
+    ) -> Result<CreatedKey> {
         let key_id = random_chars(ID_LEN);
         let key = format!("{KEY_PREFIX}{key_id}_{}", random_chars(40));
         if !self.db.tenant_exists(tenant).await? {
             return Err(InboundError::UnknownTenant(tenant.to_owned()));
         }
-        let conn = self.db.connection().await?;
-        conn.execute(
+        let mut conn = self.db.connection().await?;
+        let tx = conn.transaction().await?;
+        tx.execute(
             "INSERT INTO lily.api_keys (key_id, tenant_id, role, name, secret_hash) VALUES ($1, $2, $3, $4, $5)",
             &[&key_id, &tenant, &role.as_str(), &name, &hash(&key)],
         )
         .await?;
+        tx.execute(
+            "INSERT INTO lily.api_key_events (key_id, tenant_id, event, role, actor) VALUES ($1, $2, 'created', $3, $4)",
+            &[&key_id, &tenant, &role.as_str(), &actor],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(target: "lily::audit", key_id, tenant, role = role.as_str(), actor, "API key created");
         Ok(CreatedKey { key_id, key })
     }
 
-    /// Revokes a key; returns whether it existed.
-    pub async fn revoke(&self, key_id: &str) -> Result<bool> {
-        let conn = self.db.connection().await?;
-        let n = conn
-            .execute(
-                "UPDATE lily.api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = $1",
+    /// Revokes a key; returns whether it existed. `actor` goes into the
+    /// key trail as for [`ApiKeys::create`].
+    pub async fn revoke(&self, key_id: &str, actor: &str) -> Result<bool> {
+        let mut conn = self.db.connection().await?;
+        let tx = conn.transaction().await?;
+        let revoked = tx
+            .query_opt(
+                "UPDATE lily.api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL
+                 RETURNING tenant_id, role",
                 &[&key_id],
             )
             .await?;
+        let exists = match &revoked {
+            Some(row) => {
+                let (tenant, role): (String, String) = (row.get(0), row.get(1));
+                tx.execute(
+                    "INSERT INTO lily.api_key_events (key_id, tenant_id, event, role, actor) VALUES ($1, $2, 'revoked', $3, $4)",
+                    &[&key_id, &tenant, &role, &actor],
+                )
+                .await?;
+                tracing::info!(target: "lily::audit", key_id, tenant, role, actor, "API key revoked");
+                true
+            }
+            None => tx
+                .query_opt("SELECT 1 FROM lily.api_keys WHERE key_id = $1", &[&key_id])
+                .await?
+                .is_some(),
+        };
+        tx.commit().await?;
         self.cache.write().await.remove(key_id);
-        Ok(n > 0)
+        Ok(exists)
     }
 
     /// The keys of `tenant`, or of every tenant.

@@ -30,7 +30,11 @@ pub async fn create(
         InboundError::Unprocessable(format!("expected {{\"role\": ..., \"name\": ...}}: {e}"))
     })?;
     let role: Role = role.parse().map_err(InboundError::Unprocessable)?;
-    let created = inbound.auth.api_keys().create(&tenant, role, &name).await?;
+    let created = inbound
+        .auth
+        .api_keys()
+        .create(&tenant, role, &name, &caller.subject)
+        .await?;
     Ok(Json(
         json!({ "key_id": created.key_id, "key": created.key, "role": role.as_str(), "name": name }),
     ))
@@ -63,6 +67,10 @@ pub async fn revoke(
     if !keys.iter().any(|k| k.key_id == key_id) {
         return Err(InboundError::NotFound(format!("API key {key_id}")));
     }
-    inbound.auth.api_keys().revoke(&key_id).await?;
+    inbound
+        .auth
+        .api_keys()
+        .revoke(&key_id, &caller.subject)
+        .await?;
     Ok(Json(json!({ "key_id": key_id, "revoked": true })))
 }
