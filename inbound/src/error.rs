@@ -52,6 +52,15 @@ pub enum InboundError {
     /// A named thing does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The route exists, not with this method.
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
+    /// A query parameter is not what the route takes.
+    #[error("bad query: {0}")]
+    BadQuery(String),
+    /// The body is declared as something other than JSON.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
     /// The request is well-formed but cannot be applied (a reference to an
     /// asset that does not exist, an unknown asset type, ...).
     #[error("{0}")]
@@ -91,6 +100,9 @@ impl InboundError {
             | Self::BadSignature(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnknownTenant(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BadQuery(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -109,6 +121,9 @@ impl InboundError {
             Self::Forbidden(_) => "forbidden",
             Self::UnknownTenant(_) => "unknown_tenant",
             Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::BadQuery(_) => "bad_query",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Unprocessable(_) => "unprocessable",
             Self::Transform { .. } => "transform_failed",
             Self::Unavailable(_) => "unavailable",

@@ -161,7 +161,27 @@ impl<S: Send + Sync> FromRequestParts<S> for Tenant {
     }
 }
 
-/// A request body, read up to `api.body_limit_bytes`.
+/// A route's query parameters; a bad one is a JSON `400 bad_query`, not
+/// the framework's plain text.
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = InboundError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| Query(q))
+            .map_err(|e| InboundError::BadQuery(e.body_text()))
+    }
+}
+
+/// A request body, read up to `api.body_limit_bytes`. A body declared as
+/// anything but JSON is refused (415): every body route takes JSON.
 pub struct Body(pub Bytes);
 
 impl FromRequest<Arc<Inbound>> for Body {
@@ -169,6 +189,23 @@ impl FromRequest<Arc<Inbound>> for Body {
 
     async fn from_request(req: Request, state: &Arc<Inbound>) -> Result<Self> {
         let limit = state.body_limit_bytes;
+        if let Some(declared) = req.headers().get(header::CONTENT_TYPE) {
+            let media = declared
+                .to_str()
+                .unwrap_or_default()
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            let json = media == "application/json"
+                || (media.starts_with("application/") && media.ends_with("+json"));
+            if !json {
+                return Err(InboundError::UnsupportedMediaType(format!(
+                    "the body is declared as {media:?}; send application/json"
+                )));
+            }
+        }
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -209,6 +246,13 @@ pub fn router(inbound: Arc<Inbound>) -> Router {
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        // Every refusal is JSON with a stable code, the framework's too.
+        .fallback(|req: Request| async move {
+            InboundError::NotFound(format!("no route {}", req.uri().path()))
+        })
+        .method_not_allowed_fallback(|req: Request| async move {
+            InboundError::MethodNotAllowed(format!("{} {}", req.method(), req.uri().path()))
+        })
         .with_state(inbound)
 }
 

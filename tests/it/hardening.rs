@@ -280,3 +280,67 @@ async fn an_ingest_key_cannot_change_what_governs_propagation() -> anyhow::Resul
     lily.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_refusal_is_json_with_a_stable_code() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    let base = env.enable_api()?;
+    env.client()
+        .await?
+        .batch_execute("INSERT INTO metastore.tenants (tenant_id, name) VALUES ('acme', 'Acme')")
+        .await?;
+    let (code, out) = lily_tests::run_lily(
+        &[
+            "api-key", "create", "--tenant", "acme", "--role", "steward", "--name", "t",
+        ],
+        &env.lily_env(),
+    )?;
+    anyhow::ensure!(code == 0, "{out}");
+    let key = out
+        .lines()
+        .find(|l| l.starts_with("lily_"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let lily = env.spawn_lily(&["run"])?;
+    let api = ApiClient::new(&base);
+    api.wait_ready().await?;
+    let http = reqwest::Client::new();
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (http.get(format!("{base}/v1/nowhere")), 404, "not_found"),
+        (
+            http.put(format!("{base}/v1/tenants/acme/assets")),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            http.get(format!("{base}/v1/tenants/acme/search?offset=null")),
+            400,
+            "bad_query",
+        ),
+        (
+            http.post(format!("{base}/v1/tenants/acme/assets"))
+                .header("x-api-key", &key)
+                .header("content-type", "text/plain")
+                .body("{\"assets\": []}"),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let r = request.send().await?;
+        let got = r.status().as_u16();
+        let body: serde_json::Value = r.json().await?;
+        assert_eq!(
+            (got, body["error"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+    lily.stop().await?;
+    Ok(())
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_postgres::Row;
@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::decode;
 use crate::auth::{Action, Caller};
 use crate::error::{InboundError, Result};
-use crate::server::{Body, Inbound, Tenant};
+use crate::server::{Body, Inbound, Query, Tenant};
 use crate::sources::monte_carlo::read_links;
 
 /// How many of an incident's latest events `GET /incidents/{id}` returns.

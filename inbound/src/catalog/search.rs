@@ -6,14 +6,14 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use lily_sinks::elasticsearch::{SearchError, SearchQuery};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{Action, Caller};
 use crate::error::{InboundError, Result};
-use crate::server::{Inbound, Tenant};
+use crate::server::{Inbound, Query, Tenant};
 
 /// Query parameters; lists are comma-separated.
 #[derive(Deserialize)]
