@@ -4,6 +4,7 @@ mod big_transaction;
 mod cdc_types;
 mod crash;
 mod demo;
+mod faults;
 mod file_sink;
 mod handoff;
 mod hardening;
