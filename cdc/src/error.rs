@@ -33,6 +33,19 @@ pub enum CdcError {
     /// The server refused something.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The server invalidated the slot (it held more WAL than
+    /// `max_slot_wal_keep_size`): changes since its position are gone
+    /// from it, so streaming on would lose them silently.
+    #[error(
+        "replication slot {slot} was invalidated by the server (it retained more WAL than max_slot_wal_keep_size): \
+         the changes since its position are gone from it. To recover with a new snapshot, run \
+         SELECT pg_drop_replication_slot('{slot}'); then `lily setup` and `lily run` \
+         (every sink receives the catalog again; they drop what they already hold by position)"
+    )]
+    SlotInvalidated {
+        /// The slot.
+        slot: String,
+    },
     /// The server sent something the protocol does not allow here.
     #[error("replication protocol: {0}")]
     Protocol(String),

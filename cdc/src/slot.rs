@@ -19,6 +19,9 @@ pub struct SlotInfo {
     pub active_pid: Option<i32>,
     /// Bytes of WAL the slot holds back (`pg_current_wal_lsn() - restart_lsn`).
     pub retained_bytes: Option<i64>,
+    /// `reserved`, `extended`, `unreserved`, or `lost` once the server
+    /// invalidated the slot.
+    pub wal_status: Option<String>,
 }
 
 /// A pgoutput logical replication slot, by name.
@@ -43,7 +46,7 @@ impl ReplicationSlot {
         let row = client
             .query_opt(
                 "SELECT plugin::text, database::text, confirmed_flush_lsn::text, active_pid, \
-                        (pg_current_wal_lsn() - restart_lsn)::bigint \
+                        (pg_current_wal_lsn() - restart_lsn)::bigint, wal_status::text \
                  FROM pg_replication_slots WHERE slot_name = $1",
                 &[&self.name],
             )
@@ -55,6 +58,7 @@ impl ReplicationSlot {
             confirmed_flush: r.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()),
             active_pid: r.get(3),
             retained_bytes: r.get(4),
+            wal_status: r.get(5),
         }))
     }
 

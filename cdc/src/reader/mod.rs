@@ -26,7 +26,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::batch::{ChangeBatch, TableBatchBuilder};
 use crate::checkpoint::{AckTracker, BatchSeq};
-use crate::error::Result;
+use crate::error::{CdcError, Result};
 use crate::lsn::Lsn;
 use crate::slot::{ReplicationSlot, SnapshotState};
 use crate::wire::{ConnectParams, ReplicationConnection};
@@ -154,6 +154,15 @@ impl ChangeReader {
     pub async fn plan(&self) -> Result<StartPlan> {
         let state = SnapshotState::load(&self.sql, &self.config.slot).await?;
         let slot = self.slot.inspect(&self.sql).await?;
+        let lost = slot
+            .as_ref()
+            .is_some_and(|s| s.wal_status.as_deref() == Some("lost"));
+        metrics::gauge!("lily_slot_invalidated").set(if lost { 1.0 } else { 0.0 });
+        if lost && state.is_delivered() {
+            return Err(CdcError::SlotInvalidated {
+                slot: self.config.slot.clone(),
+            });
+        }
         Ok(match slot {
             Some(info) if state.is_delivered() => StartPlan::Resume {
                 from: info.confirmed_flush.unwrap_or(Lsn::ZERO),
