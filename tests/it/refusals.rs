@@ -1,6 +1,7 @@
 //! A sink that refuses a batch for good never stalls the pipeline: the
-//! batch becomes a dead letter once, every other sink gets every change,
-//! and the slot's confirmed position moves past it.
+//! batch becomes a dead letter once, every other sink gets every change
+//! (one of them failing every other call, retried), and the slot's
+//! confirmed position moves past it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -100,6 +101,11 @@ async fn a_refused_batch_is_a_dead_letter_and_everything_else_flows() -> anyhow:
     faults.refuse_table(CLASSIFICATIONS, 1);
     let (refusing, refusing_rows) = Counting::new("refusing");
     let (plain, plain_rows) = Counting::new("plain");
+    // And one whose destination fails every other call (retried, never
+    // refused): it still gets every change.
+    let flaky_faults = Faults::default();
+    flaky_faults.fail_every_other_call();
+    let (flaky, flaky_rows) = Counting::new("flaky");
     let location = LakeLocation::parse(&env.config.lake.root, Default::default())?;
     let audit = AuditSink::open(&location).await?;
     let dead_letters = DeadLetters::connect(url, 2)?;
@@ -113,6 +119,10 @@ async fn a_refused_batch_is_a_dead_letter_and_everything_else_flows() -> anyhow:
             "refusal_test",
         ),
         (Box::new(plain), "refusal_test"),
+        (
+            Box::new(FaultInjector::new(Box::new(flaky), flaky_faults)),
+            "refusal_test",
+        ),
         (Box::new(audit), "audit"),
     ];
     let runners = sinks
@@ -171,6 +181,8 @@ async fn a_refused_batch_is_a_dead_letter_and_everything_else_flows() -> anyhow:
     // Every sink but the refusing one holds every change; it holds all but one.
     assert_eq!(rows(&plain_rows, ASSETS), 400);
     assert_eq!(rows(&plain_rows, CLASSIFICATIONS), 1);
+    assert_eq!(rows(&flaky_rows, ASSETS), 400, "retried, not dropped");
+    assert_eq!(rows(&flaky_rows, CLASSIFICATIONS), 1);
     assert_eq!(
         rows(&refusing_rows, ASSETS),
         400,

@@ -30,6 +30,8 @@ struct FaultQueue {
     on_write: VecDeque<Fault>,
     on_flush: VecDeque<Fault>,
     refuse_tables: Vec<(String, usize)>,
+    /// Fail every other write and flush, when set; the count so far.
+    flaky: Option<u64>,
 }
 
 impl Faults {
@@ -47,6 +49,17 @@ impl Faults {
         self.lock().on_flush.push_back(fault);
     }
 
+    /// From now on every other write and flush fails as unavailable.
+    pub fn fail_every_other_call(&self) {
+        self.lock().flaky = Some(0);
+    }
+
+    fn flaky(q: &mut FaultQueue) -> Option<Fault> {
+        let n = q.flaky.as_mut()?;
+        *n += 1;
+        (*n % 2 == 1).then_some(Fault::Fail)
+    }
+
     /// The next `times` batches of `table` (`schema.table`) are refused.
     pub fn refuse_table(&self, table: &str, times: usize) {
         self.lock().refuse_tables.push((table.to_owned(), times));
@@ -55,6 +68,9 @@ impl Faults {
     fn take_write(&self, batch: &ChangeBatch) -> Option<Fault> {
         let mut q = self.lock();
         if let Some(f) = q.on_write.pop_front() {
+            return Some(f);
+        }
+        if let Some(f) = Self::flaky(&mut q) {
             return Some(f);
         }
         let table = batch.table.qualified_name();
@@ -67,7 +83,8 @@ impl Faults {
     }
 
     fn take_flush(&self) -> Option<Fault> {
-        self.lock().on_flush.pop_front()
+        let mut q = self.lock();
+        q.on_flush.pop_front().or_else(|| Self::flaky(&mut q))
     }
 }
 
