@@ -13,7 +13,7 @@ pub mod batch;
 pub mod catalog;
 pub mod checkpoint;
 mod column;
-mod copy;
+pub mod copy;
 pub mod error;
 pub mod json;
 pub mod lsn;
