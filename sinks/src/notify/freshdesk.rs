@@ -190,4 +190,19 @@ mod tests {
         assert!(d.contains("Tagged &lt;PII&gt; &amp; propagated"), "{d}");
         assert!(d.contains("<li>tag: PII</li>"), "{d}");
     }
+
+    #[test]
+    fn a_hostile_asset_name_stays_text_in_the_html() {
+        let config = FreshdeskConfig {
+            base_url: "https://acme.freshdesk.com".into(),
+            api_key: "k".into(),
+            requester_email: "data@acme.example".into(),
+            tags: Vec::new(),
+        };
+        let mut n = sample();
+        n.title = "crm.<img src=x onerror=alert(1)>".into();
+        let d = ticket(&config, &n)["description"].as_str().unwrap().to_owned();
+        assert!(d.contains("crm.&lt;img src=x onerror=alert(1)&gt;"), "{d}");
+        assert!(!d.contains("<img"), "{d}");
+    }
 }

@@ -278,6 +278,19 @@ mod tests {
     }
 
     #[test]
+    fn a_hostile_asset_name_is_a_text_node_never_markup() {
+        // ADF is structure, not markup: wiki syntax in a title stays text.
+        let mut n = sample();
+        n.title = "crm.[x|https://evil.example] {color:red}<b>".into();
+        let v = issue(&config(), &n, "l");
+        assert_eq!(v["fields"]["summary"], n.title.as_str());
+        let first = &v["fields"]["description"]["content"][0]["content"][0];
+        assert_eq!(first["type"], "text");
+        assert!(first["text"].as_str().unwrap().starts_with(&n.title));
+        assert_eq!(first["marks"], json!([{"type": "strong"}]), "no link mark");
+    }
+
+    #[test]
     fn only_severe_enough_triggers_open_issues() {
         let t = JiraTarget::new(config(), reqwest::Client::new()).unwrap();
         let mut n = sample();

@@ -137,4 +137,13 @@ mod tests {
         assert_eq!(r["dedup_key"], t["dedup_key"]);
         assert!(r.get("payload").is_none());
     }
+
+    #[test]
+    fn a_hostile_asset_name_is_plain_text_in_the_summary() {
+        // PagerDuty shows summary and custom_details as plain text.
+        let mut n = sample();
+        n.title = "crm.<!channel> <script>x</script>".into();
+        let t = event("R0UT1NGKEY", &n);
+        assert_eq!(t["payload"]["summary"], n.title.as_str());
+    }
 }
