@@ -148,6 +148,46 @@ impl TestEnv {
         .await
     }
 
+    /// Every (stream, commit LSN, seq) in the audit table, the stream being
+    /// the table without its schema: the list of changes a sink must hold.
+    pub async fn audited_positions(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeSet<(String, u64, u64)>> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::Int64Type;
+        let batches = self
+            .query_audit("SELECT table_name, commit_lsn, seq FROM audit")
+            .await?;
+        let mut out = std::collections::BTreeSet::new();
+        for b in &batches {
+            // DataFusion may hand text back as Utf8View.
+            let t = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+            let t = t.as_string::<i32>();
+            let l = b.column(1).as_primitive::<Int64Type>();
+            let s = b.column(2).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                let table = t.value(i).trim_start_matches("metastore.").to_owned();
+                out.insert((table, l.value(i) as u64, s.value(i) as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates an API key with `lily api-key create`; returns the key.
+    pub fn create_api_key(&self, tenant: &str, role: &str, name: &str) -> anyhow::Result<String> {
+        let (code, out) = run_lily(
+            &[
+                "api-key", "create", "--tenant", tenant, "--role", role, "--name", name,
+            ],
+            &self.lily_env(),
+        )?;
+        anyhow::ensure!(code == 0, "lily api-key create: {out}");
+        out.lines()
+            .find(|l| l.starts_with("lily_"))
+            .map(|l| l.trim().to_owned())
+            .context("lily api-key create printed no key")
+    }
+
     /// Rows in the audit table (0 before it exists).
     pub async fn audit_count(&self, filter: &str) -> anyhow::Result<i64> {
         let table = Path::new(&self.config.lake.root).join(lily_lakehouse::AUDIT_TABLE);

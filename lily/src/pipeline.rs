@@ -28,15 +28,12 @@ pub fn add_console(config: &mut LilyConfig) {
 /// Refuses to serve tenants while row-level security would not hold for
 /// their sessions (the tenant role is a superuser, bypasses RLS, or owns a
 /// table): `lily setup` checks the same.
-async fn check_tenant_role(config: &LilyConfig) -> anyhow::Result<()> {
-    let (client, connection) = tokio_postgres::connect(&config.postgres.url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to the metastore")?;
-    let task = tokio::spawn(connection);
+async fn check_tenant_role(
+    client: &tokio_postgres::Client,
+    config: &LilyConfig,
+) -> anyhow::Result<()> {
     let problems =
-        lily_metastore::tenant_role_problems(&client, &config.postgres.tenant_role).await?;
-    drop(client);
-    let _ = task.await;
+        lily_metastore::tenant_role_problems(client, &config.postgres.tenant_role).await?;
     if !problems.is_empty() {
         return Err(lily_metastore::SetupError::TenantRole(problems).into());
     }
@@ -46,11 +43,8 @@ async fn check_tenant_role(config: &LilyConfig) -> anyhow::Result<()> {
 /// Tenants whose topic and index names are another tenant's old names
 /// (before tenant ids were written as segments) are named at every start,
 /// so an operator moves consumers and grants off those names.
-async fn warn_about_renamed_tenants(pool: &deadpool_postgres::Pool) {
-    let Ok(conn) = pool.get().await else {
-        return;
-    };
-    let Ok(rows) = conn
+async fn warn_about_renamed_tenants(client: &tokio_postgres::Client) {
+    let Ok(rows) = client
         .query("SELECT tenant_id FROM metastore.tenants", &[])
         .await
     else {
@@ -132,8 +126,11 @@ pub async fn run(config: &LilyConfig, shutdown: watch::Receiver<bool>) -> anyhow
     let configured = lily_sinks::registry::parse(config, &env)?;
     let pool = crate::dlq::pool(config)?;
     let registry = Registry::build(config, &configured, &pool).await?;
-    warn_about_renamed_tenants(&pool).await;
-    check_tenant_role(config).await?;
+    {
+        let conn = pool.get().await.context("connecting to the metastore")?;
+        check_tenant_role(&conn, config).await?;
+        warn_about_renamed_tenants(&conn).await;
+    }
     let transforms = load_transforms(config, &registry).await?;
     let state = Arc::new(CatalogState::new(config.propagation.attributes.clone()));
     tokio::spawn(watch_transforms(

@@ -7,32 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use arrow::array::AsArray;
-use arrow::datatypes::Int64Type;
 use lily_cdc::{Lsn, TenantId};
 use lily_tests::{TestEnv, wait_for, wait_streaming};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Every (stream, commit LSN, seq) in the audit table.
-async fn audited(env: &TestEnv) -> anyhow::Result<BTreeSet<(String, u64, u64)>> {
-    let batches = env
-        .query_audit("SELECT table_name, commit_lsn, seq FROM audit")
-        .await?;
-    let mut out = BTreeSet::new();
-    for b in &batches {
-        let t = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
-        let t = t.as_string::<i32>();
-        let l = b.column(1).as_primitive::<Int64Type>();
-        let s = b.column(2).as_primitive::<Int64Type>();
-        for i in 0..b.num_rows() {
-            let table = t.value(i).trim_start_matches("metastore.").to_owned();
-            out.insert((table, l.value(i) as u64, s.value(i) as u64));
-        }
-    }
-    Ok(out)
-}
 
 /// Every line of every file: (folder, file, envelope).
 fn lines(root: &std::path::Path) -> anyhow::Result<Vec<(String, String, Value)>> {
@@ -120,7 +99,7 @@ async fn every_change_is_in_its_tenants_file_once_across_a_crash() -> anyhow::Re
     .map_err(|e| anyhow::anyhow!("{e}\n{}", lily.output()))?;
     lily.stop().await?;
 
-    let want = audited(&env).await?;
+    let want = env.audited_positions().await?;
     let lines = lines(&root)?;
     let mut seen: BTreeMap<(String, u64, u64), usize> = BTreeMap::new();
     for (folder, file, v) in &lines {

@@ -128,21 +128,7 @@ async fn an_ingest_key_cannot_change_what_governs_propagation() -> anyhow::Resul
             WHERE u.qualified_name = 'crm.customers.email' AND d.qualified_name = 'dw.users.email';",
     )
     .await?;
-    let key = |role: &str| -> anyhow::Result<String> {
-        let (code, out) = lily_tests::run_lily(
-            &[
-                "api-key", "create", "--tenant", "acme", "--role", role, "--name", role,
-            ],
-            &env.lily_env(),
-        )?;
-        anyhow::ensure!(code == 0, "{out}");
-        Ok(out
-            .lines()
-            .find(|l| l.starts_with("lily_"))
-            .unwrap_or_default()
-            .trim()
-            .to_owned())
-    };
+    let key = |role: &str| env.create_api_key("acme", role, role);
     let (ingest, steward) = (key("ingest")?, key("steward")?);
     let lily = env.spawn_lily(&["run"])?;
     let api = ApiClient::new(&base);
@@ -289,19 +275,7 @@ async fn every_refusal_is_json_with_a_stable_code() -> anyhow::Result<()> {
         .await?
         .batch_execute("INSERT INTO metastore.tenants (tenant_id, name) VALUES ('acme', 'Acme')")
         .await?;
-    let (code, out) = lily_tests::run_lily(
-        &[
-            "api-key", "create", "--tenant", "acme", "--role", "steward", "--name", "t",
-        ],
-        &env.lily_env(),
-    )?;
-    anyhow::ensure!(code == 0, "{out}");
-    let key = out
-        .lines()
-        .find(|l| l.starts_with("lily_"))
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let key = env.create_api_key("acme", "steward", "t")?;
     let lily = env.spawn_lily(&["run"])?;
     let api = ApiClient::new(&base);
     api.wait_ready().await?;

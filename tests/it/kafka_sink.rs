@@ -7,8 +7,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use arrow::array::AsArray;
-use arrow::datatypes::Int64Type;
 use lily_tests::broker::KafkaBroker;
 use lily_tests::{TestEnv, wait_for, wait_streaming};
 use rdkafka::Message;
@@ -38,26 +36,6 @@ impl Record {
             self.envelope["seq"].as_u64().unwrap_or(0),
         )
     }
-}
-
-/// Every (stream, commit LSN, seq) in the audit table.
-async fn audited(env: &TestEnv) -> anyhow::Result<BTreeSet<(String, u64, u64)>> {
-    let batches = env
-        .query_audit("SELECT table_name, commit_lsn, seq FROM audit")
-        .await?;
-    let mut out = BTreeSet::new();
-    for b in &batches {
-        // DataFusion may hand text back as Utf8View.
-        let t = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
-        let t = t.as_string::<i32>();
-        let l = b.column(1).as_primitive::<Int64Type>();
-        let s = b.column(2).as_primitive::<Int64Type>();
-        for i in 0..b.num_rows() {
-            let table = t.value(i).trim_start_matches("metastore.").to_owned();
-            out.insert((table, l.value(i) as u64, s.value(i) as u64));
-        }
-    }
-    Ok(out)
 }
 
 async fn changes(env: &TestEnv, round: usize) -> anyhow::Result<()> {
@@ -122,7 +100,7 @@ async fn changes_reach_kafka_keyed_in_order_and_complete_across_a_crash() -> any
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", lily.output()))?;
     lily.stop().await?;
-    let want = audited(&env).await?;
+    let want = env.audited_positions().await?;
 
     // Read every topic back.
     let consumer: StreamConsumer = broker.consumer_config("check").create()?;

@@ -92,25 +92,13 @@ pub async fn alias_targets(
     client: &Elasticsearch,
     alias: &str,
 ) -> Result<Vec<String>, SearchError> {
-    let response = client
-        .indices()
-        .get_alias(IndicesGetAliasParts::Name(&[alias]))
-        .send()
-        .await?;
-    if response.status_code() == StatusCode::NOT_FOUND {
-        return Ok(Vec::new());
-    }
-    let status = response.status_code();
-    let body: Value = response.json().await?;
-    if !status.is_success() {
-        return Err(SearchError::Refused(format!(
-            "reading alias {alias}: HTTP {status}: {body}"
-        )));
-    }
-    Ok(body
-        .as_object()
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default())
+    let mut indices: Vec<String> = alias_indices(client, alias)
+        .await?
+        .into_iter()
+        .map(|(_, index)| index)
+        .collect();
+    indices.dedup();
+    Ok(indices)
 }
 
 /// Makes sure `alias` exists, creating the index behind it from `mapping`
@@ -236,7 +224,8 @@ pub async fn delete_indices(
     Ok(indices.len())
 }
 
-/// The (alias, index) pairs of the aliases matching `pattern`.
+/// The (alias, index) pairs of the aliases matching `pattern` (a name or
+/// a wildcard pattern; none when nothing matches).
 async fn alias_indices(
     client: &Elasticsearch,
     pattern: &str,
@@ -253,7 +242,7 @@ async fn alias_indices(
     let body: Value = response.json().await?;
     if !status.is_success() {
         return Err(SearchError::Refused(format!(
-            "reading aliases {pattern}: HTTP {status}: {body}"
+            "reading alias {pattern}: HTTP {status}: {body}"
         )));
     }
     // {"<index>": {"aliases": {"<alias>": {...}}}}
