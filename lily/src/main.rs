@@ -9,7 +9,6 @@ mod telemetry;
 mod transforms;
 
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -268,10 +267,11 @@ async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
 
 /// `lily setup` against the configured server.
 async fn setup(config: &LilyConfig) -> anyhow::Result<SetupReport> {
-    let pg = tokio_postgres::Config::from_str(&config.postgres.url).context("postgres.url")?;
-    let target = describe_target(&pg);
+    let pg = lily_cdc::wire::PgConnect::parse(&config.postgres.url).context("postgres.url")?;
+    let target = describe_target(&pg.config);
     let (mut client, connection) = pg
-        .connect(tokio_postgres::NoTls)
+        .config
+        .connect(pg.tls.clone())
         .await
         .map_err(|source| SetupError::Connect { target, source })?;
     let conn_task = tokio::spawn(connection);

@@ -1,12 +1,11 @@
 //! `lily run`: the reader, the sinks, and the checkpoint between them.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use lily_cdc::sink::{Backoff, Fanout, SinkRunner};
-use lily_cdc::wire::ConnectParams;
+use lily_cdc::wire::{ConnectParams, PgConnect};
 use lily_cdc::{AckTracker, CdcError, ChangeBatch, ChangeReader, ReaderConfig, StartPlan};
 use lily_config::LilyConfig;
 use lily_sinks::registry::{Registry, RunContext};
@@ -122,8 +121,7 @@ fn retryable(e: &CdcError) -> bool {
 
 /// Runs the pipeline until `shutdown` turns true; reconnects after transient failures.
 pub async fn run(config: &LilyConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let env = |name: &str| std::env::var(name).ok();
-    let configured = lily_sinks::registry::parse(config, &env)?;
+    let configured = lily_sinks::registry::parse(config)?;
     let pool = crate::dlq::pool(config)?;
     let registry = Registry::build(config, &configured, &pool).await?;
     {
@@ -172,20 +170,12 @@ async fn run_once(
     state: &Arc<CatalogState>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let pg = tokio_postgres::Config::from_str(&config.postgres.url).context("postgres.url")?;
-    let (client, connection) =
-        pg.connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|source| CdcError::Sql {
-                context: "connecting to the metastore".into(),
-                source,
-            })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            warn!(error = %e, "metastore connection closed");
-        }
-    });
-    let params = ConnectParams::from_config(&pg)?;
+    let pg = PgConnect::parse(&config.postgres.url).context("postgres.url")?;
+    let client = pg.connect().await.map_err(|source| CdcError::Sql {
+        context: "connecting to the metastore".into(),
+        source,
+    })?;
+    let params = ConnectParams::from_connect(&pg)?;
     let acks = AckTracker::new();
     let (tx, rx) = mpsc::channel::<Arc<ChangeBatch>>(config.replication.channel_capacity);
     let reader = ChangeReader::new(
@@ -200,7 +190,8 @@ async fn run_once(
     // The catalog state starts from the database as it is now; the stream
     // then replays from the slot, which converges on the same state.
     let (mut loader, loader_conn) =
-        pg.connect(tokio_postgres::NoTls)
+        pg.config
+            .connect(pg.tls.clone())
             .await
             .map_err(|source| CdcError::Sql {
                 context: "connecting to load the catalog state".into(),

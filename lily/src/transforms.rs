@@ -107,7 +107,11 @@ async fn listen_for_reloads(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        let connected = match lily_cdc::wire::PgConnect::parse(&url) {
+            Ok(pg) => pg.config.connect(pg.tls).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match connected {
             Ok((client, mut connection)) => {
                 let (msg_tx, mut msg_rx) = mpsc::unbounded_channel();
                 let driver = tokio::spawn(async move {
@@ -175,8 +179,7 @@ pub async fn check(config: &LilyConfig, dir: Option<&Path>) -> anyhow::Result<()
             }
         }
     }
-    let env = |name: &str| std::env::var(name).ok();
-    for sink in lily_sinks::registry::parse(config, &env)? {
+    for sink in lily_sinks::registry::parse(config)? {
         let Some(transform) = &sink.transform else {
             continue;
         };
@@ -212,7 +215,10 @@ pub async fn test(config: &LilyConfig, dir: Option<&Path>) -> anyhow::Result<()>
 /// `lily transforms reload`: tells every running `lily run` on this
 /// metastore to reload its transforms now.
 pub async fn reload(config: &LilyConfig) -> anyhow::Result<()> {
-    let (client, connection) = tokio_postgres::connect(&config.postgres.url, tokio_postgres::NoTls)
+    let pg = lily_cdc::wire::PgConnect::parse(&config.postgres.url).context("postgres.url")?;
+    let (client, connection) = pg
+        .config
+        .connect(pg.tls)
         .await
         .context("connecting to the metastore")?;
     let task = tokio::spawn(connection);

@@ -122,10 +122,10 @@ impl DeadLetters {
     /// `size` connections (opened when first needed).
     pub fn connect(url: &str, size: usize) -> Result<Self, DeadLetterError> {
         use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
-        let pg: tokio_postgres::Config = url.parse().map_err(db)?;
+        let pg = crate::wire::PgConnect::parse(url).map_err(db)?;
         let manager = Manager::from_config(
-            pg,
-            tokio_postgres::NoTls,
+            pg.config,
+            pg.tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

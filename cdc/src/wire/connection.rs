@@ -62,6 +62,28 @@ pub enum StreamMessage {
     End,
 }
 
+/// Asks the server for TLS (SSLRequest, protocol section 55.2.10): `true`
+/// when it answers `S`, `false` on `N`.
+async fn ssl_request(stream: &mut tokio::net::TcpStream, host: &str, port: u16) -> Result<bool> {
+    // Length 8, then the request code 1234 << 16 | 5679.
+    stream
+        .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .map_err(CdcError::io(format!("asking {host}:{port} for TLS")))?;
+    let mut answer = [0u8; 1];
+    stream
+        .read_exact(&mut answer)
+        .await
+        .map_err(CdcError::io(format!("asking {host}:{port} for TLS")))?;
+    match answer[0] {
+        b'S' => Ok(true),
+        b'N' => Ok(false),
+        other => Err(CdcError::Protocol(format!(
+            "{host}:{port} answered the TLS request with {other:#x}"
+        ))),
+    }
+}
+
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
@@ -72,22 +94,49 @@ pub struct ReplicationConnection {
     read_buf: BytesMut,
     write_buf: BytesMut,
     streaming: bool,
+    /// Encrypted, or a unix socket: a password may be sent as it is.
+    private: bool,
 }
 
 impl ReplicationConnection {
     /// Connects, authenticates and waits until the server is ready for queries.
     pub async fn connect(params: &ConnectParams) -> Result<Self> {
+        let mut encrypted = false;
         let (reader, writer): (
             Box<dyn AsyncRead + Send + Unpin>,
             Box<dyn AsyncWrite + Send + Unpin>,
         ) = match &params.endpoint {
             Endpoint::Tcp(host, port) => {
-                let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port))
                     .await
                     .map_err(CdcError::io(format!("connecting to {host}:{port}")))?;
                 stream.set_nodelay(true).ok();
-                let (r, w) = stream.into_split();
-                (Box::new(r), Box::new(w))
+                let config = params.tls.client_config();
+                let accepted = match &config {
+                    Some(_) => ssl_request(&mut stream, host, *port).await?,
+                    None => false,
+                };
+                match config {
+                    Some(config) if accepted => {
+                        let name = super::tls::server_name(host)?;
+                        let tls = tokio_rustls::TlsConnector::from(config)
+                            .connect(name, stream)
+                            .await
+                            .map_err(CdcError::io(format!("TLS handshake with {host}:{port}")))?;
+                        encrypted = true;
+                        let (r, w) = tokio::io::split(tls);
+                        (Box::new(r), Box::new(w))
+                    }
+                    _ if params.tls.mode().requires_tls() => {
+                        return Err(CdcError::Auth(format!(
+                            "{host}:{port} does not offer TLS, and sslmode requires it"
+                        )));
+                    }
+                    _ => {
+                        let (r, w) = stream.into_split();
+                        (Box::new(r), Box::new(w))
+                    }
+                }
             }
             Endpoint::Unix(dir, port) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
@@ -104,6 +153,8 @@ impl ReplicationConnection {
             read_buf: BytesMut::with_capacity(1 << 20),
             write_buf: BytesMut::with_capacity(256),
             streaming: false,
+            // A unix socket never leaves the machine.
+            private: encrypted || matches!(params.endpoint, Endpoint::Unix(..)),
         };
         conn.startup(params).await?;
         Ok(conn)
@@ -130,6 +181,14 @@ impl ReplicationConnection {
                     match code {
                         0 => {}
                         3 => {
+                            if !self.private {
+                                return Err(CdcError::Auth(format!(
+                                    "the server asks for role {:?}'s password in clear text over an \
+                                     unencrypted connection; refused. Use TLS (sslmode=require or \
+                                     verify-full) or scram-sha-256 in pg_hba.conf",
+                                    params.user
+                                )));
+                            }
                             let pw = self.password(params)?;
                             frontend::password_message(&pw, &mut self.write_buf)
                                 .map_err(CdcError::io("encoding password"))?;
@@ -202,6 +261,11 @@ impl ReplicationConnection {
                 }
             }
         }
+    }
+
+    /// Whether the connection is encrypted or local (a unix socket).
+    pub fn is_private(&self) -> bool {
+        self.private
     }
 
     fn password(&self, params: &ConnectParams) -> Result<Vec<u8>> {

@@ -2,8 +2,8 @@
 //! connection string the rest of Lily uses.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 
+use super::tls::{PgConnect, PgTls};
 use crate::error::{CdcError, Result};
 
 /// Where the server listens.
@@ -28,25 +28,19 @@ pub struct ConnectParams {
     pub dbname: String,
     /// `application_name` shown in `pg_stat_replication`.
     pub application_name: String,
+    /// TLS, as `sslmode` and `sslrootcert` say (not used on unix sockets).
+    pub tls: PgTls,
 }
 
 impl ConnectParams {
     /// Reads a libpq-style connection string (URL or key=value).
     pub fn parse(conn: &str) -> Result<Self> {
-        let config = tokio_postgres::Config::from_str(conn)
-            .map_err(|e| CdcError::Unsupported(format!("connection string: {e}")))?;
-        Self::from_config(&config)
+        Self::from_connect(&PgConnect::parse(conn)?)
     }
 
-    /// Reads the parameters out of a parsed tokio-postgres config.
-    pub fn from_config(config: &tokio_postgres::Config) -> Result<Self> {
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(CdcError::Unsupported(
-                "sslmode=require: the replication client speaks plain TCP or unix sockets; \
-                 reach the server over a private network or a TLS tunnel"
-                    .into(),
-            ));
-        }
+    /// Reads the parameters out of a parsed connection string.
+    pub fn from_connect(connect: &PgConnect) -> Result<Self> {
+        let config = &connect.config;
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let endpoint = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => Endpoint::Tcp(h.clone(), port),
@@ -68,6 +62,7 @@ impl ConnectParams {
             password: config.get_password().map(<[u8]>::to_vec),
             dbname,
             application_name: config.get_application_name().unwrap_or("lily").to_string(),
+            tls: connect.tls.clone(),
         })
     }
 }
