@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lily_cdc::sink::{FlushPolicy, Sink};
+use lily_cdc::sink::{DeadLetters, FlushPolicy, Sink};
 use lily_config::{LilyConfig, PropagationConfig};
 use lily_lakehouse::{AuditSink, LakeLocation};
 use lily_transforms::propagation::{self, PropagationSink};
@@ -34,7 +34,10 @@ pub fn lake_location(config: &LilyConfig) -> Result<LakeLocation, BuildError> {
 
 /// The built-in sinks of `config`: the audit store always, propagation
 /// when `propagation.enabled`.
-pub(crate) fn entries(config: &LilyConfig) -> Result<Vec<BuiltIn>, BuildError> {
+pub(crate) fn entries(
+    config: &LilyConfig,
+    dead_letters: &DeadLetters,
+) -> Result<Vec<BuiltIn>, BuildError> {
     let location = lake_location(config)?;
     let mut out: Vec<BuiltIn> = vec![(
         AUDIT,
@@ -58,6 +61,7 @@ pub(crate) fn entries(config: &LilyConfig) -> Result<Vec<BuiltIn>, BuildError> {
             Box::new(Propagation {
                 url: config.postgres.url.clone(),
                 config: config.propagation.clone(),
+                dead_letters: dead_letters.clone(),
             }),
         ));
     }
@@ -84,6 +88,7 @@ impl BuiltSink for Audit {
 struct Propagation {
     url: String,
     config: PropagationConfig,
+    dead_letters: DeadLetters,
 }
 
 #[async_trait]
@@ -119,6 +124,7 @@ impl BuiltSink for Propagation {
             Arc::clone(run.state),
             run.transforms.clone(),
             &self.config,
+            self.dead_letters.clone(),
         )
         .await
         .map_err(|e| err(&e, "starting lineage propagation"))?;

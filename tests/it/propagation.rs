@@ -280,3 +280,92 @@ async fn propagation_catches_up_on_what_changed_while_stopped() -> anyhow::Resul
     lily.stop().await?;
     Ok(())
 }
+
+/// A chain of `n` column assets `{prefix}0 -> {prefix}1 -> ...`, in one statement.
+async fn chain(c: &Client, tenant: &str, prefix: &str, n: i32) -> anyhow::Result<()> {
+    c.execute(
+        "INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name) \
+         SELECT $1, 'column', $2 || i, $2 || i FROM generate_series(0, $3 - 1) i",
+        &[&tenant, &prefix, &n],
+    )
+    .await?;
+    c.execute(
+        "INSERT INTO metastore.lineage_edges (tenant_id, upstream_guid, downstream_guid) \
+         SELECT $1, u.guid, d.guid FROM generate_series(0, $3 - 2) i \
+         JOIN metastore.assets u ON u.tenant_id = $1 AND u.qualified_name = $2 || i \
+         JOIN metastore.assets d ON d.tenant_id = $1 AND d.qualified_name = $2 || (i + 1)",
+        &[&tenant, &prefix, &n],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Waits until `tenant` has `n` propagated copies of `tag`.
+async fn wait_count(c: &Client, tenant: &str, tag: &str, n: usize) -> anyhow::Result<()> {
+    wait_for(
+        &format!("{n} copies of {tag} in {tenant}"),
+        WAIT,
+        || async { Ok((propagated(c, tenant, tag).await?.len() == n).then_some(())) },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runaway_chain_becomes_an_error_event_and_holds_no_one() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let c = env.client().await?;
+    for t in ["a", "b"] {
+        c.execute(
+            "INSERT INTO metastore.tenants (tenant_id, name) VALUES ($1, $1)",
+            &[&t],
+        )
+        .await?;
+    }
+    // Tenant a: a 5,000-hop chain; tenant b: a short one.
+    chain(&c, "a", "long", 5_000).await?;
+    chain(&c, "b", "short", 5).await?;
+    let lily = env.spawn_lily_with(
+        &["run"],
+        &[("LILY_PROPAGATION__MAX_DEPTH".into(), "100".into())],
+    )?;
+    wait_streaming(&env, "lily").await?;
+
+    tag(&c, "a", "long0", "PII").await?;
+    tag(&c, "b", "short0", "PII").await?;
+    // b's tag reaches its whole chain although a's is held.
+    wait_count(&c, "b", "PII", 4).await?;
+    let letter = wait_for("the dead letter of the held origin", WAIT, || async {
+        Ok(c.query_opt(
+            "SELECT tenant_id, error_code, error, details->>'tag', details->>'origin' \
+             FROM lily.dead_letters WHERE source = 'propagation'",
+            &[],
+        )
+        .await?)
+    })
+    .await?;
+    assert_eq!(letter.get::<_, String>(0), "a");
+    assert_eq!(letter.get::<_, String>(1), "lineage_too_deep");
+    let error: String = letter.get(2);
+    assert!(error.contains("propagation.max_depth = 100"), "{error}");
+    assert_eq!(letter.get::<_, String>(3), "PII");
+    assert_eq!(letter.get::<_, String>(4), "long0");
+    assert!(
+        propagated(&c, "a", "PII").await?.is_empty(),
+        "the held origin propagated nothing"
+    );
+    // The stream goes on for every tenant: a later tag of b propagates.
+    tag(&c, "b", "short2", "GDPR").await?;
+    wait_count(&c, "b", "GDPR", 2).await?;
+    // Cutting the chain brings a's origin within bounds: it propagates.
+    c.execute(
+        "DELETE FROM metastore.lineage_edges e USING metastore.assets u \
+         WHERE e.upstream_guid = u.guid AND u.qualified_name = 'long50'",
+        &[],
+    )
+    .await?;
+    wait_count(&c, "a", "PII", 50).await?;
+    let out = lily.output();
+    assert!(out.contains("was not propagated"), "{out}");
+    lily.stop().await?;
+    Ok(())
+}

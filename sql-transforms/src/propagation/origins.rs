@@ -48,6 +48,11 @@ impl Dirty {
             && self.upstreams.is_empty()
     }
 
+    /// Whether a lineage edge was added, changed or removed.
+    pub fn lineage_changed(&self) -> bool {
+        !self.upstreams.is_empty()
+    }
+
     /// How many entries are waiting (for the flush policy).
     pub fn len(&self) -> usize {
         self.tags.len()

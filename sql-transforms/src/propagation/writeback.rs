@@ -146,12 +146,14 @@ impl Target {
     }
 }
 
-/// Makes the propagated rows of `origins` (all origins when `None`) exactly
-/// `rows`, the output of the propagation transform.
+/// Makes the propagated rows of `origins` (all origins when `None`, less
+/// those `held`, whose rows are left alone) exactly `rows`, the output of
+/// the propagation transform.
 pub async fn write_back(
     client: &mut Client,
     what: Propagated,
     origins: Option<&BTreeSet<Origin>>,
+    held: &BTreeSet<Origin>,
     rows: &RecordBatch,
 ) -> Result<WriteStats> {
     let d = desired(what, rows)?;
@@ -205,12 +207,17 @@ pub async fn write_back(
             .await
         }
         None => {
+            let tenants: Vec<&str> = held.iter().map(|o| o.0.as_ref()).collect();
+            let guids: Vec<Uuid> = held.iter().map(|o| Uuid::from_u128(o.1)).collect();
+            let keys: Vec<&str> = held.iter().map(|o| o.2.as_str()).collect();
             tx.execute(
                 &format!(
                     "DELETE FROM {table} c WHERE {propagated_only} \
-                     AND NOT EXISTS (SELECT 1 FROM {stage} w WHERE {same})"
+                     AND NOT EXISTS (SELECT 1 FROM {stage} w WHERE {same}) \
+                     AND NOT EXISTS (SELECT 1 FROM unnest($1::text[], $2::uuid[], $3::text[]) AS h(tenant_id, origin, key) \
+                                     WHERE c.tenant_id = h.tenant_id AND c.propagated_from = h.origin AND c.{key} = h.key)"
                 ),
-                &[],
+                &[&tenants, &guids, &keys],
             )
             .await
         }

@@ -104,10 +104,10 @@ impl CatalogState {
                         && let Some(b) = &before
                         && let Some(old) = b.uuid("edge_id")?.get(i)
                     {
-                        inner.edges.remove(&old);
+                        inner.remove_edge(&old);
                     }
                     if delete {
-                        inner.edges.remove(&id);
+                        inner.remove_edge(&id);
                         continue;
                     }
                     let tenant = key(row.text("tenant_id")?.get(i), table, "tenant_id")?;
@@ -123,7 +123,7 @@ impl CatalogState {
                         process: row.uuid("process_guid")?.get(i),
                         blocked_tags: row.text_list("blocked_tags")?.get(i),
                     };
-                    inner.edges.insert(id, Box::new(edge));
+                    inner.insert_edge(id, Box::new(edge));
                 }
                 StateTable::Classifications => {
                     let id = key(
@@ -252,7 +252,10 @@ fn key<T>(value: Option<T>, table: &str, column: &str) -> Result<T> {
 fn clear(inner: &mut Inner, table: StateTable) {
     match table {
         StateTable::Assets => inner.assets.clear(),
-        StateTable::LineageEdges => inner.edges.clear(),
+        StateTable::LineageEdges => {
+            inner.edges.clear();
+            inner.edges_out.clear();
+        }
         StateTable::Classifications => {
             inner.classifications.clear();
             inner.classifications_by_asset.clear();

@@ -68,7 +68,7 @@ impl CatalogState {
             "SELECT edge_id, tenant_id, upstream_guid, downstream_guid, process_guid, blocked_tags FROM metastore.lineage_edges",
             |row| {
                 let tenant = fresh.tenant(get::<&str>(&row, 1)?);
-                fresh.edges.insert(
+                fresh.insert_edge(
                     guid(&row, 0)?,
                     Box::new(Edge {
                         tenant,

@@ -148,6 +148,8 @@ struct Inner {
     tenants: HashSet<Arc<str>>,
     assets: BucketedMap<Box<Asset>>,
     edges: BucketedMap<Box<Edge>>,
+    /// The edges out of each upstream asset, for bounded walks downstream.
+    edges_out: HashMap<Guid, Vec<Guid>>,
     classifications: BucketedMap<Classification>,
     classifications_by_asset: HashMap<Guid, Vec<Guid>>,
     propagated: BucketedMap<HashSet<PropagatedValue>>,
@@ -167,6 +169,29 @@ impl Inner {
         let t: Arc<str> = Arc::from(id);
         self.tenants.insert(t.clone());
         t
+    }
+
+    fn insert_edge(&mut self, id: Guid, edge: Box<Edge>) {
+        let upstream = edge.upstream;
+        if let Some(old) = self.edges.insert(id, edge) {
+            self.unlink_edge(id, old.upstream);
+        }
+        self.edges_out.entry(upstream).or_default().push(id);
+    }
+
+    fn remove_edge(&mut self, id: &Guid) {
+        if let Some(old) = self.edges.remove(id) {
+            self.unlink_edge(*id, old.upstream);
+        }
+    }
+
+    fn unlink_edge(&mut self, id: Guid, upstream: Guid) {
+        if let Some(ids) = self.edges_out.get_mut(&upstream) {
+            ids.retain(|e| *e != id);
+            if ids.is_empty() {
+                self.edges_out.remove(&upstream);
+            }
+        }
     }
 
     fn add_propagated(&mut self, asset: Guid, value: PropagatedValue) {
@@ -216,6 +241,37 @@ pub struct AttributeAt {
     pub attribute: String,
     /// `None` for the asset's own value, else the origin it was propagated from.
     pub propagated_from: Option<Guid>,
+}
+
+/// How much one origin may propagate to: hops downstream, and assets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReachLimits {
+    /// Lineage hops from the origin.
+    pub max_depth: usize,
+    /// Assets reached.
+    pub max_assets: usize,
+}
+
+/// What a walk downstream of an origin found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Within the limits: the assets reached and the longest hop count.
+    Within {
+        /// Assets downstream.
+        assets: usize,
+        /// Hops to the farthest.
+        depth: usize,
+    },
+    /// Deeper than the limit (the walk stopped at `depth`).
+    TooDeep {
+        /// The depth at which the walk stopped.
+        depth: usize,
+    },
+    /// More assets than the limit (the walk stopped at `assets`).
+    TooMany {
+        /// Assets seen when the walk stopped.
+        assets: usize,
+    },
 }
 
 /// The catalog state (see the module docs). Cheap to share: all methods take `&self`.
@@ -322,6 +378,57 @@ impl CatalogState {
                     .next()
                     .is_some()
             })
+    }
+
+    /// The qualified name of `asset`, if the state has it.
+    pub fn qualified_name(&self, asset: Guid) -> Option<String> {
+        self.lock()
+            .assets
+            .get(&asset)
+            .map(|a| a.qualified_name.to_string())
+    }
+
+    /// How far downstream of `origin` a tag (or, with `None`, an
+    /// attribute) travels, walked breadth first and given up as soon as it
+    /// passes `limits`: the check costs at most what the limits allow.
+    pub fn reach(&self, origin: Guid, tag: Option<&str>, limits: ReachLimits) -> Reach {
+        let inner = self.lock();
+        let mut seen: HashSet<Guid> = HashSet::from([origin]);
+        let mut level = vec![origin];
+        let mut depth = 0;
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            for asset in &level {
+                for id in inner.edges_out.get(asset).into_iter().flatten() {
+                    let Some(edge) = inner.edges.get(id) else {
+                        continue;
+                    };
+                    if tag.is_some_and(|t| edge.blocked_tags.iter().any(|b| b == t)) {
+                        continue;
+                    }
+                    if seen.insert(edge.downstream) {
+                        next.push(edge.downstream);
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            depth += 1;
+            if depth > limits.max_depth {
+                return Reach::TooDeep { depth };
+            }
+            if seen.len() - 1 > limits.max_assets {
+                return Reach::TooMany {
+                    assets: seen.len() - 1,
+                };
+            }
+            level = next;
+        }
+        Reach::Within {
+            assets: seen.len() - 1,
+            depth,
+        }
     }
 
     /// Every direct classification that propagates, as (tenant, asset, tag).
