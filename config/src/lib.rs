@@ -46,6 +46,7 @@
 mod env;
 mod error;
 mod model;
+pub mod references;
 mod validate;
 
 use std::path::Path;
@@ -122,8 +123,29 @@ fn from_text(
     let from_file: LilyConfig = toml::from_str(text).map_err(parse_err)?;
     let mut table: toml::Table = toml::from_str(text).map_err(parse_err)?;
 
-    let applied = env::apply(&mut table, env)?;
-    let config = if applied.is_empty() {
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let applied = env::apply(&mut table, env.iter().cloned())?;
+    // `${NAME}` and `${file:PATH}` in any value: the given environment
+    // first, then the process's.
+    let given = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name).ok())
+    };
+    let mut root = toml::Value::Table(table);
+    let expanded = references::expand(&mut root, "", &references::EnvLookup(&given)).map_err(
+        |(key, message)| ConfigError::Invalid {
+            key,
+            value: "\"${...}\"".to_owned(),
+            message,
+        },
+    )?;
+    let toml::Value::Table(table) = root else {
+        unreachable!("expanding a table gives a table")
+    };
+    let config = if applied.is_empty() && !expanded {
         from_file
     } else {
         table
@@ -338,11 +360,38 @@ mod tests {
         ] {
             let e = LilyConfig::from_toml_str(text, no_env()).unwrap_err();
             assert!(e.to_string().contains("secrets.acme"), "{e}");
-            assert!(
-                !e.to_string().contains("JIRA_SECRET"),
-                "the value is not echoed: {e}"
-            );
         }
+        let e = LilyConfig::from_toml_str("[jira.secrets]\nacme = \"${JIRA_SECRET}\"", no_env())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("JIRA_SECRET is not set"),
+            "names the missing variable: {e}"
+        );
+    }
+
+    #[test]
+    fn any_secret_reads_the_environment_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mc");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let text = format!(
+            "[monte_carlo.secrets]\nacme = \"${{file:{}}}\"\n[jira.secrets]\nacme = \"${{JIRA_ACME}}\"\n\
+             [auth]\njwt_hs256_secrets = [\"${{HS}}\"]",
+            file.display()
+        );
+        let env = [("JIRA_ACME", "from-the-env"), ("HS", "hs-secret")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c = LilyConfig::from_toml_str(&text, env).unwrap();
+        assert_eq!(c.monte_carlo.secrets["acme"], "from-a-file");
+        assert_eq!(c.jira.secrets["acme"], "from-the-env");
+        assert_eq!(c.auth.jwt_hs256_secrets, vec!["hs-secret".to_owned()]);
+        let e = LilyConfig::from_toml_str(
+            "[monte_carlo.secrets]\nacme = \"${file:/no/such/secret}\"",
+            no_env(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("monte_carlo.secrets.acme"), "{e}");
+        assert!(e.to_string().contains("/no/such/secret"), "{e}");
     }
 
     #[test]

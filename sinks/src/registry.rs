@@ -178,14 +178,11 @@ pub struct ConfiguredSink {
     pub config: SinkConfig,
 }
 
-/// Reads every `[sinks.<name>]` table of `config`: `${NAME}` in a string
-/// reads the environment variable through `env`, values set from the
-/// environment take the types of the kind's defaults, and each kind checks
-/// its own settings. An error names the table and key.
-pub fn parse(
-    config: &LilyConfig,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<ConfiguredSink>, ConfigError> {
+/// Reads every `[sinks.<name>]` table of `config` (whose `${NAME}` and
+/// `${file:PATH}` references the configuration has already read): values
+/// set from the environment take the types of the kind's defaults, and
+/// each kind checks its own settings. An error names the table and key.
+pub fn parse(config: &LilyConfig) -> Result<Vec<ConfiguredSink>, ConfigError> {
     let mut out = Vec::with_capacity(config.sinks.len());
     for (name, table) in &config.sinks {
         let key = format!("sinks.{name}");
@@ -196,14 +193,7 @@ pub fn parse(
                 "a built-in sink has this name; choose another",
             ));
         }
-        let mut value = toml::Value::Table(table.clone());
-        expand_env(&mut value, env).map_err(|message| ConfigError::Table {
-            key: key.clone(),
-            message,
-        })?;
-        let toml::Value::Table(mut table) = value else {
-            unreachable!("a table stays a table");
-        };
+        let mut table = table.clone();
         let type_name = match table.get("type") {
             Some(toml::Value::String(t)) => t.clone(),
             _ => {
@@ -291,37 +281,6 @@ fn coerce_strings(
     Ok(())
 }
 
-/// Replaces `${NAME}` in every string of `value` by the environment
-/// variable `NAME`, so secrets stay out of the file.
-pub fn expand_env(
-    value: &mut toml::Value,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), String> {
-    match value {
-        toml::Value::String(s) => {
-            let mut out = String::with_capacity(s.len());
-            let mut rest = s.as_str();
-            while let Some(start) = rest.find("${") {
-                out.push_str(&rest[..start]);
-                let Some(end) = rest[start..].find('}') else {
-                    return Err(format!("{s:?} opens ${{ without closing it"));
-                };
-                let name = &rest[start + 2..start + end];
-                let v = lookup(name)
-                    .ok_or_else(|| format!("environment variable {name} is not set"))?;
-                out.push_str(&v);
-                rest = &rest[start + end + 1..];
-            }
-            out.push_str(rest);
-            *s = out;
-            Ok(())
-        }
-        toml::Value::Array(items) => items.iter_mut().try_for_each(|v| expand_env(v, lookup)),
-        toml::Value::Table(t) => t.iter_mut().try_for_each(|(_, v)| expand_env(v, lookup)),
-        _ => Ok(()),
-    }
-}
-
 /// The cluster the search API queries: the `elasticsearch` sink
 /// `api.search_sink` names, or the only one; `None` without one.
 pub fn search_cluster(
@@ -405,7 +364,7 @@ impl Registry {
         pool: &Pool,
     ) -> Result<Registry, BuildError> {
         let dead_letters = DeadLetters::new(pool.clone());
-        let mut entries = builtin::entries(config)?
+        let mut entries = builtin::entries(config, &dead_letters)?
             .into_iter()
             .map(|(name, source, policy, built)| Entry {
                 name: name.to_owned(),
@@ -577,7 +536,8 @@ mod tests {
 
     #[test]
     fn tables_are_read_by_their_type_with_one_transform_each() {
-        let c = config(
+        let hook = [("HOOK".to_owned(), "https://hooks.example/x".to_owned())];
+        let c = LilyConfig::from_toml_str(
             r#"
             [sinks.search]
             type = "elasticsearch"
@@ -592,9 +552,10 @@ mod tests {
             transform = "notify_pii_tagged"
             url = "${HOOK}"
             "#,
-        );
-        let env = |n: &str| (n == "HOOK").then(|| "https://hooks.example/x".to_owned());
-        let sinks = parse(&c, &env).unwrap();
+            hook,
+        )
+        .unwrap();
+        let sinks = parse(&c).unwrap();
         let by_name = |n: &str| sinks.iter().find(|s| s.name == n).unwrap();
         assert_eq!(
             by_name("search").transform.as_deref(),
@@ -615,7 +576,6 @@ mod tests {
 
     #[test]
     fn errors_name_the_table_and_key() {
-        let none = |_: &str| None;
         let cases = [
             ("[sinks.x]\nurls = []", "sinks.x.type"),
             ("[sinks.x]\ntype = \"carrier-pigeon\"", "carrier-pigeon"),
@@ -629,14 +589,13 @@ mod tests {
                 "sinks.x.transform",
             ),
             ("[sinks.propagation]\ntype = \"console\"", "built-in"),
-            ("[sinks.x]\ntype = \"console\"\nurl = \"${NOPE}\"", "NOPE"),
             (
                 "[sinks.x]\ntype = \"kafka\"\nbrokers = \"k\"\npartitions = true",
                 "partitions",
             ),
         ];
         for (text, want) in cases {
-            let e = parse(&config(text), &none).unwrap_err().to_string();
+            let e = parse(&config(text)).unwrap_err().to_string();
             assert!(e.contains(want), "{text}: {e}");
         }
     }
@@ -651,7 +610,7 @@ mod tests {
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let c = LilyConfig::from_toml_str("", env).unwrap();
-        let sinks = parse(&c, &|_| None).unwrap();
+        let sinks = parse(&c).unwrap();
         assert_eq!(sinks[0].transform.as_deref(), Some("my_documents"));
         match &sinks[0].config {
             SinkConfig::Elasticsearch(es) => {
@@ -667,7 +626,7 @@ mod tests {
             bad,
         )
         .unwrap();
-        let e = parse(&c, &|_| None).unwrap_err().to_string();
+        let e = parse(&c).unwrap_err().to_string();
         assert!(e.contains("sinks.search.flush_max_docs"), "{e}");
     }
 
@@ -677,7 +636,7 @@ mod tests {
             "[sinks.a]\ntype = \"elasticsearch\"\nurls = [\"http://a:9200\"]\n\
              [sinks.b]\ntype = \"elasticsearch\"\nurls = [\"http://b:9200\"]",
         );
-        let sinks = parse(&c, &|_| None).unwrap();
+        let sinks = parse(&c).unwrap();
         let e = search_cluster(&sinks, &c.api).err().unwrap();
         assert!(e.to_string().contains("api.search_sink"), "{e}");
         let mut api = c.api.clone();
