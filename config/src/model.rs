@@ -230,6 +230,18 @@ pub struct PropagationConfig {
     ///
     /// Default: one entry, `certificate` with value `deprecated`.
     pub attributes: Vec<PropagatedAttribute>,
+    /// Most lineage hops a tag or attribute travels from its origin. An
+    /// origin whose downstream is deeper is not propagated: it becomes an
+    /// error event (a dead letter of source `propagation`, a metric and a
+    /// log line) and the copies it already gave stay as they are, so one
+    /// tenant's runaway chain cannot hold the stream for everyone.
+    ///
+    /// Default `1000`.
+    pub max_depth: usize,
+    /// Most assets one origin propagates to; beyond, the same error event.
+    ///
+    /// Default `200000`.
+    pub max_assets: usize,
 }
 
 impl Default for PropagationConfig {
@@ -241,6 +253,8 @@ impl Default for PropagationConfig {
                 name: "certificate".to_owned(),
                 values: vec!["deprecated".to_owned()],
             }],
+            max_depth: 1000,
+            max_assets: 200_000,
         }
     }
 }
@@ -286,6 +300,36 @@ pub struct ApiConfig {
     ///
     /// Default `""`.
     pub search_sink: String,
+    /// Milliseconds a client has to send a request's headers once it
+    /// connects or starts a request; slower connections are closed.
+    ///
+    /// Default `10000`.
+    pub header_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's body; slower bodies
+    /// get 408.
+    ///
+    /// Default `30000`.
+    pub body_timeout_ms: u64,
+    /// Milliseconds a request may take in all; a longer one is abandoned
+    /// (its transaction rolled back) with 503 and `Retry-After`.
+    ///
+    /// Default `60000`.
+    pub request_timeout_ms: u64,
+    /// Milliseconds a request waits for a metastore connection when all
+    /// are busy; then 503 with `Retry-After`.
+    ///
+    /// Default `2000`.
+    pub pool_wait_ms: u64,
+    /// Requests one tenant may have in progress at once, so one tenant
+    /// cannot hold every connection. Must be at least 1.
+    ///
+    /// Default `4`.
+    pub tenant_concurrency: usize,
+    /// Milliseconds a tenant's request waits for one of its slots; then
+    /// 429 with `Retry-After`.
+    ///
+    /// Default `1000`.
+    pub tenant_queue_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -296,6 +340,12 @@ impl Default for ApiConfig {
             pool_size: 8,
             api_key_cache_ms: 30_000,
             search_sink: String::new(),
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            request_timeout_ms: 60_000,
+            pool_wait_ms: 2_000,
+            tenant_concurrency: 4,
+            tenant_queue_ms: 1_000,
         }
     }
 }

@@ -111,6 +111,24 @@ impl LilyConfig {
             1024,
         )?;
         at_least("api.pool_size", self.api.pool_size as u64, 1)?;
+        at_least(
+            "api.tenant_concurrency",
+            self.api.tenant_concurrency as u64,
+            1,
+        )?;
+        at_least("api.header_timeout_ms", self.api.header_timeout_ms, 100)?;
+        at_least("api.body_timeout_ms", self.api.body_timeout_ms, 100)?;
+        at_least("api.request_timeout_ms", self.api.request_timeout_ms, 100)?;
+        at_least(
+            "propagation.max_depth",
+            self.propagation.max_depth as u64,
+            1,
+        )?;
+        at_least(
+            "propagation.max_assets",
+            self.propagation.max_assets as u64,
+            1,
+        )?;
         at_least("auth.jwks_refresh_ms", self.auth.jwks_refresh_ms, 1000)?;
         if !self.auth.jwks_url.is_empty() {
             check_jwks(&self.auth)?;
@@ -138,25 +156,31 @@ impl LilyConfig {
             ));
         }
 
-        // An empty key lets anyone sign; an unexpanded reference is a
-        // deployment that forgot to pass the secret.
+        // An empty key lets anyone sign. (A reference to a variable or
+        // file that is not there fails when the file is read.)
         for (section, secrets) in [
             ("monte_carlo.secrets", &self.monte_carlo.secrets),
             ("jira.secrets", &self.jira.secrets),
         ] {
             for (tenant, secret) in secrets {
-                if secret.trim().is_empty() || secret.contains("${") {
+                if secret.trim().is_empty() {
                     return Err(invalid_str(
                         &format!("{section}.{tenant}"),
-                        if secret.trim().is_empty() {
-                            ""
-                        } else {
-                            "${...}"
-                        },
+                        "",
                         "a webhook secret must be set (an empty one would let anyone sign); \
-                         set it from the environment, e.g. LILY_MONTE_CARLO__SECRETS__ACME",
+                         give it as \"${NAME}\" or \"${file:/path}\", or set \
+                         LILY_MONTE_CARLO__SECRETS__<TENANT>",
                     ));
                 }
+            }
+        }
+        for (i, secret) in self.auth.jwt_hs256_secrets.iter().enumerate() {
+            if secret.trim().is_empty() {
+                return Err(invalid_str(
+                    &format!("auth.jwt_hs256_secrets[{i}]"),
+                    "",
+                    "an empty HS256 secret would let anyone sign a token",
+                ));
             }
         }
 

@@ -2,8 +2,9 @@
 //! transaction that has switched to the tenant role with `lily.tenant_id`
 //! set, so row-level security holds even if a query forgot its tenant.
 
+use std::time::Duration;
+
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction};
-use tokio_postgres::NoTls;
 
 use crate::error::{InboundError, Result};
 
@@ -16,20 +17,23 @@ pub struct Metastore {
 
 impl Metastore {
     /// A pool of at most `size` connections to `url`; `tenant_role` is the
-    /// role tenant transactions switch to.
-    pub fn new(url: &str, size: usize, tenant_role: &str) -> Result<Self> {
-        let pg: tokio_postgres::Config = url
-            .parse()
+    /// role tenant transactions switch to. A request waits at most `wait`
+    /// for a connection (then 503 `busy`).
+    pub fn new(url: &str, size: usize, tenant_role: &str, wait: Duration) -> Result<Self> {
+        let pg = lily_cdc::wire::PgConnect::parse(url)
             .map_err(|e| InboundError::Internal(format!("bad postgres.url: {e}")))?;
         let manager = Manager::from_config(
-            pg,
-            NoTls,
+            pg.config,
+            pg.tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
         let pool = Pool::builder(manager)
             .max_size(size)
+            .wait_timeout(Some(wait))
+            .create_timeout(Some(wait))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| InboundError::Internal(format!("building the connection pool: {e}")))?;
         Ok(Self {

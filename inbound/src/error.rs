@@ -73,6 +73,25 @@ pub enum InboundError {
         /// What went wrong.
         message: String,
     },
+    /// The tenant already has `api.tenant_concurrency` requests in
+    /// progress, and none finished within `api.tenant_queue_ms`.
+    #[error("tenant {tenant:?} has {limit} requests in progress; retry shortly")]
+    TenantBusy {
+        /// The tenant.
+        tenant: String,
+        /// Its limit.
+        limit: usize,
+    },
+    /// Every metastore connection stayed busy for `api.pool_wait_ms`.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The body did not arrive within `api.body_timeout_ms`.
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
+    /// The request took longer than `api.request_timeout_ms`; whatever it
+    /// wrote was rolled back.
+    #[error("the request took longer than {0} ms and was abandoned; nothing was written")]
+    TimedOut(u64),
     /// A part of the service is not available (not configured, or its
     /// transform does not load).
     #[error("unavailable: {0}")]
@@ -103,7 +122,11 @@ impl InboundError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadQuery(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy(_) | Self::TimedOut(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::TenantBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -127,6 +150,10 @@ impl InboundError {
             Self::Unprocessable(_) => "unprocessable",
             Self::Transform { .. } => "transform_failed",
             Self::Unavailable(_) => "unavailable",
+            Self::TenantBusy { .. } => "tenant_busy",
+            Self::Busy(_) => "busy",
+            Self::RequestTimeout(_) => "request_timeout",
+            Self::TimedOut(_) => "timed_out",
             Self::Database(_) => "database_error",
             Self::Internal(_) => "internal_error",
         }
@@ -136,7 +163,12 @@ impl InboundError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Database(_) | Self::Internal(_) | Self::Unavailable(_)
+            Self::Database(_)
+                | Self::Internal(_)
+                | Self::Unavailable(_)
+                | Self::Busy(_)
+                | Self::TimedOut(_)
+                | Self::TenantBusy { .. }
         )
     }
 }
@@ -160,7 +192,13 @@ impl From<tokio_postgres::Error> for InboundError {
 
 impl From<deadpool_postgres::PoolError> for InboundError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        Self::Database(format!("no metastore connection: {e}"))
+        match e {
+            deadpool_postgres::PoolError::Timeout(_) => {
+                metrics::counter!("lily_inbound_pool_timeouts_total").increment(1);
+                Self::Busy("every metastore connection is in use; retry shortly".into())
+            }
+            e => Self::Database(format!("no metastore connection: {e}")),
+        }
     }
 }
 
@@ -184,6 +222,16 @@ impl IntoResponse for InboundError {
                 axum::http::HeaderValue::from_static("Bearer"),
             );
         }
+        // Load refusals say when to come back (RFC 9110, 10.2.3).
+        if matches!(
+            self,
+            Self::TenantBusy { .. } | Self::Busy(_) | Self::TimedOut(_)
+        ) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         // The metrics layer labels the request with this code.
         response.extensions_mut().insert(ErrorCode(self.code()));
         response
@@ -194,3 +242,30 @@ impl IntoResponse for InboundError {
 /// metrics layer.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_refusals_say_when_to_come_back() {
+        for e in [
+            InboundError::TenantBusy {
+                tenant: "a".into(),
+                limit: 4,
+            },
+            InboundError::Busy("pool".into()),
+            InboundError::TimedOut(100),
+        ] {
+            let r = e.into_response();
+            assert_eq!(
+                r.headers()
+                    .get(axum::http::header::RETRY_AFTER)
+                    .map(|v| v.as_bytes()),
+                Some(&b"1"[..])
+            );
+        }
+        let r = InboundError::NotFound("x".into()).into_response();
+        assert!(r.headers().get(axum::http::header::RETRY_AFTER).is_none());
+    }
+}

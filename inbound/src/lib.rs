@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod db;
 pub mod error;
 pub mod kafka;
+pub mod limits;
 pub mod schemas;
 pub mod server;
 pub mod signature;

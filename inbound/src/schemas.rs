@@ -62,7 +62,16 @@ impl Schemas {
             .get(name)
             .ok_or_else(|| InboundError::Internal(format!("no schema {name}")))?;
         match validator.iter_errors(value).next() {
-            None => Ok(()),
+            None => match nul_at(value) {
+                // PostgreSQL's text cannot hold U+0000: refuse it here, by
+                // its place, rather than as an encoding error of the write.
+                Some(path) => Err(InboundError::SchemaViolation {
+                    schema: name.to_owned(),
+                    path,
+                    message: "text may not contain the NUL character (U+0000)".to_owned(),
+                }),
+                None => Ok(()),
+            },
             Some(e) => {
                 let path = e.instance_path().to_string();
                 Err(InboundError::SchemaViolation {
@@ -84,6 +93,30 @@ pub fn parse_json(body: &[u8]) -> Result<Value> {
     serde_json::from_slice(body).map_err(|e| InboundError::MalformedJson(e.to_string()))
 }
 
+/// The JSON pointer of the first string or key holding U+0000, if any.
+fn nul_at(value: &Value) -> Option<String> {
+    fn escape(segment: &str) -> String {
+        segment.replace('~', "~0").replace('/', "~1")
+    }
+    fn find(value: &Value) -> Option<String> {
+        match value {
+            Value::String(s) if s.contains('\0') => Some(String::new()),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| find(v).map(|rest| format!("/{i}{rest}"))),
+            Value::Object(fields) => fields.iter().find_map(|(k, v)| {
+                if k.contains('\0') {
+                    return Some(format!("/{}", escape(k)));
+                }
+                find(v).map(|rest| format!("/{}{rest}", escape(k)))
+            }),
+            _ => None,
+        }
+    }
+    find(value).map(|p| if p.is_empty() { "/".to_owned() } else { p })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +130,17 @@ mod tests {
         let e = schemas.validate("assets.v1", &bad).unwrap_err();
         assert!(
             matches!(&e, InboundError::SchemaViolation { path, .. } if path == "/assets/0/owners"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_nul_character_is_named_by_its_place() {
+        let schemas = Schemas::compile().unwrap();
+        let bad = serde_json::json!({"assets": [{"qualified_name": "a\u{0}b", "type": "table"}]});
+        let e = schemas.validate("assets.v1", &bad).unwrap_err();
+        assert!(
+            matches!(&e, InboundError::SchemaViolation { path, .. } if path == "/assets/0/qualified_name"),
             "{e}"
         );
     }

@@ -50,6 +50,14 @@ pub struct Inbound {
     pub okta: OktaConfig,
     /// Largest request body, in bytes.
     pub body_limit_bytes: usize,
+    /// How long a body may take to arrive.
+    pub body_timeout: Duration,
+    /// How long request headers may take to arrive.
+    pub header_timeout: Duration,
+    /// How long a request may take in all.
+    pub request_timeout: Duration,
+    /// Each tenant's request slots.
+    pub slots: crate::limits::TenantSlots,
     /// Asset fields only a steward or admin may change: `certificate`, and
     /// every attribute lineage propagates (`propagation.attributes`).
     pub governed_asset_fields: Vec<String>,
@@ -74,17 +82,24 @@ impl Inbound {
         state: Arc<CatalogState>,
         search: Option<lily_sinks::elasticsearch::SearchCluster>,
     ) -> Result<Arc<Self>> {
+        let pool_wait = Duration::from_millis(config.api.pool_wait_ms);
         let db = Metastore::new(
             &config.postgres.url,
             config.api.pool_size,
             &config.postgres.tenant_role,
+            pool_wait,
+        )?;
+        // API keys are looked up on connections of their own, so writes
+        // that hold every pooled connection cannot stall authentication.
+        let key_db = Metastore::new(
+            &config.postgres.url,
+            2,
+            &config.postgres.tenant_role,
+            pool_wait,
         )?;
         let auth = Authenticator::new(
             JwtVerifier::new(&config.auth)?,
-            ApiKeys::new(
-                db.clone(),
-                Duration::from_millis(config.api.api_key_cache_ms),
-            ),
+            ApiKeys::new(key_db, Duration::from_millis(config.api.api_key_cache_ms)),
         );
         let incidents = IncidentIngest::new(db.clone(), transforms, state, &config.monte_carlo)
             .await
@@ -107,6 +122,13 @@ impl Inbound {
             },
             okta: config.okta.clone(),
             body_limit_bytes: config.api.body_limit_bytes,
+            body_timeout: Duration::from_millis(config.api.body_timeout_ms),
+            header_timeout: Duration::from_millis(config.api.header_timeout_ms),
+            request_timeout: Duration::from_millis(config.api.request_timeout_ms),
+            slots: crate::limits::TenantSlots::new(
+                config.api.tenant_concurrency,
+                Duration::from_millis(config.api.tenant_queue_ms),
+            ),
             governed_asset_fields: {
                 let mut fields = vec!["certificate".to_owned()];
                 for a in &config.propagation.attributes {
@@ -180,6 +202,25 @@ where
     }
 }
 
+/// A paging parameter: `default` when absent, else within `range` (as
+/// the description declares it), or 400 `bad_query` naming it.
+pub fn in_range(
+    name: &str,
+    value: Option<i64>,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<i64> {
+    match value {
+        None => Ok(default),
+        Some(v) if range.contains(&v) => Ok(v),
+        Some(v) => Err(InboundError::BadQuery(format!(
+            "{name}={v}: give {} to {}",
+            range.start(),
+            range.end()
+        ))),
+    }
+}
+
 /// A request body, read up to `api.body_limit_bytes`. A body declared as
 /// anything but JSON is refused (415): every body route takes JSON.
 pub struct Body(pub Bytes);
@@ -214,8 +255,15 @@ impl FromRequest<Arc<Inbound>> for Body {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(InboundError::TooLarge { limit });
         }
-        axum::body::to_bytes(req.into_body(), limit)
+        let timeout = state.body_timeout;
+        tokio::time::timeout(timeout, axum::body::to_bytes(req.into_body(), limit))
             .await
+            .map_err(|_| {
+                InboundError::RequestTimeout(format!(
+                    "the body did not arrive within {} ms",
+                    timeout.as_millis()
+                ))
+            })?
             .map(Body)
             .map_err(|e| {
                 if e.to_string().contains("length limit") {
@@ -237,6 +285,10 @@ pub fn router(inbound: Arc<Inbound>) -> Router {
     Router::new()
         .merge(crate::catalog::routes())
         .merge(crate::sources::routes())
+        .route_layer(middleware::from_fn_with_state(
+            inbound.request_timeout,
+            deadline,
+        ))
         .route_layer(middleware::from_fn(track))
         .route(
             "/healthz",
@@ -246,6 +298,22 @@ pub fn router(inbound: Arc<Inbound>) -> Router {
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        // The JSON Schemas the description refers to (`schemas/<name>.json`),
+        // so the served description resolves on its own.
+        .route(
+            "/schemas/{file}",
+            get(
+                |axum::extract::Path(file): axum::extract::Path<String>| async move {
+                    crate::schemas::SCHEMAS
+                        .iter()
+                        .find(|(name, _)| file.strip_suffix(".json") == Some(name))
+                        .map(|(_, text)| {
+                            ([(header::CONTENT_TYPE, "application/schema+json")], *text)
+                        })
+                        .ok_or_else(|| InboundError::NotFound(format!("no schema {file}")))
+                },
+            ),
+        )
         // Every refusal is JSON with a stable code, the framework's too.
         .fallback(|req: Request| async move {
             InboundError::NotFound(format!("no route {}", req.uri().path()))
@@ -254,6 +322,20 @@ pub fn router(inbound: Arc<Inbound>) -> Router {
             InboundError::MethodNotAllowed(format!("{} {}", req.method(), req.uri().path()))
         })
         .with_state(inbound)
+}
+
+/// Abandons a request that runs past `api.request_timeout_ms`: its
+/// future is dropped, so an open transaction rolls back and its
+/// connection and tenant slot go back.
+async fn deadline(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => InboundError::TimedOut(limit.as_millis() as u64).into_response(),
+    }
 }
 
 /// Counts and times every request by route and outcome, inside a span.
@@ -284,7 +366,10 @@ pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener> {
         .map_err(|e| InboundError::Internal(format!("cannot listen on {listen}: {e}")))
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes, then lets the
+/// requests in progress finish. Each connection has `api.header_timeout_ms`
+/// to send a request's headers (hyper closes slower ones), so idle or
+/// trickling connections cannot pile up.
 pub async fn serve(
     inbound: Arc<Inbound>,
     listener: tokio::net::TcpListener,
@@ -293,8 +378,48 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!(listen = %addr, "API listening");
     }
-    axum::serve(listener, router(inbound))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| InboundError::Internal(format!("API server: {e}")))
+    let header_timeout = inbound.header_timeout;
+    let app = router(inbound);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off.
+                        tracing::warn!(error = %e, "accepting an API connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let mut stopping = stopping.clone();
+                connections.spawn(async move {
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::pin!(connection);
+                    let result = tokio::select! {
+                        r = connection.as_mut() => r,
+                        _ = stopping.changed() => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "API connection closed");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }

@@ -181,6 +181,7 @@ pub async fn run(dir: &Path, search_server: Option<&Path>, base: LilyConfig) -> 
                 &config.postgres.url,
                 1,
                 &config.postgres.tenant_role,
+                Duration::from_millis(config.api.pool_wait_ms),
             )?,
             Duration::ZERO,
         )

@@ -11,10 +11,16 @@ use lily_sinks::registry::{self, Registry};
 /// The metastore pool of the sinks (outbox, dead letters, references).
 pub fn pool(config: &LilyConfig) -> anyhow::Result<Pool> {
     Ok(
-        Metastore::new(&config.postgres.url, 4, &config.postgres.tenant_role)
-            .context("the metastore connection pool")?
-            .pool()
-            .clone(),
+        // The pipeline's own bookkeeping waits longer than an API request.
+        Metastore::new(
+            &config.postgres.url,
+            4,
+            &config.postgres.tenant_role,
+            std::time::Duration::from_secs(30),
+        )
+        .context("the metastore connection pool")?
+        .pool()
+        .clone(),
     )
 }
 
@@ -83,8 +89,7 @@ pub async fn list(config: &LilyConfig, selection: &DlqSelection) -> anyhow::Resu
 /// ones that went; the others stay, with the reason printed.
 pub async fn replay(config: &LilyConfig, selection: &DlqSelection) -> anyhow::Result<()> {
     let pool = pool(config)?;
-    let env = |name: &str| std::env::var(name).ok();
-    let sinks = registry::parse(config, &env)?;
+    let sinks = registry::parse(config)?;
     let registry = Registry::build(config, &sinks, &pool).await?;
     let store = DeadLetters::new(pool);
     let letters = store.list(&selection.filter()).await?;

@@ -68,7 +68,12 @@ fn cli_actor() -> String {
 }
 
 fn api_keys(config: &LilyConfig) -> anyhow::Result<ApiKeys> {
-    let db = Metastore::new(&config.postgres.url, 1, &config.postgres.tenant_role)?;
+    let db = Metastore::new(
+        &config.postgres.url,
+        1,
+        &config.postgres.tenant_role,
+        Duration::from_millis(config.api.pool_wait_ms),
+    )?;
     Ok(ApiKeys::new(db, Duration::ZERO))
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests: real PostgreSQL clusters, the real `lily` binary, real Delta tables.
 
+mod api_fuzz;
 mod big_transaction;
 mod cdc_types;
 mod crash;
@@ -12,6 +13,7 @@ mod heartbeat;
 mod inbound;
 mod kafka_sink;
 mod kafka_source;
+mod load;
 mod names;
 mod notify;
 mod object_store;
@@ -21,4 +23,5 @@ mod refusals;
 mod search;
 mod setup_errors;
 mod tenancy;
+mod tls;
 mod transforms;

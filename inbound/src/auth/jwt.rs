@@ -145,6 +145,7 @@ impl JwtVerifier {
             subject,
             kind: CredentialKind::Jwt,
             grants,
+            slot: None,
         })
     }
 }

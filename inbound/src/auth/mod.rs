@@ -9,7 +9,7 @@ mod jwt;
 use std::fmt;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 
@@ -138,6 +138,9 @@ pub struct Caller {
     pub kind: CredentialKind,
     /// Their roles.
     pub grants: Vec<Grant>,
+    /// Their request's slot in the tenant of the path, held until the
+    /// request ends (`api.tenant_concurrency`).
+    pub slot: Option<crate::limits::TenantSlot>,
 }
 
 impl Caller {
@@ -236,7 +239,23 @@ impl FromRequestParts<Arc<Inbound>> for Caller {
             metrics::counter!("lily_inbound_auth_failures_total", "reason" => e.code())
                 .increment(1);
         }
-        caller
+        let mut caller = caller?;
+        // A caller with a role in the path's tenant takes one of its slots;
+        // one without is refused by the handler at once and takes none.
+        let tenant = RawPathParams::from_request_parts(parts, state)
+            .await
+            .ok()
+            .and_then(|p| {
+                p.iter()
+                    .find(|(n, _)| *n == "tenant")
+                    .map(|(_, v)| v.to_owned())
+            });
+        if let Some(tenant) = tenant
+            && caller.grants.iter().any(|g| g.tenant == tenant)
+        {
+            caller.slot = Some(state.slots.enter(&tenant).await?);
+        }
+        Ok(caller)
     }
 }
 
@@ -249,6 +268,7 @@ mod tests {
             subject: "t".into(),
             kind: CredentialKind::Jwt,
             grants: grants.iter().map(|g| Grant::parse(g).unwrap()).collect(),
+            slot: None,
         }
     }
 

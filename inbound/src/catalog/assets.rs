@@ -70,6 +70,7 @@ pub async fn upsert(
     if !caller.may(&tenant, Action::Curate) {
         refuse_governance_changes(&tx, &tenant, &assets, &inbound.governed_asset_fields).await?;
     }
+    refuse_unknown_types(&tx, &assets).await?;
     let (mut created, mut updated) = (0, 0);
     for (i, a) in assets.iter().enumerate() {
         let at = |e: InboundError| {
@@ -125,6 +126,42 @@ pub async fn upsert(
         "updated": updated,
         "unchanged": assets.len() - created - updated,
     })))
+}
+
+/// An asset type the catalog does not know is named in the refusal, with
+/// the types it knows, instead of surfacing as a foreign-key violation.
+async fn refuse_unknown_types(
+    tx: &deadpool_postgres::Transaction<'_>,
+    assets: &[AssetIn],
+) -> Result<()> {
+    let mut wanted: Vec<&str> = assets.iter().map(|a| a.type_name.as_str()).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let known: Vec<String> = tx
+        .query(
+            "SELECT type_name FROM lily.asset_types ORDER BY type_name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let unknown: Vec<&str> = wanted
+        .into_iter()
+        .filter(|t| !known.iter().any(|k| k == t))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(InboundError::Unprocessable(format!(
+        "unknown asset type {}; the catalog knows {}",
+        unknown
+            .iter()
+            .map(|t| format!("{t:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        known.join(", ")
+    )))
 }
 
 /// An ingest caller may describe assets but not change what governs them:

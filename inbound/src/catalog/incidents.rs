@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::decode;
 use crate::auth::{Action, Caller};
 use crate::error::{InboundError, Result};
-use crate::server::{Body, Inbound, Query, Tenant};
+use crate::server::{Body, Inbound, Query, Tenant, in_range};
 use crate::sources::monte_carlo::read_links;
 
 /// How many of an incident's latest events `GET /incidents/{id}` returns.
@@ -64,8 +64,8 @@ pub async fn list(
     caller: Caller,
 ) -> Result<Json<Value>> {
     caller.require(&tenant, Action::Read)?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let offset = q.offset.unwrap_or(0).max(0);
+    let limit = in_range("limit", q.limit, 100, 1..=1000)?;
+    let offset = in_range("offset", q.offset, 0, 0..=i64::MAX)?;
     let mut conn = inbound.db.connection().await?;
     let tx = inbound.db.tenant_transaction(&mut conn, &tenant).await?;
     let rows = tx

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Action, Caller};
 use crate::error::{InboundError, Result};
-use crate::server::{Inbound, Query, Tenant};
+use crate::server::{Inbound, Query, Tenant, in_range};
 
 /// Query parameters; lists are comma-separated.
 #[derive(Deserialize)]
@@ -56,8 +56,8 @@ pub async fn search(
     if !inbound.db.tenant_exists(&tenant).await? {
         return Err(InboundError::UnknownTenant(tenant.to_string()));
     }
-    let limit = p.limit.unwrap_or(20).clamp(1, 100);
-    let offset = p.offset.unwrap_or(0);
+    let limit = in_range("limit", p.limit.map(i64::from), 20, 1..=100)? as u32;
+    let offset = in_range("offset", p.offset.map(i64::from), 0, 0..=MAX_WINDOW as i64)? as u32;
     // Both come from the query string: added without overflow.
     if offset.saturating_add(limit) > MAX_WINDOW {
         return Err(InboundError::Unprocessable(format!(

@@ -79,7 +79,8 @@ async fn receive(
     caller: Result<Caller, InboundError>,
     Body(body): Body,
 ) -> Result<Json<Value>> {
-    match header_text(&headers, HUB_HEADER) {
+    // Held until the request ends.
+    let _slot = match header_text(&headers, HUB_HEADER) {
         Some(signature) => {
             let secret = inbound
                 .secrets
@@ -89,9 +90,14 @@ async fn receive(
             if !verify_hub_sha256(secret.as_bytes(), &body, signature) {
                 return Err(InboundError::BadSignature(HUB_HEADER));
             }
+            Some(inbound.slots.enter(&tenant).await?)
         }
-        None => caller?.require(&tenant, Action::Ingest)?,
-    }
+        None => {
+            let caller = caller?;
+            caller.require(&tenant, Action::Ingest)?;
+            caller.slot
+        }
+    };
     let hook: Webhook = serde_json::from_value(inbound.json("jira-webhook.v1", &body)?)
         .map_err(|e| InboundError::Unprocessable(e.to_string()))?;
     let Some(issue) = hook.issue else {

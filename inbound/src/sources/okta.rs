@@ -99,6 +99,8 @@ async fn receive(
         .flat_map(|e| e.target.iter().flatten())
         .filter(|t| t.kind.as_deref() == Some("User"))
         .filter_map(|t| t.alternate_id.clone())
+        .collect::<std::collections::BTreeSet<String>>()
+        .into_iter()
         .collect();
     let sql = match inbound.okta.on_deactivate {
         DeactivatedOwner::Remove => REMOVE,

@@ -60,6 +60,7 @@ async fn receive(
     if !verified {
         return Err(refused());
     }
+    let _slot = inbound.slots.enter(&tenant).await?;
     let event = inbound.json(SCHEMA, &body)?;
     let written = inbound.incidents()?.ingest(&tenant, &event).await?;
     Ok(Json(json!({ "incidents": written })))
