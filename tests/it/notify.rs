@@ -65,11 +65,12 @@ async fn dead_letters(env: &TestEnv, target: &str, code: &str) -> anyhow::Result
 }
 
 /// What `lily dlq list --source notify` prints.
-fn dlq_list(env: &TestEnv, config: &str) -> anyhow::Result<String> {
-    let (code, out) = run_lily(
-        &["-c", config, "dlq", "list", "--source", "notify"],
-        &env.lily_env(),
-    )?;
+/// The configuration is read whole, its `${...}` references included, so
+/// the command gets the environment `lily run` had (`extra`).
+fn dlq_list(env: &TestEnv, config: &str, extra: &[(String, String)]) -> anyhow::Result<String> {
+    let mut vars = env.lily_env();
+    vars.extend_from_slice(extra);
+    let (code, out) = run_lily(&["-c", config, "dlq", "list", "--source", "notify"], &vars)?;
     anyhow::ensure!(code == 0, "lily dlq list: {out}");
     Ok(out)
 }
@@ -365,7 +366,7 @@ timeout_ms = 50000
     })
     .await?;
     assert_eq!(flaky.requests().len(), 10, "two attempts each");
-    let out = dlq_list(&env, &config_arg)?;
+    let out = dlq_list(&env, &config_arg, &extra)?;
     assert_eq!(
         out.lines().filter(|l| l.contains("\tflaky:")).count(),
         5,
@@ -416,7 +417,7 @@ timeout_ms = 50000
         first, replayed,
         "the same notifications, with their delivery ids"
     );
-    let out = dlq_list(&env, &config_arg)?;
+    let out = dlq_list(&env, &config_arg, &extra)?;
     assert_eq!(
         out.lines().filter(|l| l.contains("\tflaky:")).count(),
         0,
