@@ -338,6 +338,9 @@ timeout_ms = 50000
         );
         assert_eq!(v["attachments"][0]["content"]["type"], "AdaptiveCard");
         assert_eq!(v["attachments"][0]["content"]["version"], "1.4");
+        // Catalog text only in runs, which Teams does not read as Markdown.
+        let body = v["attachments"][0]["content"]["body"].as_array().unwrap();
+        assert!(body.iter().all(|b| b["type"] == "RichTextBlock"), "{v}");
     }
 
     // The webhook: signed, one delivery id per notification.

@@ -4,8 +4,16 @@
 //! The workflow takes `{"type": "message", "attachments": [{"contentType":
 //! "application/vnd.microsoft.card.adaptive", "contentUrl": null, "content":
 //! <card>}]}`; a body without that `attachments` array makes the flow fail.
-//! The card is Adaptive Card 1.4 (what Teams renders): `TextBlock`s, a
-//! `FactSet` and an `Action.OpenUrl`. The workflow answers 202 Accepted.
+//! The card is Adaptive Card 1.4 (what Teams renders) and an
+//! `Action.OpenUrl`; the workflow answers 202 Accepted.
+//!
+//! Every text that comes from the catalog (titles name assets, whoever can
+//! name an asset writes them) is a `TextRun` inside a `RichTextBlock`:
+//! Microsoft documents `TextBlock` and `FactSet` text as Markdown (links,
+//! emphasis, lists: "Format cards in Teams") with no escape, while a
+//! `TextRun`'s text is "Text to display. Markdown is not supported" (the
+//! Adaptive Cards schema, TextRun). A mention needs an `msteams.entities`
+//! entry, which Lily never writes, so `<at>` in a name stays text.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -42,26 +50,26 @@ pub fn render(n: &Notification) -> Value {
         (_, Some(Severity::Medium)) => "Warning",
         _ => "Default",
     };
-    let mut body = vec![json!({
-        "type": "TextBlock", "text": n.title, "weight": "Bolder", "size": "Medium",
-        "wrap": true, "color": color
-    })];
+    let mut body = vec![rich(vec![json!({
+        "type": "TextRun", "text": n.title, "weight": "Bolder", "size": "Medium", "color": color
+    })])];
     if let Some(text) = &n.body {
-        body.push(json!({"type": "TextBlock", "text": text, "wrap": true}));
+        body.push(rich(vec![run(text)]));
     }
-    let mut facts = vec![
-        json!({"title": "Tenant", "value": n.tenant_id}),
-        json!({"title": "Status", "value": n.action.as_str()}),
+    let mut facts: Vec<(&str, &str)> = vec![
+        ("Tenant", n.tenant_id.as_str()),
+        ("Status", n.action.as_str()),
     ];
     if let Some(s) = &n.severity {
-        facts.push(json!({"title": "Severity", "value": s}));
+        facts.push(("Severity", s));
     }
-    facts.extend(
-        n.facts
-            .iter()
-            .map(|f| json!({"title": f.name, "value": f.value})),
-    );
-    body.push(json!({"type": "FactSet", "facts": facts}));
+    facts.extend(n.facts.iter().map(|f| (f.name.as_str(), f.value.as_str())));
+    for (name, value) in facts {
+        body.push(rich(vec![
+            json!({"type": "TextRun", "text": format!("{name}: "), "weight": "Bolder"}),
+            run(value),
+        ]));
+    }
     let mut card = json!({
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
@@ -79,6 +87,15 @@ pub fn render(n: &Notification) -> Value {
             "content": card,
         }]
     })
+}
+
+/// Text shown as it is: a run, which Teams does not read as Markdown.
+fn run(text: &str) -> Value {
+    json!({"type": "TextRun", "text": text})
+}
+
+fn rich(inlines: Vec<Value>) -> Value {
+    json!({"type": "RichTextBlock", "inlines": inlines})
 }
 
 #[async_trait::async_trait]
@@ -114,13 +131,52 @@ mod tests {
         assert!(att["contentUrl"].is_null());
         assert_eq!(att["content"]["type"], "AdaptiveCard");
         assert_eq!(att["content"]["version"], "1.4");
-        assert_eq!(att["content"]["body"][0]["color"], "Attention");
-        let facts = att["content"]["body"][2]["facts"].as_array().unwrap();
-        assert!(
-            facts
-                .iter()
-                .any(|f| f["title"] == "tag" && f["value"] == "PII")
-        );
+        assert_eq!(att["content"]["body"][0]["inlines"][0]["color"], "Attention");
+        let body = att["content"]["body"].as_array().unwrap();
+        assert!(body.iter().any(|b| b["inlines"][0]["text"] == "tag: "
+            && b["inlines"][1]["text"] == "PII"));
         assert_eq!(att["content"]["actions"][0]["type"], "Action.OpenUrl");
+    }
+
+    /// Every string of the card that is not one of its keywords.
+    fn texts(v: &Value, parent: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::Object(m) => {
+                let kind = m.get("type").and_then(Value::as_str).unwrap_or(parent);
+                for (k, x) in m {
+                    if matches!(k.as_str(), "text" | "title" | "value")
+                        && let Value::String(s) = x
+                    {
+                        out.push((kind.to_owned(), s.clone()));
+                    }
+                    texts(x, kind, out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| texts(x, parent, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn a_hostile_asset_name_is_a_text_run_never_markdown() {
+        let mut n = sample();
+        let hostile = "crm.<at>Ops</at> [click](https://evil.example) **x** <!channel> & _y_";
+        n.title = format!("PII added to {hostile}");
+        n.body = Some(hostile.to_owned());
+        let v = render(&n);
+        let card = &v["attachments"][0]["content"];
+        let mut all = Vec::new();
+        texts(card, "", &mut all);
+        let carrying: Vec<&(String, String)> =
+            all.iter().filter(|(_, t)| t.contains("evil.example")).collect();
+        assert_eq!(carrying.len(), 2, "{all:?}");
+        // Only runs carry it, verbatim: no TextBlock or Fact reads it as
+        // Markdown, and no entity makes `<at>` a mention.
+        assert!(carrying.iter().all(|(kind, _)| kind == "TextRun"), "{carrying:?}");
+        assert!(carrying.iter().any(|(_, t)| t == hostile));
+        assert!(card.get("msteams").is_none());
+        let json = v.to_string();
+        assert!(!json.contains("\"TextBlock\""), "{json}");
+        assert!(!json.contains("\"FactSet\""), "{json}");
     }
 }
