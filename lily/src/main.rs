@@ -265,8 +265,25 @@ async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
     }
 }
 
+/// Lily's own client authenticates first: it never sends a password in
+/// clear text over unencrypted TCP, which tokio-postgres (the other
+/// connections) has no way to refuse. A server that asks for one stops
+/// the command before any password leaves.
+async fn check_no_cleartext_password(config: &LilyConfig) -> anyhow::Result<()> {
+    let pg = lily_cdc::wire::PgConnect::parse(&config.postgres.url).context("postgres.url")?;
+    if pg.config.get_password().is_none() {
+        return Ok(());
+    }
+    let params = lily_cdc::wire::ConnectParams::from_connect(&pg)?;
+    lily_cdc::wire::ReplicationConnection::connect(&params)
+        .await
+        .context("checking how the server authenticates Lily")?;
+    Ok(())
+}
+
 /// `lily setup` against the configured server.
 async fn setup(config: &LilyConfig) -> anyhow::Result<SetupReport> {
+    check_no_cleartext_password(config).await?;
     let pg = lily_cdc::wire::PgConnect::parse(&config.postgres.url).context("postgres.url")?;
     let target = describe_target(&pg.config);
     let (mut client, connection) = pg
@@ -327,6 +344,7 @@ async fn run(mut config: LilyConfig, console: bool) -> anyhow::Result<()> {
         pipeline::add_console(&mut config);
     }
     telemetry::init_metrics(&config.metrics.listen)?;
+    check_no_cleartext_password(&config).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         let mut term =

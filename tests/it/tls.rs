@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lily_cdc::wire::{ConnectParams, PgConnect, ReplicationConnection};
-use lily_tests::{TestEnv, wait_for};
+use lily_tests::{TestEnv, run_lily, wait_for};
 
 /// A CA and a server certificate for 127.0.0.1 and localhost, in `dir`.
 fn certificates(dir: &Path) -> anyhow::Result<()> {
@@ -221,6 +221,22 @@ async fn lily_streams_from_a_server_that_takes_only_tls() -> anyhow::Result<()> 
     .err()
     .context("the password went out in clear text")?;
     assert!(e.to_string().contains("clear text"), "{e}");
+    // Neither `lily setup` nor `lily run` lets any connection send it.
+    let cleartext = format!(
+        "postgres://postgres:tls-test-pw@127.0.0.1:{}/cleartext?sslmode=disable",
+        env.cluster.port()
+    );
+    for command in ["setup", "run"] {
+        let mut vars: Vec<(String, String)> = env
+            .lily_env()
+            .into_iter()
+            .filter(|(k, _)| k != "LILY_POSTGRES__URL")
+            .collect();
+        vars.push(("LILY_POSTGRES__URL".into(), cleartext.clone()));
+        let (code, out) = run_lily(&[command], &vars)?;
+        assert_ne!(code, 0, "lily {command}: {out}");
+        assert!(out.contains("clear text"), "lily {command}: {out}");
+    }
     // With TLS the same role connects for replication.
     let mut over_tls = ReplicationConnection::connect(&ConnectParams::parse(&url)?).await?;
     let system = over_tls.simple_query("IDENTIFY_SYSTEM").await?;
