@@ -135,13 +135,13 @@ fn from_text(
             .or_else(|| std::env::var(name).ok())
     };
     let mut root = toml::Value::Table(table);
-    let expanded = references::expand(&mut root, "", &references::EnvLookup(&given)).map_err(
-        |(key, message)| ConfigError::Invalid {
+    let expanded = references::expand(&mut root, "", &given).map_err(|(key, message)| {
+        ConfigError::Invalid {
             key,
             value: "\"${...}\"".to_owned(),
             message,
-        },
-    )?;
+        }
+    })?;
     let toml::Value::Table(table) = root else {
         unreachable!("expanding a table gives a table")
     };

@@ -5,45 +5,12 @@
 //! cloud secret managers' CSI drivers hand secrets over). `$${` is a
 //! literal `${`.
 
-use std::path::Path;
-
-/// Where references are looked up.
-pub trait Lookup {
-    /// The environment variable `name`, if set.
-    fn var(&self, name: &str) -> Option<String>;
-    /// The contents of the file at `path`.
-    fn file(&self, path: &Path) -> std::io::Result<String>;
-}
-
-/// The process environment and the file system.
-pub struct ProcessLookup;
-
-impl Lookup for ProcessLookup {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-
-    fn file(&self, path: &Path) -> std::io::Result<String> {
-        std::fs::read_to_string(path)
-    }
-}
-
-/// An environment given as a function, files from the file system.
-pub struct EnvLookup<'a>(pub &'a dyn Fn(&str) -> Option<String>);
-
-impl Lookup for EnvLookup<'_> {
-    fn var(&self, name: &str) -> Option<String> {
-        (self.0)(name)
-    }
-
-    fn file(&self, path: &Path) -> std::io::Result<String> {
-        std::fs::read_to_string(path)
-    }
-}
+/// Looks an environment variable up by name.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Replaces the references in `text`; the error says which one failed and
 /// why, never what a secret holds.
-pub fn expand_str(text: &str, lookup: &dyn Lookup) -> Result<String, String> {
+pub fn expand_str(text: &str, env: Env<'_>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find('$') {
@@ -65,8 +32,7 @@ pub fn expand_str(text: &str, lookup: &dyn Lookup) -> Result<String, String> {
         let reference = &body[..end];
         let value = match reference.strip_prefix("file:") {
             Some(path) => {
-                let contents = lookup
-                    .file(Path::new(path))
+                let contents = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read the secret file {path}: {e}"))?;
                 contents
                     .strip_suffix("\r\n")
@@ -74,8 +40,7 @@ pub fn expand_str(text: &str, lookup: &dyn Lookup) -> Result<String, String> {
                     .unwrap_or(&contents)
                     .to_owned()
             }
-            None => lookup
-                .var(reference)
+            None => env(reference)
                 .ok_or_else(|| format!("environment variable {reference} is not set"))?,
         };
         out.push_str(&value);
@@ -88,17 +53,13 @@ pub fn expand_str(text: &str, lookup: &dyn Lookup) -> Result<String, String> {
 /// Replaces the references in every string of `value`; `key` is the dotted
 /// name of `value`, given back with the error of the string that failed.
 /// Returns whether anything changed.
-pub fn expand(
-    value: &mut toml::Value,
-    key: &str,
-    lookup: &dyn Lookup,
-) -> Result<bool, (String, String)> {
+pub fn expand(value: &mut toml::Value, key: &str, env: Env<'_>) -> Result<bool, (String, String)> {
     match value {
         toml::Value::String(s) => {
             if !s.contains('$') {
                 return Ok(false);
             }
-            let expanded = expand_str(s, lookup).map_err(|e| (key.to_owned(), e))?;
+            let expanded = expand_str(s, env).map_err(|e| (key.to_owned(), e))?;
             let changed = expanded != *s;
             *s = expanded;
             Ok(changed)
@@ -106,7 +67,7 @@ pub fn expand(
         toml::Value::Array(items) => {
             let mut changed = false;
             for (i, v) in items.iter_mut().enumerate() {
-                changed |= expand(v, &format!("{key}[{i}]"), lookup)?;
+                changed |= expand(v, &format!("{key}[{i}]"), env)?;
             }
             Ok(changed)
         }
@@ -118,7 +79,7 @@ pub fn expand(
                 } else {
                     format!("{key}.{k}")
                 };
-                changed |= expand(v, &key, lookup)?;
+                changed |= expand(v, &key, env)?;
             }
             Ok(changed)
         }
@@ -136,24 +97,20 @@ mod tests {
         let file = dir.path().join("secret");
         std::fs::write(&file, "s3cr3t\n").unwrap();
         let env = |n: &str| (n == "HOOK").then(|| "https://hooks.example/x".to_owned());
-        let lookup = EnvLookup(&env);
         assert_eq!(
-            expand_str("${HOOK}", &lookup).unwrap(),
+            expand_str("${HOOK}", &env).unwrap(),
             "https://hooks.example/x"
         );
         assert_eq!(
-            expand_str(&format!("${{file:{}}}", file.display()), &lookup).unwrap(),
+            expand_str(&format!("${{file:{}}}", file.display()), &env).unwrap(),
             "s3cr3t"
         );
-        assert_eq!(
-            expand_str("a$$b $${X} $5", &lookup).unwrap(),
-            "a$$b ${X} $5"
-        );
-        let e = expand_str("${NOPE}", &lookup).unwrap_err();
+        assert_eq!(expand_str("a$$b $${X} $5", &env).unwrap(), "a$$b ${X} $5");
+        let e = expand_str("${NOPE}", &env).unwrap_err();
         assert!(e.contains("NOPE is not set"), "{e}");
-        let e = expand_str("${file:/no/such/file}", &lookup).unwrap_err();
+        let e = expand_str("${file:/no/such/file}", &env).unwrap_err();
         assert!(e.contains("/no/such/file"), "{e}");
-        let e = expand_str("${HOOK", &lookup).unwrap_err();
+        let e = expand_str("${HOOK", &env).unwrap_err();
         assert!(e.contains("without closing"), "{e}");
     }
 }

@@ -25,21 +25,15 @@ fn certificates(dir: &Path) -> anyhow::Result<()> {
         );
         Ok(())
     };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=lily test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ])?;
+    // A self-signed CA: its certificate `{name}.crt`, its key `{name}.key`.
+    let ca = |name: &str, subject: &str| {
+        let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+        run(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subject,
+            "-keyout", &key, "-out", &crt,
+        ])
+    };
+    ca("ca", "/CN=lily test CA")?;
     run(&[
         "req",
         "-newkey",
@@ -74,21 +68,7 @@ fn certificates(dir: &Path) -> anyhow::Result<()> {
         "server.crt",
     ])?;
     // Another CA, which did not sign the server's certificate.
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=other CA",
-        "-keyout",
-        "other.key",
-        "-out",
-        "other.crt",
-    ])?;
+    ca("other", "/CN=other CA")?;
     Ok(())
 }
 
@@ -140,13 +120,7 @@ async fn lily_streams_from_a_server_that_takes_only_tls() -> anyhow::Result<()> 
         match pg.connect().await {
             Ok(c) => Ok(Some(c)),
             Err(e) => {
-                let mut why = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    why.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                eprintln!("not yet: {why}");
+                eprintln!("not yet: {:#}", anyhow::Error::from(e));
                 Ok(None)
             }
         }

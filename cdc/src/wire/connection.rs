@@ -263,11 +263,6 @@ impl ReplicationConnection {
         }
     }
 
-    /// Whether the connection is encrypted or local (a unix socket).
-    pub fn is_private(&self) -> bool {
-        self.private
-    }
-
     fn password(&self, params: &ConnectParams) -> Result<Vec<u8>> {
         params.password.clone().ok_or_else(|| {
             CdcError::Auth(format!(

@@ -169,9 +169,10 @@ impl PgTls {
                 )));
             }
             (SslMode::Prefer | SslMode::Require, RootCert::None) | (SslMode::Prefer, _) => {
-                Arc::new(NoCertificateCheck(
-                    provider.signature_verification_algorithms,
-                ))
+                Arc::new(LibpqVerifier {
+                    chain: None,
+                    algorithms: provider.signature_verification_algorithms,
+                })
             }
             (_, root) => {
                 let roots = Arc::new(root_store(root)?);
@@ -181,7 +182,10 @@ impl PgTls {
                 if mode == SslMode::VerifyFull {
                     webpki
                 } else {
-                    Arc::new(ChainOnly(webpki))
+                    Arc::new(LibpqVerifier {
+                        chain: Some(webpki),
+                        algorithms: provider.signature_verification_algorithms,
+                    })
                 }
             }
         };
@@ -253,52 +257,18 @@ fn root_store(root: &RootCert) -> Result<RootCertStore> {
     Ok(store)
 }
 
-/// `sslmode=require` without a root certificate: encrypted, the server's
-/// certificate not checked (the handshake's signatures still are).
+/// What `require` and `verify-ca` check of the server's certificate (the
+/// handshake's signatures are always checked): nothing (`require` without a
+/// root certificate), or the chain without the host name. `verify-full` uses
+/// rustls' own verifier.
 #[derive(Debug)]
-struct NoCertificateCheck(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for NoCertificateCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
+struct LibpqVerifier {
+    /// The chain's verifier; `None`: the certificate is not checked.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// `sslmode=verify-ca`: the chain must lead to a root; the name on the
-/// certificate is not compared with the host.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -307,10 +277,11 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        // The name is compared last, after the chain is known good.
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName
                 | rustls::CertificateError::NotValidForNameContext { .. },
@@ -325,7 +296,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -334,11 +305,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -467,9 +438,7 @@ fn take_tls_settings(conn: &str) -> Result<(String, TlsSettings)> {
     let mut kept = String::new();
     let mut chars = conn.chars().peekable();
     loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
+        skip_whitespace(&mut chars);
         if chars.peek().is_none() {
             break;
         }
@@ -481,17 +450,13 @@ fn take_tls_settings(conn: &str) -> Result<(String, TlsSettings)> {
             key.push(c);
             chars.next();
         }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
+        skip_whitespace(&mut chars);
         if chars.next() != Some('=') {
             return Err(CdcError::Unsupported(format!(
                 "connection string: {key:?} has no value"
             )));
         }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
+        skip_whitespace(&mut chars);
         let (mut raw, mut value) = (String::new(), String::new());
         if chars.peek() == Some(&'\'') {
             raw.push('\'');
@@ -553,6 +518,10 @@ fn take_tls_settings(conn: &str) -> Result<(String, TlsSettings)> {
         }
     }
     Ok((kept, settings))
+}
+
+fn skip_whitespace(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    while chars.next_if(|c| c.is_whitespace()).is_some() {}
 }
 
 fn percent_decode(s: &str) -> String {
