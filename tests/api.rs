@@ -84,6 +84,22 @@ impl ApiClient {
         })
     }
 
+    /// `PUT path` with a JSON body.
+    pub async fn put(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        self.send(
+            reqwest::Method::PUT,
+            path,
+            Some(serde_json::to_vec(body)?),
+            headers,
+        )
+        .await
+    }
+
     /// `POST path` with a JSON body.
     pub async fn post(
         &self,

@@ -53,6 +53,8 @@ impl TestEnv {
         config.metrics.listen = String::new();
         // Tests that use the API give it a free port (TestEnv::enable_api).
         config.api.listen = String::new();
+        // Likewise the SQL endpoint (TestEnv::enable_sql).
+        config.sql.listen = String::new();
         config.replication.status_interval_ms = 200;
         config.lake.flush_interval_ms = 200;
         let env = TestEnv {
@@ -97,6 +99,7 @@ impl TestEnv {
             ),
             ("LILY_METRICS__LISTEN".into(), c.metrics.listen.clone()),
             ("LILY_API__LISTEN".into(), c.api.listen.clone()),
+            ("LILY_SQL__LISTEN".into(), c.sql.listen.clone()),
             (
                 "LILY_TRANSFORMS__DIR".into(),
                 transforms_dir().display().to_string(),
@@ -137,6 +140,13 @@ impl TestEnv {
         let port = free_port()?;
         self.config.api.listen = format!("127.0.0.1:{port}");
         Ok(format!("http://127.0.0.1:{port}"))
+    }
+
+    /// Gives the SQL endpoint a free loopback port; returns it.
+    pub fn enable_sql(&mut self) -> anyhow::Result<u16> {
+        let port = free_port()?;
+        self.config.sql.listen = format!("127.0.0.1:{port}");
+        Ok(port)
     }
 
     /// Reads the audit table with DataFusion: the result of `sql` over table `audit`.

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 mod outbound;
 mod propagation;
+mod sql;
 mod webhooks;
 
 const DB: &str = "bench";
@@ -88,6 +89,19 @@ struct Args {
     /// Outbound: assets in the backlog.
     #[arg(long, default_value_t = 200_000)]
     docs: i64,
+    /// Run only the SQL endpoint benchmark: tag to enforcement, and query
+    /// overhead against the same queries unmasked and on PostgreSQL directly.
+    #[arg(long)]
+    sql: bool,
+    /// SQL: rows of the scanned table.
+    #[arg(long, default_value_t = 1_000_000)]
+    sql_rows: i64,
+    /// SQL: tags timed, each way (direct and upstream).
+    #[arg(long, default_value_t = 50)]
+    tags: usize,
+    /// SQL: assets downstream of the upstream tag.
+    #[arg(long, default_value_t = 10_000)]
+    sql_closure: i64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +128,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .batch_execute("INSERT INTO metastore.tenants (tenant_id, name) VALUES ('bench', 'Bench')")
         .await?;
 
+    if args.sql {
+        return sql::run(
+            &cluster,
+            dir.path(),
+            args.sql_rows,
+            args.tags,
+            args.sql_closure,
+            args.rounds.max(3),
+        )
+        .await;
+    }
     if args.outbound {
         return outbound::run(&cluster, dir.path(), args.docs, args.rate, args.seconds).await;
     }

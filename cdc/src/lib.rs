@@ -27,6 +27,7 @@ pub mod wire;
 
 pub use batch::{ChangeBatch, ChangeOp, TableSchema};
 pub use checkpoint::{AckTracker, BatchSeq, SinkAck};
+pub use column::ColumnBuilder;
 pub use error::{CdcError, Result};
 pub use lsn::{Lsn, Position};
 pub use reader::{ChangeReader, ReaderConfig, StartPlan};

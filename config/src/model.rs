@@ -25,6 +25,8 @@ pub struct LilyConfig {
     pub api: ApiConfig,
     /// `[auth]`: how bearer tokens are verified.
     pub auth: AuthConfig,
+    /// `[sql]`: the PostgreSQL-wire SQL endpoint that masks governed data.
+    pub sql: SqlConfig,
     /// `[monte_carlo]`: the Monte Carlo incident webhook.
     pub monte_carlo: MonteCarloConfig,
     /// `[okta]`: Okta Event Hooks.
@@ -346,6 +348,50 @@ impl Default for ApiConfig {
             pool_wait_ms: 2_000,
             tenant_concurrency: 4,
             tenant_queue_ms: 1_000,
+        }
+    }
+}
+
+/// `[sql]`: the SQL endpoint `lily run` serves over the PostgreSQL wire
+/// protocol: the tenants' governed tables, masked by their policies.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlConfig {
+    /// Address (IP and port) the endpoint listens on; an empty string
+    /// disables it.
+    ///
+    /// Default `"127.0.0.1:5433"`.
+    pub listen: String,
+    /// Connections served at once; more are refused with SQLSTATE 53300.
+    /// Must be at least 1.
+    ///
+    /// Default `64`.
+    pub max_connections: usize,
+    /// Milliseconds a statement may run; longer ones are cancelled with
+    /// SQLSTATE 57014. `0`: no limit.
+    ///
+    /// Default `300000`.
+    pub statement_timeout_ms: u64,
+    /// Milliseconds between writes of the query audit (`audit/queries`
+    /// under the lake root).
+    ///
+    /// Default `1000`.
+    pub audit_flush_ms: u64,
+    /// `[sql.connections]`: the URLs of the PostgreSQL databases governed
+    /// tables are read from, by name (`connection` of a governed table),
+    /// as libpq takes them (`sslmode`, `sslrootcert` included). They carry
+    /// credentials: give them as `${ENV}` or `${file:PATH}` references.
+    pub connections: BTreeMap<String, String>,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:5433".to_owned(),
+            max_connections: 64,
+            statement_timeout_ms: 300_000,
+            audit_flush_ms: 1_000,
+            connections: BTreeMap::new(),
         }
     }
 }

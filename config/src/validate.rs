@@ -96,7 +96,10 @@ impl LilyConfig {
         at_least("lake.flush_interval_ms", lake.flush_interval_ms, 1)?;
         at_least("lake.flush_max_rows", lake.flush_max_rows as u64, 1)?;
 
-        for (key, listen) in [("api.listen", &self.api.listen)] {
+        for (key, listen) in [
+            ("api.listen", &self.api.listen),
+            ("sql.listen", &self.sql.listen),
+        ] {
             if !listen.is_empty() && listen.parse::<SocketAddr>().is_err() {
                 return Err(invalid_str(
                     key,
@@ -111,6 +114,17 @@ impl LilyConfig {
             1024,
         )?;
         at_least("api.pool_size", self.api.pool_size as u64, 1)?;
+        at_least("sql.max_connections", self.sql.max_connections as u64, 1)?;
+        at_least("sql.audit_flush_ms", self.sql.audit_flush_ms, 10)?;
+        for (name, url) in &self.sql.connections {
+            if url.is_empty() {
+                return Err(invalid_str(
+                    &format!("sql.connections.{name}"),
+                    url,
+                    "give the URL of the PostgreSQL database governed tables are read from",
+                ));
+            }
+        }
         at_least(
             "api.tenant_concurrency",
             self.api.tenant_concurrency as u64,

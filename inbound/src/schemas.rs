@@ -25,6 +25,14 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ),
     ("ticket.v1", include_str!("../schemas/ticket.v1.json")),
     (
+        "masking-policy.v1",
+        include_str!("../schemas/masking-policy.v1.json"),
+    ),
+    (
+        "governed-table.v1",
+        include_str!("../schemas/governed-table.v1.json"),
+    ),
+    (
         "okta-event-hook.v1",
         include_str!("../schemas/okta-event-hook.v1.json"),
     ),

@@ -3,15 +3,18 @@
 //!
 //! The lake root is a local folder or an object-store URL ([`LakeLocation`]).
 //! [`AuditSink`] appends change batches idempotently; [`maintenance`]
-//! compacts and cleans the table.
+//! compacts and cleans the table. [`QueryAuditLog`] keeps every statement
+//! the SQL endpoint runs on governed data in `audit/queries`.
 
 mod audit_schema;
 mod error;
 mod location;
 pub mod maintenance;
+mod query_audit;
 mod sink;
 
 pub use audit_schema::{AUDIT_TABLE, audit_schema};
 pub use error::LakeError;
 pub use location::LakeLocation;
+pub use query_audit::{QUERY_AUDIT_TABLE, QueryAuditLog, QueryRecord, query_audit_schema};
 pub use sink::AuditSink;

@@ -42,6 +42,11 @@ BEGIN
     PERFORM pg_temp.asset('column', 'analytics.sales.orders.order_id', 'analytics.sales.orders');
     PERFORM pg_temp.asset('column', 'analytics.sales.orders.customer_id', 'analytics.sales.orders');
     PERFORM pg_temp.asset('column', 'analytics.sales.orders.amount', 'analytics.sales.orders');
+    PERFORM pg_temp.asset('table', 'analytics.sales.payments', 'analytics.sales', 'Card payments of orders', '{bob@acme.example}');
+    PERFORM pg_temp.asset('column', 'analytics.sales.payments.payment_id', 'analytics.sales.payments');
+    PERFORM pg_temp.asset('column', 'analytics.sales.payments.order_id', 'analytics.sales.payments');
+    PERFORM pg_temp.asset('column', 'analytics.sales.payments.card_number', 'analytics.sales.payments', 'Card number as the payment provider returns it');
+    PERFORM pg_temp.asset('column', 'analytics.sales.payments.paid_at', 'analytics.sales.payments');
     PERFORM pg_temp.asset('table', 'analytics.marts.daily_revenue', 'analytics.marts', 'Revenue per day and country', '{finance@acme.example}');
     PERFORM pg_temp.asset('column', 'analytics.marts.daily_revenue.day', 'analytics.marts.daily_revenue');
     PERFORM pg_temp.asset('column', 'analytics.marts.daily_revenue.country', 'analytics.marts.daily_revenue');
@@ -67,4 +72,17 @@ BEGIN
     INSERT INTO metastore.classifications (tenant_id, asset_guid, tag)
     SELECT 'acme', guid, 'PII' FROM metastore.assets
      WHERE tenant_id = 'acme' AND qualified_name IN ('analytics.raw.customers.email', 'analytics.raw.customers.full_name');
+    INSERT INTO metastore.classifications (tenant_id, asset_guid, tag)
+    SELECT 'acme', guid, 'PCI' FROM metastore.assets
+     WHERE tenant_id = 'acme' AND qualified_name = 'analytics.sales.payments.card_number';
+
+    -- Card numbers show their last four digits (Ranger's MASK_SHOW_LAST_4);
+    -- PII and GDPR are hashed by the default policies every tenant has.
+    INSERT INTO metastore.masking_policies (tenant_id, name, tags, mask, description)
+    VALUES ('acme', 'cards', '{PCI}', 'MASK_SHOW_LAST_4', 'Card numbers show their last four digits');
+    -- The sample warehouse (sample/warehouse.sql), served by the SQL endpoint.
+    INSERT INTO metastore.governed_tables (tenant_id, table_name, asset, kind, connection, location)
+    VALUES ('acme', 'customers', 'analytics.sales.customers', 'postgres', 'warehouse', 'public.customers'),
+           ('acme', 'orders', 'analytics.sales.orders', 'postgres', 'warehouse', 'public.orders'),
+           ('acme', 'payments', 'analytics.sales.payments', 'postgres', 'warehouse', 'public.payments');
 END $$;

@@ -15,6 +15,8 @@ use tracing::info;
 use crate::pipeline;
 
 const DATABASE: &str = "lily";
+/// The sample warehouse the SQL endpoint serves.
+const WAREHOUSE: &str = "warehouse";
 
 /// How a demo edit reaches the metastore.
 enum Via {
@@ -31,6 +33,9 @@ enum Via {
     MonteCarlo(&'static str),
     /// A search through the API; the hits are printed.
     Search(&'static str),
+    /// A query through the SQL endpoint, as an analyst's client sends it;
+    /// the rows are printed as the endpoint masks them.
+    Query(&'static str),
 }
 
 /// Catalog edits the demo makes, one every few seconds, round and round.
@@ -60,6 +65,12 @@ const EDITS: &[(&str, Via)] = &[
         Via::Search("/v1/tenants/acme/search?tag=PII&type=column"),
     ),
     (
+        "query the warehouse through the SQL endpoint: the propagated PII tag hashes the e-mail, PCI shows a card's last four digits",
+        Via::Query(
+            "SELECT c.customer_id, c.email, c.country, p.card_number FROM customers c JOIN orders o ON o.customer_id = c.customer_id JOIN payments p ON p.order_id = o.order_id ORDER BY c.customer_id, p.payment_id LIMIT 2",
+        ),
+    ),
+    (
         "Monte Carlo raises a freshness incident on orders (signed webhook)",
         Via::MonteCarlo(
             r#"{"account": {"id": "demo"}, "action": "incident", "payload": {"incident_id": "{id}", "group_id": "analytics:sales", "url": "https://getmontecarlo.com/incidents/{id}", "event_list": [{"event_details": "Has 0 new rows in the last 26 hours", "table_name": "orders"}]}, "type": "open_anomaly_incident", "version": "v0.1"}"#,
@@ -84,6 +95,12 @@ const EDITS: &[(&str, Via)] = &[
         },
     ),
     (
+        "the same query once the tag is gone: the e-mail is readable again",
+        Via::Query(
+            "SELECT customer_id, email, country FROM customers ORDER BY customer_id LIMIT 2",
+        ),
+    ),
+    (
         "the incident is resolved (signed webhook)",
         Via::MonteCarlo(
             r#"{"account": {"id": "demo"}, "action": "incident", "payload": {"incident_id": "{id}", "alert_feedback": "fixed", "declared_alert_severity": "SEV-2", "owner": "dana@acme.example"}, "type": "open_anomaly_incident", "version": "v0.1"}"#,
@@ -106,6 +123,13 @@ pub async fn run(dir: &Path, search_server: Option<&Path>, base: LilyConfig) -> 
         .await
         .context("starting PostgreSQL")?;
     cluster.create_database(DATABASE).await?;
+    cluster.create_database(WAREHOUSE).await?;
+    cluster
+        .connect(WAREHOUSE)
+        .await?
+        .batch_execute(include_str!("../sample/warehouse.sql"))
+        .await
+        .context("loading the sample warehouse")?;
     println!("  PostgreSQL listening on 127.0.0.1:{}", cluster.port());
 
     // Everything but where PostgreSQL and the lake are comes from the usual
@@ -118,6 +142,11 @@ pub async fn run(dir: &Path, search_server: Option<&Path>, base: LilyConfig) -> 
         .secrets
         .entry("acme".to_owned())
         .or_insert_with(|| DEMO_SECRET.to_owned());
+    config
+        .sql
+        .connections
+        .entry(WAREHOUSE.to_owned())
+        .or_insert_with(|| cluster.url(WAREHOUSE));
     // Search on this machine: an in-memory server the demo starts, unless
     // the config names a cluster.
     let mut _search = None;
@@ -196,6 +225,17 @@ pub async fn run(dir: &Path, search_server: Option<&Path>, base: LilyConfig) -> 
             "  API on http://{}: catalog edits below use API key {} (steward of acme)",
             config.api.listen, key.key_id
         );
+        if !config.sql.listen.is_empty() {
+            let (host, port) = config
+                .sql
+                .listen
+                .rsplit_once(':')
+                .unwrap_or(("127.0.0.1", "5433"));
+            println!(
+                "  SQL endpoint on {}: psql \"host={host} port={port} dbname=acme user=demo password={}\" then \\dt",
+                config.sql.listen, key.key
+            );
+        }
         Some(DemoApi {
             base: format!("http://{}", config.api.listen),
             key: key.key,
@@ -207,6 +247,8 @@ pub async fn run(dir: &Path, search_server: Option<&Path>, base: LilyConfig) -> 
                 .unwrap_or_default(),
             http: reqwest::Client::new(),
             search: has_search(&config),
+            sql: config.sql.listen.clone(),
+            session: tokio::sync::Mutex::new(None),
         })
     };
     let client = Arc::new(client);
@@ -249,6 +291,10 @@ struct DemoApi {
     http: reqwest::Client,
     /// Whether there is a search cluster to search.
     search: bool,
+    /// Where the SQL endpoint listens (empty: none).
+    sql: String,
+    /// The demo's SQL session, opened at its first query.
+    session: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl DemoApi {
@@ -256,6 +302,7 @@ impl DemoApi {
         let request = match via {
             Via::Sql(_) => return Ok(()),
             Via::Search(path) => return self.search(path).await,
+            Via::Query(sql) => return self.query(sql).await,
             Via::Catalog { method, path, body } => self
                 .http
                 .request(method.parse()?, format!("{}{path}", self.base))
@@ -290,6 +337,41 @@ impl DemoApi {
 }
 
 impl DemoApi {
+    /// Runs `sql` through the SQL endpoint (one session, opened once) and
+    /// prints the rows.
+    async fn query(&self, sql: &str) -> anyhow::Result<()> {
+        let mut session = self.session.lock().await;
+        if session.is_none() {
+            let (host, port) = self
+                .sql
+                .rsplit_once(':')
+                .context("sql.listen has no port")?;
+            let (client, conn) = tokio_postgres::Config::new()
+                .host(host)
+                .port(port.parse()?)
+                .user("demo")
+                .dbname("acme")
+                .password(&self.key)
+                .connect(tokio_postgres::NoTls)
+                .await
+                .context("connecting to the SQL endpoint")?;
+            tokio::spawn(conn);
+            *session = Some(client);
+        }
+        let Some(client) = session.as_ref() else {
+            return Ok(());
+        };
+        for m in client.simple_query(sql).await? {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+                let values: Vec<&str> = (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL"))
+                    .collect();
+                println!("  sql: {}", values.join(" | "));
+            }
+        }
+        Ok(())
+    }
+
     /// Prints what a search finds.
     async fn search(&self, path: &str) -> anyhow::Result<()> {
         let response = self
@@ -329,6 +411,7 @@ async fn edit_forever(client: Arc<tokio_postgres::Client>, api: Option<DemoApi>)
         let skip = match (via, &api) {
             (Via::Sql(_), _) => false,
             (Via::Search(_), Some(api)) => !api.search,
+            (Via::Query(_), Some(api)) => api.sql.is_empty(),
             (_, api) => api.is_none(),
         };
         // Without the API (api.listen empty), or without search, those edits are skipped.

@@ -5,6 +5,7 @@ mod dlq;
 mod inbound;
 mod lake;
 mod pipeline;
+mod sql;
 mod telemetry;
 mod transforms;
 

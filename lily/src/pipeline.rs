@@ -139,10 +139,32 @@ pub async fn run(config: &LilyConfig, shutdown: watch::Receiver<bool>) -> anyhow
     ));
     let search = lily_sinks::registry::search_cluster(&configured, &config.api)?;
     crate::inbound::start(config, &transforms, &state, search, shutdown.clone()).await?;
+    // The SQL endpoint starts from the policies as they are; from then on
+    // the pipeline compiles a new snapshot at every commit touching them.
+    let policies = if config.sql.listen.is_empty() {
+        None
+    } else {
+        let store = lily_enforcement::PolicyStore::new(&config.postgres.url)?;
+        store
+            .refresh()
+            .await
+            .context("compiling the masking policies")?;
+        crate::sql::start(config, &store, shutdown.clone()).await?;
+        Some(store)
+    };
     registry.start(shutdown.clone());
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        match run_once(config, &registry, &transforms, &state, shutdown.clone()).await {
+        match run_once(
+            config,
+            &registry,
+            &transforms,
+            &state,
+            policies.as_ref(),
+            shutdown.clone(),
+        )
+        .await
+        {
             Ok(()) => return Ok(()),
             Err(e) => {
                 let transient = e.downcast_ref::<CdcError>().is_some_and(retryable);
@@ -168,6 +190,7 @@ async fn run_once(
     registry: &Registry,
     transforms: &TransformSet,
     state: &Arc<CatalogState>,
+    policies: Option<&Arc<lily_enforcement::PolicyStore>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let pg = PgConnect::parse(&config.postgres.url).context("postgres.url")?;
@@ -211,7 +234,11 @@ async fn run_once(
         "catalog state loaded"
     );
 
-    let run = RunContext { transforms, state };
+    let run = RunContext {
+        transforms,
+        state,
+        policies,
+    };
     let mut sinks = registry.run_sinks(&run).await?;
     for s in &mut sinks {
         let name = s.sink.name().to_owned();

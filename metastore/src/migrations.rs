@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "api_key_events",
         sql: include_str!("../migrations/0007_api_key_events.sql"),
     },
+    Migration {
+        version: 8,
+        name: "enforcement",
+        sql: include_str!("../migrations/0008_enforcement.sql"),
+    },
 ];
 
 /// A stable checksum (FNV-1a) of the migration text as shipped.

@@ -136,6 +136,38 @@ const TABLES: &[TableSpec] = &[
             ("created_at", TIMESTAMPTZ, true),
         ],
     ),
+    (
+        "masking_policies",
+        ReplicaIdentity::Full,
+        &[
+            ("tenant_id", TEXT, true),
+            ("name", TEXT, true),
+            ("tags", TEXT_ARRAY, true),
+            ("mask", TEXT, true),
+            ("expression", TEXT, true),
+            ("unmasked_roles", TEXT_ARRAY, true),
+            ("enabled", BOOL, true),
+            ("description", TEXT, true),
+            ("created_at", TIMESTAMPTZ, true),
+            ("updated_at", TIMESTAMPTZ, true),
+            ("version", INT8, true),
+        ],
+    ),
+    (
+        "governed_tables",
+        ReplicaIdentity::Full,
+        &[
+            ("tenant_id", TEXT, true),
+            ("table_name", TEXT, true),
+            ("asset", TEXT, true),
+            ("kind", TEXT, true),
+            ("connection", TEXT, true),
+            ("location", TEXT, true),
+            ("created_at", TIMESTAMPTZ, true),
+            ("updated_at", TIMESTAMPTZ, true),
+            ("version", INT8, true),
+        ],
+    ),
 ];
 
 /// Every replicated metastore table as a Relation message would describe it

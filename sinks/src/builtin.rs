@@ -1,5 +1,6 @@
 //! The sinks every pipeline has, registered like the others: the Delta
-//! audit store (`[lake]`) and lineage propagation (`[propagation]`).
+//! audit store (`[lake]`), lineage propagation (`[propagation]`) and the
+//! masking-policy compiler of the SQL endpoint (`[sql]`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use crate::registry::{BuildError, BuiltSink, Healthcheck, RunContext, no_healthc
 pub const AUDIT: &str = "lake.audit";
 /// The name of the propagation stage.
 pub const PROPAGATION: &str = "propagation";
+/// The name of the stage that compiles masking policies.
+pub const POLICIES: &str = "policies";
 
 /// A built-in sink: its name, dead-letter source, flush policy and builder.
 pub(crate) type BuiltIn = (&'static str, &'static str, FlushPolicy, Box<dyn BuiltSink>);
@@ -65,7 +68,36 @@ pub(crate) fn entries(
             }),
         ));
     }
+    if !config.sql.listen.is_empty() {
+        out.push((
+            POLICIES,
+            source::POLICIES,
+            // Tag to enforcement: a new snapshot as soon as a change commits.
+            FlushPolicy {
+                max_rows: 100_000,
+                max_wait: Duration::from_millis(5),
+            },
+            Box::new(Policies),
+        ));
+    }
     Ok(out)
+}
+
+struct Policies;
+
+#[async_trait]
+impl BuiltSink for Policies {
+    async fn sink(
+        &self,
+        run: &RunContext<'_>,
+    ) -> Result<Option<(Box<dyn Sink>, Healthcheck)>, BuildError> {
+        Ok(run.policies.map(|store| {
+            (
+                Box::new(lily_enforcement::PolicySink::new(store.clone())) as Box<dyn Sink>,
+                no_healthcheck(),
+            )
+        }))
+    }
 }
 
 struct Audit {

@@ -43,6 +43,8 @@ pub mod source {
     pub const AUDIT: &str = "audit";
     /// Changes lineage propagation refused.
     pub const PROPAGATION: &str = "propagation";
+    /// Changes the policy compiler refused.
+    pub const POLICIES: &str = "policies";
     /// Changes a post-consume transform failed on.
     pub const TRANSFORM: &str = lily_transforms::sink::DEAD_LETTER_SOURCE;
     /// Monte Carlo events from Kafka that could not be written.
@@ -50,7 +52,7 @@ pub mod source {
 }
 
 /// The names of the built-in sinks; no `[sinks.<name>]` may take them.
-pub const BUILT_IN: [&str; 2] = [builtin::AUDIT, builtin::PROPAGATION];
+pub const BUILT_IN: [&str; 3] = [builtin::AUDIT, builtin::PROPAGATION, builtin::POLICIES];
 
 /// A sink's healthcheck: an error stops the start.
 pub type Healthcheck = BoxFuture<'static, Result<(), SinkError>>;
@@ -85,6 +87,8 @@ pub struct RunContext<'a> {
     pub transforms: &'a TransformSet,
     /// The catalog state transforms join against.
     pub state: &'a Arc<CatalogState>,
+    /// The masking-policy snapshot the SQL endpoint reads (none without one).
+    pub policies: Option<&'a Arc<lily_enforcement::PolicyStore>>,
 }
 
 /// A sink that cannot be built.

@@ -18,6 +18,10 @@ async fn demo_streams_the_sample_estate_and_live_edits_then_stops_cleanly() -> a
             format!("127.0.0.1:{}", free_port()?),
         ),
         (
+            "LILY_SQL__LISTEN".to_string(),
+            format!("127.0.0.1:{}", free_port()?),
+        ),
+        (
             "LILY_TRANSFORMS__DIR".to_string(),
             lily_tests::transforms_dir().display().to_string(),
         ),

@@ -22,6 +22,7 @@ mod propagation;
 mod refusals;
 mod search;
 mod setup_errors;
+mod sql_endpoint;
 mod tenancy;
 mod tls;
 mod transforms;

@@ -227,6 +227,7 @@ impl ApiKeys {
             subject: format!("api key {key_id}"),
             kind: CredentialKind::ApiKey,
             grants: vec![Grant { tenant, role }],
+            named_roles: Vec::new(),
             slot: None,
         })
     }

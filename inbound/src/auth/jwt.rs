@@ -139,15 +139,33 @@ impl JwtVerifier {
             Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
             _ => Vec::new(),
         };
-        // Entries that are not "tenant:role" (an IdP's own roles) are skipped.
+        // Entries that are not "tenant:role" (an IdP's own roles) are skipped;
+        // "tenant:name" with a name that is not a built-in role is a named
+        // role (for masking policies), which grants nothing on the API.
         let grants = raw.iter().filter_map(|g| Grant::parse(g).ok()).collect();
+        let named_roles = raw
+            .iter()
+            .filter(|g| Grant::parse(g).is_err())
+            .filter_map(|g| g.rsplit_once(':'))
+            .filter(|(t, r)| !t.is_empty() && is_role_name(r))
+            .map(|(t, r)| (t.to_owned(), r.to_owned()))
+            .collect();
         Ok(Caller {
             subject,
             kind: CredentialKind::Jwt,
             grants,
+            named_roles,
             slot: None,
         })
     }
+}
+
+/// A named role: a letter, then letters, digits, `_` or `-`.
+fn is_role_name(r: &str) -> bool {
+    r.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && r.len() <= 64
+        && r.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn token_error(e: jsonwebtoken::errors::Error) -> InboundError {

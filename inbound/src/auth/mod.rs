@@ -138,6 +138,10 @@ pub struct Caller {
     pub kind: CredentialKind,
     /// Their roles.
     pub grants: Vec<Grant>,
+    /// Named roles beyond the built-in ones, `(tenant, name)`: they grant
+    /// nothing on the API, and masking policies may unmask for them
+    /// (`acme:pii_reader` in a token's roles claim).
+    pub named_roles: Vec<(String, String)>,
     /// Their request's slot in the tenant of the path, held until the
     /// request ends (`api.tenant_concurrency`).
     pub slot: Option<crate::limits::TenantSlot>,
@@ -196,6 +200,17 @@ impl Authenticator {
         &self.api_keys
     }
 
+    /// The caller a credential proves: an API key or a JWT (the password
+    /// of a SQL session).
+    pub async fn verify_credential(&self, credential: &str) -> Result<Caller> {
+        let credential = credential.trim();
+        if credential.starts_with(api_keys::KEY_PREFIX) {
+            self.api_keys.verify(credential).await
+        } else {
+            self.jwt.verify(credential).await
+        }
+    }
+
     /// The caller of a request: `Authorization: Bearer <jwt or API key>`,
     /// or `X-API-Key: <API key>`.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller> {
@@ -212,11 +227,7 @@ impl Authenticator {
             .or_else(|| auth.strip_prefix("bearer "))
             .unwrap_or(auth)
             .trim();
-        if credential.starts_with(api_keys::KEY_PREFIX) {
-            self.api_keys.verify(credential).await
-        } else {
-            self.jwt.verify(credential).await
-        }
+        self.verify_credential(credential).await
     }
 }
 
@@ -268,6 +279,7 @@ mod tests {
             subject: "t".into(),
             kind: CredentialKind::Jwt,
             grants: grants.iter().map(|g| Grant::parse(g).unwrap()).collect(),
+            named_roles: Vec::new(),
             slot: None,
         }
     }

@@ -1,11 +1,13 @@
 //! The catalog API for people and extraction jobs: bulk upserts and
 //! removals of assets, lineage and classifications, reads of assets and
-//! incidents, search, tickets linked to incidents, and the tenant's API keys.
+//! incidents, search, tickets linked to incidents, the tenant's API keys,
+//! and what the SQL endpoint masks and serves.
 //! Every route checks the caller's role in the tenant of its path, and
 //! writes run in a transaction scoped to that tenant.
 
 mod assets;
 mod classifications;
+mod enforcement;
 mod incidents;
 mod keys;
 mod lineage;
@@ -15,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
@@ -58,6 +60,22 @@ pub fn routes() -> Router<Arc<Inbound>> {
         .route(
             "/v1/tenants/{tenant}/api-keys/{key_id}",
             delete(keys::revoke),
+        )
+        .route(
+            "/v1/tenants/{tenant}/masking-policies",
+            get(enforcement::list_policies),
+        )
+        .route(
+            "/v1/tenants/{tenant}/masking-policies/{name}",
+            put(enforcement::put_policy).delete(enforcement::delete_policy),
+        )
+        .route(
+            "/v1/tenants/{tenant}/governed-tables",
+            get(enforcement::list_tables),
+        )
+        .route(
+            "/v1/tenants/{tenant}/governed-tables/{table_name}",
+            put(enforcement::put_table).delete(enforcement::delete_table),
         )
 }
 

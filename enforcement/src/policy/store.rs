@@ -1,0 +1,135 @@
+//! The current policy snapshot, shared by the pipeline that compiles it and
+//! the sessions that read it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use lily_cdc::wire::PgConnect;
+use tokio::sync::{Mutex, watch};
+use tracing::{info, warn};
+
+use super::snapshot::PolicySnapshot;
+use crate::error::{EnforcementError, Result};
+
+/// The current snapshot. From the moment a change to policies or tags
+/// reaches the pipeline until its snapshot is compiled, the store is stale:
+/// governed statements wait for the new snapshot, and are refused if it
+/// does not come (fail closed), so a tag that has committed is never ignored.
+pub struct PolicyStore {
+    current: RwLock<Arc<PolicySnapshot>>,
+    stale: AtomicBool,
+    /// Grows with every invalidation: a compilation clears `stale` only if
+    /// no change arrived after it started reading.
+    changes: AtomicU64,
+    compiled: watch::Sender<u64>,
+    next_version: AtomicU64,
+    connect: PgConnect,
+    compiling: Mutex<()>,
+}
+
+impl std::fmt::Debug for PolicyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyStore")
+            .field("version", &self.snapshot().version)
+            .field("stale", &self.stale.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl PolicyStore {
+    /// A store that compiles from the metastore at `url`; empty until [`PolicyStore::refresh`].
+    pub fn new(url: &str) -> Result<Arc<Self>> {
+        let connect = PgConnect::parse(url).map_err(|e| EnforcementError::Config(e.to_string()))?;
+        Ok(Arc::new(Self {
+            current: RwLock::new(Arc::new(PolicySnapshot::default())),
+            stale: AtomicBool::new(true),
+            changes: AtomicU64::new(0),
+            compiled: watch::Sender::new(0),
+            next_version: AtomicU64::new(1),
+            connect,
+            compiling: Mutex::new(()),
+        }))
+    }
+
+    /// The snapshot statements are planned against now; while a known
+    /// change is being compiled, waits for it up to `wait`, then errs.
+    pub async fn current(&self, wait: Duration) -> Result<Arc<PolicySnapshot>> {
+        let mut compiled = self.compiled.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.stale.load(Ordering::Acquire) {
+            if tokio::time::timeout_at(deadline, compiled.changed())
+                .await
+                .is_err()
+            {
+                return Err(EnforcementError::PoliciesStale);
+            }
+        }
+        Ok(self.snapshot())
+    }
+
+    /// The last snapshot compiled, stale or not.
+    pub fn snapshot(&self) -> Arc<PolicySnapshot> {
+        match self.current.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Marks the snapshot out of date: governed statements wait for
+    /// [`PolicyStore::refresh`].
+    pub fn invalidate(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        self.stale.store(true, Ordering::Release);
+    }
+
+    /// Compiles a new snapshot from the metastore and makes it current.
+    pub async fn refresh(&self) -> Result<Arc<PolicySnapshot>> {
+        let _one_at_a_time = self.compiling.lock().await;
+        let started = Instant::now();
+        let changes = self.changes.load(Ordering::Acquire);
+        let result = async {
+            let mut client =
+                self.connect
+                    .connect()
+                    .await
+                    .map_err(|source| EnforcementError::Sql {
+                        context: "connecting to compile policies",
+                        source,
+                    })?;
+            let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+            PolicySnapshot::compile(&mut client, version).await
+        }
+        .await;
+        match result {
+            Ok(snapshot) => {
+                let snapshot = Arc::new(snapshot);
+                match self.current.write() {
+                    Ok(mut s) => *s = snapshot.clone(),
+                    Err(poisoned) => *poisoned.into_inner() = snapshot.clone(),
+                }
+                if self.changes.load(Ordering::Acquire) == changes {
+                    self.stale.store(false, Ordering::Release);
+                }
+                self.compiled.send_replace(snapshot.version);
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                metrics::histogram!("lily_sql_policy_compile_ms").record(ms);
+                metrics::gauge!("lily_sql_policy_version").set(snapshot.version as f64);
+                info!(
+                    version = snapshot.version,
+                    tenants = snapshot.tenants.len(),
+                    ms = ms as u64,
+                    "policy snapshot compiled"
+                );
+                Ok(snapshot)
+            }
+            Err(e) => {
+                self.invalidate();
+                metrics::counter!("lily_errors_total", "stage" => "policies", "kind" => "compile")
+                    .increment(1);
+                warn!(error = %e, "policies could not be compiled; governed statements are refused until they are");
+                Err(e)
+            }
+        }
+    }
+}
