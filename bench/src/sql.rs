@@ -285,7 +285,7 @@ pub async fn run(
     let note = s.prepare("SELECT note FROM events WHERE id = 1").await?;
     until(&s, &note, Instant::now(), |v| !v.contains("order")).await?;
     let queries = [
-        ("scan", format!("SELECT * FROM events")),
+        ("scan", "SELECT * FROM events".to_owned()),
         (
             "join",
             "SELECT c.email, count(*), sum(e.amount) FROM events e JOIN customers c ON c.id = e.customer_id GROUP BY c.email".to_owned(),

@@ -421,23 +421,20 @@ impl PartitionStream for CopyPartition {
                             None => continue,
                         }
                     }
-                    loop {
-                        match copy::read_row(&buf[pos..], &mut values).map_err(source_error)? {
-                            CopyRow::Row(n) => {
-                                for (b, v) in decoder.builders.iter_mut().zip(values.drain(..)) {
-                                    b.append(v).map_err(source_error)?;
-                                }
-                                decoder.rows += 1;
-                                pos += n;
-                                if decoder.rows >= BATCH_ROWS {
-                                    let batch = decoder.finish()?;
-                                    if futures::SinkExt::send(&mut tx, Ok(batch)).await.is_err() {
-                                        // The reader went away (a LIMIT was met).
-                                        return Ok(());
-                                    }
-                                }
+                    while let CopyRow::Row(n) =
+                        copy::read_row(&buf[pos..], &mut values).map_err(source_error)?
+                    {
+                        for (b, v) in decoder.builders.iter_mut().zip(values.drain(..)) {
+                            b.append(v).map_err(source_error)?;
+                        }
+                        decoder.rows += 1;
+                        pos += n;
+                        if decoder.rows >= BATCH_ROWS {
+                            let batch = decoder.finish()?;
+                            if futures::SinkExt::send(&mut tx, Ok(batch)).await.is_err() {
+                                // The reader went away (a LIMIT was met).
+                                return Ok(());
                             }
-                            CopyRow::End | CopyRow::Incomplete => break,
                         }
                     }
                     drop(values);
