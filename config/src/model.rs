@@ -367,6 +367,28 @@ pub struct SqlConfig {
     ///
     /// Default `64`.
     pub max_connections: usize,
+    /// PEM file of the endpoint's TLS certificate chain; with
+    /// `tls_key_file`, the endpoint speaks TLS and requires it (a client
+    /// without TLS is refused, as `hostssl` lines do). Empty: no TLS (keep
+    /// the endpoint on loopback then).
+    ///
+    /// Default `""`.
+    pub tls_cert_file: String,
+    /// PEM file of the certificate's private key.
+    ///
+    /// Default `""`.
+    pub tls_key_file: String,
+    /// Connections one tenant may hold at once, so one tenant cannot take
+    /// them all; more are refused with SQLSTATE 53300. Must be at least 1.
+    ///
+    /// Default `16`.
+    pub tenant_connections: usize,
+    /// Memory in MiB all statements together may use for sorts, joins and
+    /// aggregates; a statement that needs more fails with "Resources
+    /// exhausted" rather than the process running out of memory.
+    ///
+    /// Default `1024`.
+    pub memory_limit_mb: usize,
     /// Milliseconds a statement may run; longer ones are cancelled with
     /// SQLSTATE 57014. `0`: no limit.
     ///
@@ -389,6 +411,10 @@ impl Default for SqlConfig {
         Self {
             listen: "127.0.0.1:5433".to_owned(),
             max_connections: 64,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tenant_connections: 16,
+            memory_limit_mb: 1024,
             statement_timeout_ms: 300_000,
             audit_flush_ms: 1_000,
             connections: BTreeMap::new(),

@@ -115,6 +115,19 @@ impl LilyConfig {
         )?;
         at_least("api.pool_size", self.api.pool_size as u64, 1)?;
         at_least("sql.max_connections", self.sql.max_connections as u64, 1)?;
+        at_least(
+            "sql.tenant_connections",
+            self.sql.tenant_connections as u64,
+            1,
+        )?;
+        at_least("sql.memory_limit_mb", self.sql.memory_limit_mb as u64, 16)?;
+        if self.sql.tls_cert_file.is_empty() != self.sql.tls_key_file.is_empty() {
+            return Err(invalid_str(
+                "sql.tls_key_file",
+                &self.sql.tls_key_file,
+                "give both sql.tls_cert_file and sql.tls_key_file, or neither",
+            ));
+        }
         at_least("sql.audit_flush_ms", self.sql.audit_flush_ms, 10)?;
         for (name, url) in &self.sql.connections {
             if url.is_empty() {

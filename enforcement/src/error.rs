@@ -35,6 +35,9 @@ pub enum EnforcementError {
         /// Why.
         message: String,
     },
+    /// A tenant holds all its connections (`sql.tenant_connections`).
+    #[error("sorry, too many clients already for tenant {0:?} (sql.tenant_connections)")]
+    TooManyConnections(String),
     /// Bad configuration.
     #[error("{0}")]
     Config(String),

@@ -64,12 +64,22 @@ pub async fn start(
         JwtVerifier::new(&config.auth)?,
         ApiKeys::new(db, Duration::from_millis(config.api.api_key_cache_ms)),
     );
-    let sources = Arc::new(Sources::new(&config.sql.connections)?);
+    let sources = Arc::new(Sources::new(
+        &config.sql.connections,
+        config.sql.memory_limit_mb * 1024 * 1024,
+    )?);
     let lake = lily_sinks::builtin::lake_location(config)?;
     let endpoint = SqlEndpoint::bind(
         EndpointConfig {
             listen,
             max_connections: config.sql.max_connections,
+            tenant_connections: config.sql.tenant_connections,
+            tls: (!config.sql.tls_cert_file.is_empty()).then(|| {
+                (
+                    config.sql.tls_cert_file.clone().into(),
+                    config.sql.tls_key_file.clone().into(),
+                )
+            }),
             statement_timeout: (config.sql.statement_timeout_ms > 0)
                 .then(|| Duration::from_millis(config.sql.statement_timeout_ms)),
             audit_flush: Duration::from_millis(config.sql.audit_flush_ms),

@@ -48,6 +48,10 @@ fn sha256_hex(s: &str) -> String {
 }
 
 async fn start() -> anyhow::Result<Setup> {
+    start_with(&[]).await
+}
+
+async fn start_with(extra: &[(String, String)]) -> anyhow::Result<Setup> {
     let mut env = TestEnv::new().await?;
     let base = env.enable_api()?;
     let port = env.enable_sql()?;
@@ -74,18 +78,18 @@ async fn start() -> anyhow::Result<Setup> {
             "INSERT INTO metastore.tenants (tenant_id, name) VALUES ('acme', 'Acme'), ('beta', 'Beta')",
         )
         .await?;
-    let lily = env.spawn_lily_with(
-        &["run"],
-        &[
-            ("LILY_AUTH__JWT_HS256_SECRETS".into(), HS_SECRET.into()),
-            ("LILY_API__API_KEY_CACHE_MS".into(), "0".into()),
-            (
-                "LILY_SQL__CONNECTIONS__WAREHOUSE".into(),
-                env.cluster.url("warehouse"),
-            ),
-            ("LILY_SQL__AUDIT_FLUSH_MS".into(), "200".into()),
-        ],
-    )?;
+    let mut vars: Vec<(String, String)> = extra.to_vec();
+    vars.extend([
+        ("LILY_API__API_KEY_CACHE_MS".into(), "0".into()),
+        (
+            "LILY_SQL__CONNECTIONS__WAREHOUSE".into(),
+            env.cluster.url("warehouse"),
+        ),
+        ("LILY_SQL__AUDIT_FLUSH_MS".into(), "200".into()),
+        ("LILY_SQL__TENANT_CONNECTIONS".into(), "4".into()),
+        ("LILY_AUTH__JWT_HS256_SECRETS".into(), HS_SECRET.into()),
+    ]);
+    let lily = env.spawn_lily_with(&["run"], &vars)?;
     let api = ApiClient::new(&base);
     if let Err(e) = api.wait_ready().await {
         anyhow::bail!("{e}\n{}", lily.output());
@@ -157,6 +161,9 @@ async fn start() -> anyhow::Result<Setup> {
         port,
     };
     // The registrations reach the endpoint through the pipeline.
+    if !extra.is_empty() {
+        return Ok(s);
+    }
     let viewer = token("v", &["acme:viewer"])?;
     let client = s.connect("acme", &viewer).await?;
     wait_for("the governed tables to be served", WAIT, || async {
@@ -527,6 +534,28 @@ async fn an_open_session_sees_a_tag_at_its_next_statement() -> anyhow::Result<()
         Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD),
         "{e}"
     );
+    // One tenant cannot hold every connection: acme's fifth is refused
+    // with 53300, beta still connects.
+    let mut held = Vec::new();
+    let refused = loop {
+        match s
+            .connect("acme", &token("many@acme", &["acme:viewer"])?)
+            .await
+        {
+            Ok(c) => held.push(c),
+            Err(e) => break e,
+        }
+        anyhow::ensure!(held.len() <= 4, "more than sql.tenant_connections sessions");
+    };
+    assert_eq!(
+        sqlstate(&refused),
+        Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS),
+        "{refused:?}"
+    );
+    let other = s
+        .connect("beta", &token("viewer@beta", &["beta:viewer"])?)
+        .await?;
+    other.simple_query("SELECT 1").await?;
     s.lily.stop().await?;
     Ok(())
 }
@@ -597,6 +626,152 @@ async fn python_and_jdbc_clients_prepare_and_read_binary() -> anyhow::Result<()>
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("jdbc ok"), "{text}");
+    s.lily.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delta_and_parquet_tables_are_governed_too() -> anyhow::Result<()> {
+    use deltalake::datafusion::dataframe::DataFrameWriteOptions;
+    use deltalake::datafusion::prelude::SessionContext;
+
+    let s = start().await?;
+    let viewer = token("viewer@acme", &["acme:viewer"])?;
+    let client = s.connect("acme", &viewer).await?;
+    // A statement on governed data, so the Delta table audit/queries exists.
+    client
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await?;
+    let audit = Path::new(&s.env.config.lake.root).join(lily_lakehouse::QUERY_AUDIT_TABLE);
+    wait_for("audit/queries to exist", WAIT, || async {
+        Ok(audit.join("_delta_log").exists().then_some(()))
+    })
+    .await?;
+    // Parquet files written by DataFusion.
+    let exports = s.env.dir.path().join("exports");
+    std::fs::create_dir_all(&exports)?;
+    SessionContext::new()
+        .sql("SELECT 1 AS id, 'ada@example.com' AS email UNION ALL SELECT 2, 'bob@example.com'")
+        .await?
+        .write_parquet(
+            exports.join("part-0.parquet").to_str().unwrap_or_default(),
+            DataFrameWriteOptions::new(),
+            None,
+        )
+        .await?;
+
+    let steward = bearer(&["acme:steward"])?;
+    let auth = [("authorization", steward.as_str())];
+    let r = s
+        .api
+        .post(
+            "/v1/tenants/acme/assets",
+            &json!({"assets": [
+                {"qualified_name": "lake", "type": "database"},
+                {"qualified_name": "lake.audit", "type": "schema", "parent": "lake"},
+                {"qualified_name": "lake.audit.queries", "type": "table", "parent": "lake.audit"},
+                {"qualified_name": "lake.audit.queries.user_name", "type": "column", "parent": "lake.audit.queries"},
+                {"qualified_name": "lake.audit.exports", "type": "table", "parent": "lake.audit"},
+                {"qualified_name": "lake.audit.exports.email", "type": "column", "parent": "lake.audit.exports"}
+            ]}),
+            &auth,
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let admin = bearer(&["acme:admin"])?;
+    let url = |p: &Path| url::Url::from_directory_path(p).map(|u| u.to_string());
+    for (table, body) in [
+        (
+            "query_audit",
+            json!({"asset": "lake.audit.queries", "kind": "delta", "location": url(&audit).map_err(|_| anyhow::anyhow!("path"))?}),
+        ),
+        (
+            "exports",
+            json!({"asset": "lake.audit.exports", "kind": "parquet", "location": url(&exports).map_err(|_| anyhow::anyhow!("path"))?}),
+        ),
+    ] {
+        let r = s
+            .api
+            .put(
+                &format!("/v1/tenants/acme/governed-tables/{table}"),
+                &body,
+                &[("authorization", admin.as_str())],
+            )
+            .await?;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // A postgres table needs a configured connection; the schema says so.
+    let r = s
+        .api
+        .put(
+            "/v1/tenants/acme/governed-tables/nowhere",
+            &json!({"asset": "x", "kind": "postgres", "location": "public.x"}),
+            &[("authorization", admin.as_str())],
+        )
+        .await?;
+    assert_eq!(r.status, 422, "{r:?}");
+    s.tag("lake.audit.queries.user_name", "PII", true).await?;
+    s.tag("lake.audit.exports.email", "GDPR", true).await?;
+    wait_for("the Delta table served masked", WAIT, || async {
+        let rows = client
+            .query("SELECT DISTINCT user_name FROM query_audit", &[])
+            .await;
+        Ok(rows.ok().and_then(|rows| {
+            let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            (!names.is_empty() && names.iter().all(|n| *n == sha256_hex("analyst"))).then_some(())
+        }))
+    })
+    .await?;
+    wait_for("the Parquet files served masked", WAIT, || async {
+        let rows = client
+            .query("SELECT email FROM exports ORDER BY id", &[])
+            .await;
+        Ok(rows.ok().and_then(|rows| {
+            let emails: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            (emails == [sha256_hex("ada@example.com"), sha256_hex("bob@example.com")]).then_some(())
+        }))
+    })
+    .await?;
+    s.lily.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_certificate_the_endpoint_requires_tls() -> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    crate::tls::certificates(certs.path())?;
+    let file = |n: &str| certs.path().join(n).display().to_string();
+    let s = start_with(&[
+        ("LILY_SQL__TLS_CERT_FILE".into(), file("server.crt")),
+        ("LILY_SQL__TLS_KEY_FILE".into(), file("server.key")),
+    ])
+    .await?;
+    let key = s.env.create_api_key("acme", "viewer", "bi")?;
+    let psql = |mode: &str| {
+        Command::new("psql")
+            .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM customers"])
+            .arg(format!(
+                "host=127.0.0.1 port={} dbname=acme user=analyst sslmode={mode} sslrootcert={}",
+                s.port,
+                file("ca.crt")
+            ))
+            .env("PGPASSWORD", &key)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+    };
+    let rows = wait_for("a verified TLS session to read customers", WAIT, || async {
+        let out = psql("verify-full")?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()))
+    })
+    .await?;
+    assert_eq!(rows, "1000");
+    let out = psql("disable")?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("requires TLS"), "{err}");
     s.lily.stop().await?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use lily_cdc::wire::{ConnectParams, PgConnect, ReplicationConnection};
 use lily_tests::{TestEnv, run_lily, wait_for};
 
 /// A CA and a server certificate for 127.0.0.1 and localhost, in `dir`.
-fn certificates(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn certificates(dir: &Path) -> anyhow::Result<()> {
     let run = |args: &[&str]| -> anyhow::Result<()> {
         let out = Command::new("openssl")
             .args(args)

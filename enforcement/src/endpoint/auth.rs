@@ -94,6 +94,15 @@ impl StartupHandler for LilyStartup {
                 if let Some(refused) = self.conn.refused() {
                     return Err(refused);
                 }
+                if self.conn.endpoint.tls_required && !client.is_secure() {
+                    metrics::counter!("lily_sql_auth_failures_total", "reason" => "no_tls")
+                        .increment(1);
+                    return Err(fatal(
+                        "28000",
+                        "this endpoint requires TLS: connect with sslmode=require (or verify-full)"
+                            .into(),
+                    ));
+                }
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
@@ -151,7 +160,12 @@ impl StartupHandler for LilyStartup {
                 self.conn
                     .open_session(&tenant, &identity.subject, &user, roles.clone())
                     .await
-                    .map_err(|e| fatal("XX000", format!("the session could not be opened: {e}")))?;
+                    .map_err(|e| match e {
+                        crate::error::EnforcementError::TooManyConnections(_) => {
+                            fatal("53300", e.to_string())
+                        }
+                        e => fatal("XX000", format!("the session could not be opened: {e}")),
+                    })?;
                 let (pid, secret) = self.conn.pid_and_secret();
                 client.set_pid_and_secret_key(pid, SecretKey::I32(secret));
                 info!(user, tenant, subject = %identity.subject, roles = ?roles, "SQL session opened");

@@ -39,6 +39,8 @@ use crate::masks;
 struct Session {
     service: Arc<DfSessionService>,
     caller: Arc<SessionCaller>,
+    /// The tenant's connection slot, held while the connection lives.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// One client connection.
@@ -94,6 +96,10 @@ impl Connection {
         user: &str,
         roles: Vec<String>,
     ) -> crate::error::Result<()> {
+        let slot = self.endpoint.tenant_slot(tenant).ok_or_else(|| {
+            metrics::counter!("lily_sql_connections_refused_total").increment(1);
+            crate::error::EnforcementError::TooManyConnections(tenant.to_owned())
+        })?;
         let caller = Arc::new(SessionCaller::new(
             tenant.to_owned(),
             subject.to_owned(),
@@ -126,6 +132,7 @@ impl Connection {
         let session = Session {
             service: Arc::new(DfSessionService::new(ctx)),
             caller,
+            _slot: slot,
         };
         let _ = self.session.set(session);
         Ok(())

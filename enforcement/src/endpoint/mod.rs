@@ -8,6 +8,7 @@ mod auth;
 mod connection;
 mod statements;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -17,9 +18,9 @@ use lily_lakehouse::{LakeLocation, QueryAuditLog, QueryRecord};
 use pgwire::api::PgWireServerHandlers;
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::tokio::process_socket;
+use pgwire::tokio::{TlsAcceptor, process_socket};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 pub use auth::{CredentialError, Credentials, Identity, READING_ROLES};
@@ -38,11 +39,29 @@ pub struct Endpoint {
     statement_timeout: Option<Duration>,
     policy_wait: Duration,
     pids: AtomicI32,
+    tenant_connections: usize,
+    tenant_slots: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+    tls_required: bool,
 }
 
 impl Endpoint {
     fn next_pid(&self) -> i32 {
         self.pids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// One of `tenant`'s connection slots, if one is free.
+    fn tenant_slot(&self, tenant: &str) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut slots = match self.tenant_slots.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            slots
+                .entry(tenant.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.tenant_connections)))
+                .clone()
+        };
+        semaphore.try_acquire_owned().ok()
     }
 }
 
@@ -72,6 +91,10 @@ pub struct EndpointConfig {
     pub listen: SocketAddr,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections one tenant may hold.
+    pub tenant_connections: usize,
+    /// PEM certificate chain and key: TLS offered and required.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Longest statement; `None`: no limit.
     pub statement_timeout: Option<Duration>,
     /// How often the query audit is written.
@@ -83,6 +106,7 @@ pub struct EndpointConfig {
 /// A bound endpoint, not yet serving.
 pub struct SqlEndpoint {
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     endpoint: Arc<Endpoint>,
     max_connections: usize,
     audit_rx: mpsc::UnboundedReceiver<QueryRecord>,
@@ -105,7 +129,13 @@ impl SqlEndpoint {
             .await
             .map_err(|e| EnforcementError::Config(format!("the query audit table: {e}")))?;
         let (audit, audit_rx) = mpsc::unbounded_channel();
+        let tls = config.tls.clone();
+        let acceptor = match &config.tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
         Ok(Self {
+            tls: acceptor,
             listener,
             endpoint: Arc::new(Endpoint {
                 credentials,
@@ -115,6 +145,9 @@ impl SqlEndpoint {
                 statement_timeout: config.statement_timeout,
                 policy_wait: Duration::from_secs(5),
                 pids: AtomicI32::new(1000),
+                tenant_connections: config.tenant_connections,
+                tenant_slots: std::sync::Mutex::new(HashMap::new()),
+                tls_required: tls.is_some(),
             }),
             max_connections: config.max_connections,
             audit_rx,
@@ -132,6 +165,7 @@ impl SqlEndpoint {
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>) {
         let SqlEndpoint {
             listener,
+            tls,
             endpoint,
             max_connections,
             audit_rx,
@@ -169,10 +203,11 @@ impl SqlEndpoint {
                 startup: Arc::new(auth::LilyStartup::new(conn.clone())),
                 queries: Arc::new(Queries { conn }),
             });
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let _slot = slot;
                 metrics::gauge!("lily_sql_connections").increment(1.0);
-                if let Err(e) = process_socket(socket, None, handlers).await {
+                if let Err(e) = process_socket(socket, tls, handlers).await {
                     debug!(%peer, error = %e, "SQL connection ended with an error");
                 }
                 metrics::gauge!("lily_sql_connections").decrement(1.0);
@@ -181,6 +216,30 @@ impl SqlEndpoint {
         drop(endpoint);
         let _ = audit.await;
     }
+}
+
+/// A TLS acceptor from PEM files (rustls with the ring provider, as every
+/// other TLS connection of Lily).
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let err = |what: &str, e: &dyn std::fmt::Display| {
+        EnforcementError::Config(format!("sql TLS {what}: {e}"))
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| err(&format!("certificate {}", cert.display()), &e))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| err(&format!("key {}", key.display()), &e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| err("protocol versions", &e))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| err("certificate and key", &e))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Writes audit records every `every`, until every sender is gone.

@@ -14,7 +14,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use lily_cdc::wire::PgConnect;
 use tokio::sync::Mutex;
@@ -43,8 +43,8 @@ impl std::fmt::Debug for Sources {
 }
 
 impl Sources {
-    /// The sources of `[sql.connections]`.
-    pub fn new(connections: &BTreeMap<String, String>) -> Result<Self> {
+    /// The sources of `[sql.connections]`; statements share `memory_limit` bytes.
+    pub fn new(connections: &BTreeMap<String, String>, memory_limit: usize) -> Result<Self> {
         let mut parsed = BTreeMap::new();
         for (name, url) in connections {
             let connect = PgConnect::parse(url)
@@ -53,7 +53,9 @@ impl Sources {
         }
         Ok(Self {
             connections: parsed,
-            runtime: Arc::new(RuntimeEnv::default()),
+            runtime: RuntimeEnvBuilder::new()
+                .with_memory_limit(memory_limit, 1.0)
+                .build_arc()?,
             opened: Mutex::new(HashMap::new()),
         })
     }
