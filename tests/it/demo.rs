@@ -46,7 +46,14 @@ async fn demo_streams_the_sample_estate_and_live_edits_then_stops_cleanly() -> a
                 && out.contains("update   metastore.assets")
                 && out
                     .lines()
-                    .any(|l| l.contains("search: ") && l.contains("hits: analytics.")))
+                    .any(|l| l.contains("search: ") && l.contains("hits: analytics."))
+                // The sample warehouse through the SQL endpoint: the e-mail
+                // hashed, the card number down to its last four digits.
+                && out.lines().any(|l| {
+                    l.contains("sql: 1 | ")
+                        && l.contains(" | xxxx-xxxx-xxxx-")
+                        && !l.contains('@')
+                }))
             .then_some(()))
         },
     )
