@@ -8,6 +8,7 @@ mod schema;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -31,8 +32,12 @@ use crate::policy::{GovernedTable, Source};
 pub struct Sources {
     connections: BTreeMap<String, Arc<PgConnect>>,
     runtime: Arc<RuntimeEnv>,
-    opened: Mutex<HashMap<(String, GovernedTable), Arc<dyn TableProvider>>>,
+    opened: Mutex<HashMap<(String, GovernedTable), (Arc<dyn TableProvider>, Instant)>>,
 }
+
+/// How long a Delta or Parquet table's listing of files is used before it
+/// is read again (new commits and files show up within this).
+const FILES_TTL: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Sources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,10 +78,15 @@ impl Sources {
         table: &GovernedTable,
     ) -> Result<Arc<dyn TableProvider>> {
         let key = (tenant.to_owned(), table.clone());
-        let mut opened = self.opened.lock().await;
-        if let Some(p) = opened.get(&key) {
-            return Ok(p.clone());
+        if let Some((p, at)) = self.opened.lock().await.get(&key) {
+            // A PostgreSQL table's rows are read live; its columns are fixed
+            // at registration. Files are listed again now and then.
+            if matches!(table.source, Source::Postgres { .. }) || at.elapsed() < FILES_TTL {
+                return Ok(p.clone());
+            }
         }
+        // Opened without the lock: a slow source of one tenant never holds
+        // up another's lookups.
         let err = |message: String| EnforcementError::Table {
             table: table.table_name.clone(),
             message,
@@ -131,8 +141,9 @@ impl Sources {
             }
         };
         // Registrations that changed leave their old entries behind; drop them.
+        let mut opened = self.opened.lock().await;
         opened.retain(|(t, g), _| !(t == tenant && g.table_name == table.table_name));
-        opened.insert(key, provider.clone());
+        opened.insert(key, (provider.clone(), Instant::now()));
         Ok(provider)
     }
 }
