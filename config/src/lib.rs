@@ -57,7 +57,8 @@ pub use error::ConfigError;
 pub use model::{
     ApiConfig, AuthConfig, DeactivatedOwner, JiraConfig, KafkaSourceConfig, LakeConfig, LilyConfig,
     LogConfig, LogFormat, MetricsConfig, MonteCarloConfig, OktaConfig, PostgresConfig,
-    PropagatedAttribute, PropagationConfig, ReplicationConfig, TableNaming, TransformsConfig,
+    PropagatedAttribute, PropagationConfig, ReplicationConfig, SqlConfig, TableNaming,
+    TransformsConfig,
 };
 pub use validate::{PROPAGATABLE_ATTRIBUTES, at_least, invalid_str, is_index_part, is_sink_name};
 
@@ -659,6 +660,52 @@ mod tests {
         assert_eq!(
             LilyConfig::from_toml_str(&LilyConfig::default().to_toml(), no_env()).unwrap(),
             LilyConfig::default()
+        );
+    }
+}
+
+#[cfg(test)]
+mod sql_sources_env {
+    use super::*;
+
+    #[test]
+    fn tenant_sources_come_from_the_environment() {
+        let c = LilyConfig::from_toml_str(
+            "",
+            vec![(
+                "LILY_SQL__TENANT_SOURCES__ACME".to_owned(),
+                "warehouse, file:///data/acme/".to_owned(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            c.sql.tenant_sources.get("acme").map(String::as_str),
+            Some("warehouse, file:///data/acme/")
+        );
+        assert!(
+            c.sql
+                .source_allowed("acme", Some("warehouse"), "public.t")
+                .is_ok()
+        );
+        assert!(
+            c.sql
+                .source_allowed("acme", None, "file:///data/acme/t/")
+                .is_ok()
+        );
+        assert!(
+            c.sql
+                .source_allowed("acme", None, "file:///data/acme-x/t/")
+                .is_err()
+        );
+        assert!(
+            c.sql
+                .source_allowed("acme", None, "file:///data/acme/../x/")
+                .is_err()
+        );
+        assert!(
+            c.sql
+                .source_allowed("beta", Some("warehouse"), "public.t")
+                .is_err()
         );
     }
 }

@@ -404,6 +404,57 @@ pub struct SqlConfig {
     /// as libpq takes them (`sslmode`, `sslrootcert` included). They carry
     /// credentials: give them as `${ENV}` or `${file:PATH}` references.
     pub connections: BTreeMap<String, String>,
+    /// `[sql.tenant_sources]`: what each tenant may register as governed
+    /// tables, comma-separated: connection names of `[sql.connections]`
+    /// and URL prefixes of Delta tables and Parquet files
+    /// (`acme = "warehouse, s3://acme-lake/"`). A tenant not listed may
+    /// register nothing: a tenant's admin never reaches another tenant's
+    /// databases, buckets or the server's files.
+    pub tenant_sources: BTreeMap<String, String>,
+}
+
+impl SqlConfig {
+    /// Whether `tenant` may serve a table from `connection` (PostgreSQL)
+    /// or at `location` (Delta, Parquet), by `tenant_sources`; else why not.
+    pub fn source_allowed(
+        &self,
+        tenant: &str,
+        connection: Option<&str>,
+        location: &str,
+    ) -> Result<(), String> {
+        let granted: Vec<&str> = self
+            .tenant_sources
+            .get(tenant)
+            .map(|s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(c) = connection {
+            if granted.iter().any(|g| !g.contains("://") && *g == c) {
+                return Ok(());
+            }
+            return Err(format!(
+                "connection {c:?} is not among tenant {tenant:?}'s sources (sql.tenant_sources)"
+            ));
+        }
+        let url = url::Url::parse(location)
+            .map_err(|e| format!("location {location:?} is not a URL: {e}"))?;
+        // The parsed URL has its dot segments resolved.
+        let location = url.as_str();
+        let under = |prefix: &str| {
+            let dir = prefix.trim_end_matches('/');
+            location == dir || location.starts_with(&format!("{dir}/"))
+        };
+        if granted.iter().any(|g| g.contains("://") && under(g)) {
+            return Ok(());
+        }
+        Err(format!(
+            "location {location} is not under tenant {tenant:?}'s sources (sql.tenant_sources)"
+        ))
+    }
 }
 
 impl Default for SqlConfig {
@@ -418,6 +469,7 @@ impl Default for SqlConfig {
             statement_timeout_ms: 300_000,
             audit_flush_ms: 1_000,
             connections: BTreeMap::new(),
+            tenant_sources: BTreeMap::new(),
         }
     }
 }

@@ -61,6 +61,9 @@ pub struct Inbound {
     /// Asset fields only a steward or admin may change: `certificate`, and
     /// every attribute lineage propagates (`propagation.attributes`).
     pub governed_asset_fields: Vec<String>,
+    /// The SQL endpoint's settings: what each tenant may register as
+    /// governed tables (`sql.tenant_sources`).
+    pub sql: lily_config::SqlConfig,
 }
 
 /// Each tenant's webhook signing secrets, by source.
@@ -129,6 +132,7 @@ impl Inbound {
                 config.api.tenant_concurrency,
                 Duration::from_millis(config.api.tenant_queue_ms),
             ),
+            sql: config.sql.clone(),
             governed_asset_fields: {
                 let mut fields = vec!["certificate".to_owned()];
                 for a in &config.propagation.attributes {

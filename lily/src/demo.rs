@@ -147,6 +147,11 @@ pub async fn run(dir: &Path, search_server: Option<&Path>, base: LilyConfig) -> 
         .connections
         .entry(WAREHOUSE.to_owned())
         .or_insert_with(|| cluster.url(WAREHOUSE));
+    config
+        .sql
+        .tenant_sources
+        .entry("acme".to_owned())
+        .or_insert_with(|| WAREHOUSE.to_owned());
     // Search on this machine: an in-memory server the demo starts, unless
     // the config names a cluster.
     let mut _search = None;

@@ -141,26 +141,53 @@ pub async fn run(config: &LilyConfig, shutdown: watch::Receiver<bool>) -> anyhow
     crate::inbound::start(config, &transforms, &state, search, shutdown.clone()).await?;
     // The SQL endpoint starts from the policies as they are; from then on
     // the pipeline compiles a new snapshot at every commit touching them.
-    let policies = if config.sql.listen.is_empty() {
-        None
+    let (policies, endpoint) = if config.sql.listen.is_empty() {
+        (None, None)
     } else {
         let store = lily_enforcement::PolicyStore::new(&config.postgres.url)?;
         store
             .refresh()
             .await
             .context("compiling the masking policies")?;
-        crate::sql::start(config, &store, shutdown.clone()).await?;
-        Some(store)
+        let endpoint = crate::sql::start(config, &store, shutdown.clone()).await?;
+        (Some(store), endpoint.map(|(_, task)| task))
     };
+    let result = run_pipeline(
+        config,
+        &registry,
+        &transforms,
+        &state,
+        policies.as_ref(),
+        shutdown.clone(),
+    )
+    .await;
+    // The endpoint stops with the same signal; its last audit rows are written.
+    if let Some(task) = endpoint
+        && *shutdown.borrow()
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+    }
+    result
+}
+
+/// The reader and the sinks, reconnecting after transient failures.
+async fn run_pipeline(
+    config: &LilyConfig,
+    registry: &Registry,
+    transforms: &TransformSet,
+    state: &Arc<CatalogState>,
+    policies: Option<&Arc<lily_enforcement::PolicyStore>>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     registry.start(shutdown.clone());
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         match run_once(
             config,
-            &registry,
-            &transforms,
-            &state,
-            policies.as_ref(),
+            registry,
+            transforms,
+            state,
+            policies,
             shutdown.clone(),
         )
         .await
@@ -173,6 +200,11 @@ pub async fn run(config: &LilyConfig, shutdown: watch::Receiver<bool>) -> anyhow
                 }
                 metrics::counter!("lily_errors_total", "stage" => "cdc", "kind" => "reconnect")
                     .increment(1);
+                // Tags committed meanwhile are not seen: governed statements
+                // wait (and fail closed) until the pipeline is back.
+                if let Some(p) = policies {
+                    p.invalidate();
+                }
                 let delay = backoff.next_delay();
                 warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting");
                 let mut sd = shutdown.clone();
@@ -252,6 +284,13 @@ async fn run_once(
         }
     }
     info!(plan = ?plan, sinks = sinks.len(), "pipeline starting");
+    if let Some(p) = policies {
+        // After an interruption: the metastore as it is now; what changed
+        // meanwhile arrives through the stream and compiles again.
+        p.refresh()
+            .await
+            .context("compiling the masking policies")?;
+    }
 
     let (abort_tx, abort_rx) = watch::channel(false);
     let runners = sinks

@@ -16,6 +16,7 @@ use lily_inbound::InboundError;
 use lily_inbound::auth::{ApiKeys, Authenticator, JwtVerifier};
 use lily_inbound::db::Metastore;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::info;
 
 /// The API's credential checks, for SQL sessions.
@@ -43,12 +44,13 @@ impl Credentials for ApiCredentials {
 }
 
 /// Starts the SQL endpoint unless `sql.listen` is empty; it stops when
-/// `shutdown` turns true. Returns the address it listens on.
+/// `shutdown` turns true. Returns the address it listens on, and the task
+/// to await after shutdown (it writes the last of the query audit).
 pub async fn start(
     config: &LilyConfig,
     policies: &Arc<PolicyStore>,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Option<SocketAddr>> {
+) -> anyhow::Result<Option<(SocketAddr, JoinHandle<()>)>> {
     if config.sql.listen.is_empty() {
         return Ok(None);
     }
@@ -64,10 +66,7 @@ pub async fn start(
         JwtVerifier::new(&config.auth)?,
         ApiKeys::new(db, Duration::from_millis(config.api.api_key_cache_ms)),
     );
-    let sources = Arc::new(Sources::new(
-        &config.sql.connections,
-        config.sql.memory_limit_mb * 1024 * 1024,
-    )?);
+    let sources = Arc::new(Sources::new(&config.sql)?);
     let lake = lily_sinks::builtin::lake_location(config)?;
     let endpoint = SqlEndpoint::bind(
         EndpointConfig {
@@ -92,6 +91,5 @@ pub async fn start(
     .await?;
     let addr = endpoint.local_addr()?;
     info!(%addr, "SQL endpoint started");
-    tokio::spawn(endpoint.serve(shutdown));
-    Ok(Some(addr))
+    Ok(Some((addr, tokio::spawn(endpoint.serve(shutdown)))))
 }

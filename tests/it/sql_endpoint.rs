@@ -87,6 +87,10 @@ async fn start_with(extra: &[(String, String)]) -> anyhow::Result<Setup> {
         ),
         ("LILY_SQL__AUDIT_FLUSH_MS".into(), "200".into()),
         ("LILY_SQL__TENANT_CONNECTIONS".into(), "4".into()),
+        (
+            "LILY_SQL__TENANT_SOURCES__ACME".into(),
+            format!("warehouse, file://{}/", env.dir.path().display()),
+        ),
         ("LILY_AUTH__JWT_HS256_SECRETS".into(), HS_SECRET.into()),
     ]);
     let lily = env.spawn_lily_with(&["run"], &vars)?;
@@ -358,6 +362,20 @@ async fn psql_lists_describes_masks_and_copies() -> anyhow::Result<()> {
             .is_some_and(|e| e.len() == 64 && !e.contains('@'))),
         "{copied:.300}"
     );
+
+    // Read-only: no writes, no server files or settings, no plans.
+    for sql in [
+        "CREATE TABLE x AS SELECT 1",
+        "WITH c AS (SELECT 1) INSERT INTO customers SELECT * FROM c",
+        "COPY (SELECT email FROM customers) TO '/tmp/leak.csv'",
+        "SET datafusion.runtime.temp_directory = '/tmp'",
+        "EXPLAIN VERBOSE SELECT email FROM customers",
+    ] {
+        let (code, _, err) = s.psql("acme", &key, &["-v", "VERBOSITY=verbose", "-c", sql])?;
+        assert_ne!(code, 0, "{sql} ran");
+        assert!(err.contains("25006"), "{sql}: {err}");
+    }
+    assert!(!Path::new("/tmp/leak.csv").exists());
 
     // A wrong password is an error with its SQLSTATE, promptly.
     let started = Instant::now();
@@ -699,6 +717,44 @@ async fn delta_and_parquet_tables_are_governed_too() -> anyhow::Result<()> {
             )
             .await?;
         assert_eq!(r.status, 200, "{r:?}");
+    }
+    // Only what sql.tenant_sources grants the tenant: not the server's
+    // files, not another tenant's connection.
+    for (tenant, body) in [
+        (
+            "acme",
+            json!({"asset": "x", "kind": "parquet", "location": "file:///etc/"}),
+        ),
+        (
+            "acme",
+            json!({"asset": "x", "kind": "delta", "location": format!("file://{}/../../etc/", s.env.dir.path().display())}),
+        ),
+        (
+            "beta",
+            json!({"asset": "x", "kind": "postgres", "connection": "warehouse", "location": "public.customers"}),
+        ),
+    ] {
+        let token = bearer(&[&format!("{tenant}:admin")])?;
+        let r = s
+            .api
+            .put(
+                &format!("/v1/tenants/{tenant}/governed-tables/sneaky"),
+                &body,
+                &[("authorization", token.as_str())],
+            )
+            .await?;
+        assert_eq!(
+            (r.status, r.error()),
+            (422, "unprocessable"),
+            "{body}: {r:?}"
+        );
+        assert!(
+            r.body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("sql.tenant_sources"),
+            "{r:?}"
+        );
     }
     // A postgres table needs a configured connection; the schema says so.
     let r = s

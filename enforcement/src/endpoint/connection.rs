@@ -190,11 +190,17 @@ fn error_code(e: &PgWireError) -> (String, String) {
     }
 }
 
-fn record(caller: &SessionCaller, sql: &str, reads: &[TableRead]) -> QueryRecord {
+fn record(
+    caller: &SessionCaller,
+    sql: &str,
+    started_micros: i64,
+    reads: &[TableRead],
+) -> QueryRecord {
     let mut tables: Vec<String> = reads.iter().map(|r| r.table.clone()).collect();
+    tables.sort();
     tables.dedup();
     QueryRecord {
-        started_micros: chrono::Utc::now().timestamp_micros(),
+        started_micros,
         tenant_id: caller.tenant.clone(),
         user_name: caller.user.clone(),
         subject: caller.subject.clone(),
@@ -297,29 +303,33 @@ impl Queries {
         &self,
         session: &Session,
         sql: &str,
-        started: Instant,
+        (started, started_micros): (Instant, i64),
         result: PgWireResult<Vec<Response>>,
     ) -> PgWireResult<Vec<Response>> {
         let reads = session.caller.take_reads();
         let endpoint = &self.conn.endpoint;
         let status = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!("lily_sql_statements_total", "status" => status, "governed" => if reads.is_empty() { "false" } else { "true" }).increment(1);
-        if reads.is_empty() {
+        // Statements on governed data are audited; every statement has the timeout.
+        let audit = (!reads.is_empty()).then(|| {
+            Arc::new(Audit {
+                record: Mutex::new(Some(record(&session.caller, sql, started_micros, &reads))),
+                rows: AtomicI64::new(0),
+                started,
+                failed: Mutex::new(None),
+                sink: endpoint.audit.clone(),
+            })
+        });
+        if audit.is_none() {
             metrics::histogram!("lily_sql_statement_ms", "governed" => "false")
                 .record(started.elapsed().as_secs_f64() * 1000.0);
-            return result;
         }
-        let audit = Arc::new(Audit {
-            record: Mutex::new(Some(record(&session.caller, sql, &reads))),
-            rows: AtomicI64::new(0),
-            started,
-            failed: Mutex::new(None),
-            sink: endpoint.audit.clone(),
-        });
         let responses = match result {
             Ok(r) => r,
             Err(e) => {
-                if let Ok(mut f) = audit.failed.lock() {
+                if let Some(a) = &audit
+                    && let Ok(mut f) = a.failed.lock()
+                {
                     *f = Some(error_code(&e));
                 }
                 return Err(e);
@@ -336,7 +346,7 @@ impl Queries {
                         std::mem::replace(&mut q.data_rows, Box::pin(futures::stream::empty()));
                     q.data_rows = Box::pin(Audited {
                         rows,
-                        audit: Some(audit.clone()),
+                        audit: audit.clone(),
                         deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
                         done: false,
                     });
@@ -364,7 +374,7 @@ impl SimpleQueryHandler for Queries {
     {
         let session = self.conn.session()?;
         let span = info_span!("sql_statement", tenant = %session.caller.tenant, user = %session.caller.user, protocol = "simple");
-        let started = Instant::now();
+        let started = (Instant::now(), chrono::Utc::now().timestamp_micros());
         let _ = session.caller.take_reads();
         let parsed = PostgresCompatibilityParser::new()
             .parse(query)
@@ -432,7 +442,7 @@ impl ExtendedQueryHandler for Queries {
     {
         let session = self.conn.session()?;
         let span = info_span!("sql_statement", tenant = %session.caller.tenant, user = %session.caller.user, protocol = "extended");
-        let started = Instant::now();
+        let started = (Instant::now(), chrono::Utc::now().timestamp_micros());
         let _ = session.caller.take_reads();
         let sql = portal.statement.statement.0.clone();
         if let Some((statement, _)) = &portal.statement.statement.1 {

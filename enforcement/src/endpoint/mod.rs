@@ -172,7 +172,12 @@ impl SqlEndpoint {
             audit_log,
             audit_flush,
         } = self;
-        let audit = tokio::spawn(write_audit(audit_rx, audit_log, audit_flush));
+        let audit = tokio::spawn(write_audit(
+            audit_rx,
+            audit_log,
+            audit_flush,
+            shutdown.clone(),
+        ));
         let slots = Arc::new(Semaphore::new(max_connections));
         info!(addr = ?listener.local_addr().ok(), "SQL endpoint listening");
         loop {
@@ -242,20 +247,41 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcce
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Writes audit records every `every`, until every sender is gone.
+/// How long the audit writer keeps trying at shutdown.
+const AUDIT_DRAIN: Duration = Duration::from_secs(10);
+
+/// Writes audit records every `every`; at shutdown, writes what has
+/// arrived (trying for up to [`AUDIT_DRAIN`]) and stops.
 async fn write_audit(
     mut rx: mpsc::UnboundedReceiver<QueryRecord>,
     mut log: QueryAuditLog,
     every: Duration,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let mut pending: Vec<QueryRecord> = Vec::new();
     let mut tick = tokio::time::interval(every);
     let mut open = true;
+    let mut drain_until: Option<tokio::time::Instant> = None;
     while open || !pending.is_empty() {
+        if drain_until.is_some_and(|d| tokio::time::Instant::now() > d) {
+            error!(
+                records = pending.len(),
+                "the query audit could not be written before shutdown"
+            );
+            return;
+        }
         tokio::select! {
             r = rx.recv(), if open => match r {
                 Some(r) => { pending.push(r); continue; }
                 None => open = false,
+            },
+            _ = shutdown.wait_for(|s| *s), if drain_until.is_none() => {
+                // Statements still streaming are not waited for.
+                while let Ok(r) = rx.try_recv() {
+                    pending.push(r);
+                }
+                open = false;
+                drain_until = Some(tokio::time::Instant::now() + AUDIT_DRAIN);
             },
             _ = tick.tick() => {}
         }

@@ -1,13 +1,16 @@
-//! What a SQL session may run: queries, `EXPLAIN`, session settings,
-//! transactions and cursors, and `COPY (query) TO STDOUT` (what psql's
-//! `\copy ... TO` sends). Everything else, DDL, DML, DataFusion's
-//! `COPY ... TO 'file'` and `CREATE EXTERNAL TABLE` (which would read or
-//! write the server's files), is refused with SQLSTATE 25006: the endpoint
-//! is read-only.
+//! What a SQL session may run: queries that only read, PostgreSQL session
+//! settings, transactions, and `COPY (query) TO STDOUT` (what psql's
+//! `\copy ... TO` sends). Everything else is refused with SQLSTATE 25006:
+//! DDL and DML (also inside a `WITH`, or as `SELECT ... INTO`), DataFusion's
+//! `COPY ... TO 'file'` and its settings (`SET datafusion.*`: spill
+//! directories, memory limits), which would reach the server's files or
+//! resources; `EXPLAIN`, whose plans show source paths and statistics that
+//! masks do not cover; and cursors, whose fetches would bypass the audit.
 
 use bytes::{Buf, Bytes};
 use datafusion::sql::sqlparser::ast::{
-    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement,
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Query, SetExpr,
+    Statement,
 };
 use futures::StreamExt;
 use pgwire::api::results::{CopyResponse, QueryResponse};
@@ -56,25 +59,56 @@ pub fn error(code: &str, message: String) -> PgWireError {
     )))
 }
 
+/// Whether `query` only reads: no `SELECT ... INTO`, no data-modifying
+/// statement in its body or its CTEs.
+fn only_reads(query: &Query) -> bool {
+    body_only_reads(&query.body)
+        && query
+            .with
+            .as_ref()
+            .is_none_or(|w| w.cte_tables.iter().all(|c| only_reads(&c.query)))
+}
+
+fn body_only_reads(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Select(s) => s.into.is_none(),
+        SetExpr::Query(q) => only_reads(q),
+        SetExpr::SetOperation { left, right, .. } => {
+            body_only_reads(left) && body_only_reads(right)
+        }
+        SetExpr::Values(_) | SetExpr::Table(_) => true,
+        _ => false,
+    }
+}
+
 /// Classifies one parsed statement.
 pub fn classify(statement: &Statement) -> Kind {
     match statement {
-        Statement::Query(_)
-        | Statement::Set(_)
+        Statement::Query(q) if only_reads(q) => Kind::Allowed,
+        // DataFusion's own settings (spill directories, memory limits, the
+        // SQL dialect) are the server's, not a session's.
+        Statement::Set(_) if statement.to_string().to_ascii_lowercase().contains("datafusion.") => {
+            Kind::Refused("DataFusion settings are the server's; only PostgreSQL session settings may be SET".into())
+        }
+        Statement::Set(_)
         | Statement::ShowVariable { .. }
         | Statement::ShowVariables { .. }
         | Statement::StartTransaction { .. }
         | Statement::Commit { .. }
         | Statement::Rollback { .. }
         | Statement::Deallocate { .. }
-        | Statement::Discard { .. }
-        | Statement::Declare { .. }
-        | Statement::Fetch { .. }
-        | Statement::Close { .. } => Kind::Allowed,
-        Statement::Explain { statement, .. } => match classify(statement) {
-            Kind::Allowed => Kind::Allowed,
-            _ => Kind::Refused("only queries can be explained".into()),
-        },
+        | Statement::Discard { .. } => Kind::Allowed,
+        // Plans show what masks do not cover: source file paths (with the
+        // values of partition columns) and raw statistics.
+        Statement::Explain { .. } => Kind::Refused(
+            "EXPLAIN is not served: plans show details of the sources that masks do not cover".into(),
+        ),
+        Statement::Declare { .. } | Statement::Fetch { .. } | Statement::Close { .. } => {
+            Kind::Refused(
+                "cursors are not served; use the extended protocol's row limit (a driver's fetch size) instead"
+                    .into(),
+            )
+        }
         Statement::Copy {
             source: CopySource::Query(query),
             to: true,
@@ -251,9 +285,10 @@ mod tests {
             "WITH x AS (SELECT 1) SELECT * FROM x",
             "SET datestyle = 'ISO'",
             "SHOW search_path",
+            "SET extra_float_digits = 3",
+            "SET application_name = 'PostgreSQL JDBC Driver'",
             "BEGIN",
             "COMMIT",
-            "EXPLAIN SELECT 1",
         ] {
             assert!(matches!(kind(sql), Kind::Allowed), "{sql}");
         }
@@ -269,6 +304,13 @@ mod tests {
             "DROP TABLE customers",
             "CREATE TABLE t AS SELECT 1",
             "EXPLAIN ANALYZE INSERT INTO t VALUES (1)",
+            "EXPLAIN VERBOSE SELECT email FROM customers",
+            "WITH c AS (SELECT 1) INSERT INTO t SELECT * FROM c",
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            "SELECT * INTO copy_of FROM customers",
+            "SET datafusion.runtime.temp_directory = '/etc'",
+            "SET datafusion.execution.target_partitions = 1",
+            "DECLARE c CURSOR FOR SELECT 1",
         ] {
             match kind(sql) {
                 Kind::Refused(why) => assert!(!why.is_empty()),

@@ -27,13 +27,15 @@ use datafusion::prelude::col;
 
 use crate::caller::{SessionCaller, TableRead};
 use crate::masks::mask_expr;
-use crate::policy::{Mask, PolicyStore};
+use crate::policy::{GovernedTable, Mask, PolicyStore};
 
 /// A governed table as a session sees it.
 #[derive(Debug)]
 pub struct MaskedTable {
     tenant: String,
     name: String,
+    /// The registration the source was opened from.
+    registration: GovernedTable,
     inner: Arc<dyn TableProvider>,
     schema: SchemaRef,
     policies: Arc<PolicyStore>,
@@ -44,7 +46,7 @@ impl MaskedTable {
     /// `inner` served as `name` of `tenant`, masked by `policies`.
     pub fn new(
         tenant: &str,
-        name: &str,
+        registration: GovernedTable,
         inner: Arc<dyn TableProvider>,
         policies: Arc<PolicyStore>,
         policy_wait: Duration,
@@ -58,7 +60,8 @@ impl MaskedTable {
             .collect();
         Self {
             tenant: tenant.to_owned(),
-            name: name.to_owned(),
+            name: registration.table_name.clone(),
+            registration,
             inner,
             schema: Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
             policies,
@@ -120,8 +123,19 @@ impl TableProvider for MaskedTable {
             Some(p) => p.clone(),
             None => (0..self.schema.fields().len()).collect(),
         };
+        // A statement prepared against a registration since removed or
+        // changed (another asset, other tags) must not read its old source.
+        let tenant = snapshot
+            .tenant(&self.tenant)
+            .filter(|t| t.tables.get(&self.name) == Some(&self.registration))
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "governed table {} was registered again or removed since this statement was planned; run or prepare it again",
+                    self.name
+                ))
+            })?;
         let mut masks: Vec<(usize, crate::policy::AppliedMask)> = Vec::new();
-        if let Some(tenant) = snapshot.tenant(&self.tenant) {
+        {
             for (pos, &i) in indices.iter().enumerate() {
                 let name = self.schema.field(i).name();
                 if let Some(m) = tenant.column_mask(&self.name, name, &caller.roles) {

@@ -30,10 +30,14 @@ use crate::policy::{GovernedTable, Source};
 /// Opens governed tables' sources, once per registration: a table is
 /// opened again only when its registration changes.
 pub struct Sources {
+    config: lily_config::SqlConfig,
     connections: BTreeMap<String, Arc<PgConnect>>,
     runtime: Arc<RuntimeEnv>,
-    opened: Mutex<HashMap<(String, GovernedTable), (Arc<dyn TableProvider>, Instant)>>,
+    opened: Mutex<HashMap<(String, GovernedTable), Opened>>,
 }
+
+/// A source's table and when it was opened.
+type Opened = (Arc<dyn TableProvider>, Instant);
 
 /// How long a Delta or Parquet table's listing of files is used before it
 /// is read again (new commits and files show up within this).
@@ -48,18 +52,20 @@ impl std::fmt::Debug for Sources {
 }
 
 impl Sources {
-    /// The sources of `[sql.connections]`; statements share `memory_limit` bytes.
-    pub fn new(connections: &BTreeMap<String, String>, memory_limit: usize) -> Result<Self> {
+    /// The sources of `[sql]`: its connections, what each tenant may use
+    /// (`tenant_sources`), and the memory all statements share.
+    pub fn new(config: &lily_config::SqlConfig) -> Result<Self> {
         let mut parsed = BTreeMap::new();
-        for (name, url) in connections {
+        for (name, url) in &config.connections {
             let connect = PgConnect::parse(url)
                 .map_err(|e| EnforcementError::Config(format!("sql.connections.{name}: {e}")))?;
             parsed.insert(name.clone(), Arc::new(connect));
         }
         Ok(Self {
+            config: config.clone(),
             connections: parsed,
             runtime: RuntimeEnvBuilder::new()
-                .with_memory_limit(memory_limit, 1.0)
+                .with_memory_limit(config.memory_limit_mb * 1024 * 1024, 1.0)
                 .build_arc()?,
             opened: Mutex::new(HashMap::new()),
         })
@@ -91,6 +97,15 @@ impl Sources {
             table: table.table_name.clone(),
             message,
         };
+        // Checked again here: the configuration may have changed since the
+        // registration was accepted.
+        let (connection, location) = match &table.source {
+            Source::Postgres { connection, table } => (Some(connection.as_str()), table.as_str()),
+            Source::Delta(l) | Source::Parquet(l) => (None, l.as_str()),
+        };
+        self.config
+            .source_allowed(tenant, connection, location)
+            .map_err(err)?;
         let provider: Arc<dyn TableProvider> = match &table.source {
             Source::Postgres {
                 connection,

@@ -64,7 +64,7 @@ impl SchemaProvider for GovernedSchema {
         match self.sources.open(&self.tenant, table).await {
             Ok(inner) => Ok(Some(Arc::new(MaskedTable::new(
                 &self.tenant,
-                name,
+                table.clone(),
                 inner,
                 self.policies.clone(),
                 self.policy_wait,

@@ -1,7 +1,7 @@
 //! The current policy snapshot, shared by the pipeline that compiles it and
 //! the sessions that read it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -12,16 +12,22 @@ use tracing::{info, warn};
 use super::snapshot::PolicySnapshot;
 use crate::error::{EnforcementError, Result};
 
+/// Whether the current snapshot holds every change seen so far.
+#[derive(Debug, Default)]
+struct Freshness {
+    /// Grows with every invalidation: a compilation makes the snapshot
+    /// fresh only if no change arrived after it started reading.
+    changes: u64,
+    stale: bool,
+}
+
 /// The current snapshot. From the moment a change to policies or tags
 /// reaches the pipeline until its snapshot is compiled, the store is stale:
 /// governed statements wait for the new snapshot, and are refused if it
 /// does not come (fail closed), so a tag that has committed is never ignored.
 pub struct PolicyStore {
     current: RwLock<Arc<PolicySnapshot>>,
-    stale: AtomicBool,
-    /// Grows with every invalidation: a compilation clears `stale` only if
-    /// no change arrived after it started reading.
-    changes: AtomicU64,
+    freshness: std::sync::Mutex<Freshness>,
     compiled: watch::Sender<u64>,
     next_version: AtomicU64,
     connect: PgConnect,
@@ -32,7 +38,7 @@ impl std::fmt::Debug for PolicyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyStore")
             .field("version", &self.snapshot().version)
-            .field("stale", &self.stale.load(Ordering::Relaxed))
+            .field("stale", &self.is_stale())
             .finish()
     }
 }
@@ -43,8 +49,10 @@ impl PolicyStore {
         let connect = PgConnect::parse(url).map_err(|e| EnforcementError::Config(e.to_string()))?;
         Ok(Arc::new(Self {
             current: RwLock::new(Arc::new(PolicySnapshot::default())),
-            stale: AtomicBool::new(true),
-            changes: AtomicU64::new(0),
+            freshness: std::sync::Mutex::new(Freshness {
+                changes: 0,
+                stale: true,
+            }),
             compiled: watch::Sender::new(0),
             next_version: AtomicU64::new(1),
             connect,
@@ -57,7 +65,7 @@ impl PolicyStore {
     pub async fn current(&self, wait: Duration) -> Result<Arc<PolicySnapshot>> {
         let mut compiled = self.compiled.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
-        while self.stale.load(Ordering::Acquire) {
+        while self.is_stale() {
             if tokio::time::timeout_at(deadline, compiled.changed())
                 .await
                 .is_err()
@@ -76,18 +84,30 @@ impl PolicyStore {
         }
     }
 
+    fn freshness(&self) -> std::sync::MutexGuard<'_, Freshness> {
+        match self.freshness.lock() {
+            Ok(f) => f,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn is_stale(&self) -> bool {
+        self.freshness().stale
+    }
+
     /// Marks the snapshot out of date: governed statements wait for
     /// [`PolicyStore::refresh`].
     pub fn invalidate(&self) {
-        self.changes.fetch_add(1, Ordering::AcqRel);
-        self.stale.store(true, Ordering::Release);
+        let mut f = self.freshness();
+        f.changes += 1;
+        f.stale = true;
     }
 
     /// Compiles a new snapshot from the metastore and makes it current.
     pub async fn refresh(&self) -> Result<Arc<PolicySnapshot>> {
         let _one_at_a_time = self.compiling.lock().await;
         let started = Instant::now();
-        let changes = self.changes.load(Ordering::Acquire);
+        let changes = self.freshness().changes;
         let result = async {
             let mut client =
                 self.connect
@@ -108,8 +128,11 @@ impl PolicyStore {
                     Ok(mut s) => *s = snapshot.clone(),
                     Err(poisoned) => *poisoned.into_inner() = snapshot.clone(),
                 }
-                if self.changes.load(Ordering::Acquire) == changes {
-                    self.stale.store(false, Ordering::Release);
+                {
+                    let mut f = self.freshness();
+                    if f.changes == changes {
+                        f.stale = false;
+                    }
                 }
                 self.compiled.send_replace(snapshot.version);
                 let ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -189,6 +189,10 @@ pub async fn put_table(
         )));
     }
     let g: GovernedIn = decode(inbound.json("governed-table.v1", &body)?)?;
+    inbound
+        .sql
+        .source_allowed(&tenant, g.connection.as_deref(), &g.location)
+        .map_err(InboundError::Unprocessable)?;
     let mut conn = inbound.db.connection().await?;
     let tx = inbound.db.tenant_transaction(&mut conn, &tenant).await?;
     let row = tx
