@@ -211,6 +211,7 @@ pub async fn run(
         .env("LILY_API__LISTEN", "")
         .env("LILY_SQL__LISTEN", format!("127.0.0.1:{port}"))
         .env("LILY_SQL__CONNECTIONS__WAREHOUSE", cluster.url("warehouse"))
+        .env("LILY_SQL__TENANT_SOURCES__BENCH", "warehouse")
         .env("LILY_AUTH__JWT_HS256_SECRETS", SECRET)
         .env(
             "LILY_PROPAGATION__MAX_ASSETS",
