@@ -87,8 +87,15 @@ fn show_n(value: &str, n: usize, first: bool) -> String {
         .collect()
 }
 
-fn sha256_hex(value: &str) -> String {
-    hex::encode(Sha256::digest(value.as_bytes()))
+/// The SHA-256 of `value` in lower-case hex, written into `buf`.
+fn sha256_hex_into<'a>(value: &str, buf: &'a mut [u8; 64]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in Sha256::digest(value.as_bytes()).iter().enumerate() {
+        buf[2 * i] = DIGITS[(b >> 4) as usize];
+        buf[2 * i + 1] = DIGITS[(b & 0xf) as usize];
+    }
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 impl ScalarUDFImpl for MaskFunction {
@@ -118,7 +125,14 @@ impl ScalarUDFImpl for MaskFunction {
         let n = arrays
             .get(1)
             .map(|a| a.as_primitive::<arrow::datatypes::Int64Type>());
-        let mut out = StringBuilder::with_capacity(values.len(), values.value_data().len() * 2);
+        let capacity = match self.kind {
+            Kind::Hash => values.len() * 64,
+            _ => values.value_data().len(),
+        };
+        let mut out = StringBuilder::with_capacity(values.len(), capacity);
+        // One buffer for every value: no allocation per row.
+        let mut scratch = String::new();
+        let mut hex = [0u8; 64];
         for i in 0..values.len() {
             if values.is_null(i) {
                 out.append_null();
@@ -130,10 +144,14 @@ impl ScalarUDFImpl for MaskFunction {
                     .map_or(4, |n| n.value(i).max(0) as usize)
             };
             match self.kind {
-                Kind::Mask => out.append_value(v.chars().map(mask_char).collect::<String>()),
+                Kind::Mask => {
+                    scratch.clear();
+                    scratch.extend(v.chars().map(mask_char));
+                    out.append_value(&scratch);
+                }
                 Kind::ShowFirstN => out.append_value(show_n(v, count(n), true)),
                 Kind::ShowLastN => out.append_value(show_n(v, count(n), false)),
-                Kind::Hash => out.append_value(sha256_hex(v)),
+                Kind::Hash => out.append_value(sha256_hex_into(v, &mut hex)),
             }
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
@@ -213,7 +231,7 @@ mod tests {
         );
         assert_eq!(show_n("abc", 4, false), "abc");
         assert_eq!(
-            sha256_hex("abc"),
+            sha256_hex_into("abc", &mut [0; 64]),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
