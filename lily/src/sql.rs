@@ -13,7 +13,7 @@ use lily_enforcement::{
     CredentialError, Credentials, EndpointConfig, Identity, PolicyStore, Sources, SqlEndpoint,
 };
 use lily_inbound::InboundError;
-use lily_inbound::auth::{ApiKeys, Authenticator, JwtVerifier};
+use lily_inbound::auth::{Action, ApiKeys, Authenticator, JwtVerifier};
 use lily_inbound::db::Metastore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,6 +33,12 @@ impl Credentials for ApiCredentials {
                     .iter()
                     .map(|g| (g.tenant.clone(), g.role.as_str().to_owned()))
                     .chain(caller.named_roles.iter().cloned())
+                    .collect(),
+                readable: caller
+                    .grants
+                    .iter()
+                    .filter(|g| caller.may(&g.tenant, Action::Read))
+                    .map(|g| g.tenant.clone())
                     .collect(),
             }),
             Err(e @ (InboundError::BadCredentials(_) | InboundError::Unauthenticated(_))) => {

@@ -21,9 +21,6 @@ use tracing::{info, warn};
 
 use super::connection::Connection;
 
-/// Roles that may read governed data.
-pub const READING_ROLES: [&str; 3] = ["admin", "steward", "viewer"];
-
 /// Who a credential proves the caller is.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -32,6 +29,8 @@ pub struct Identity {
     /// `(tenant, role)` pairs: the built-in roles and named ones (such as
     /// `pii_reader`) that masking policies may unmask for.
     pub grants: Vec<(String, String)>,
+    /// The tenants whose data the caller's roles allow reading.
+    pub readable: Vec<String>,
 }
 
 /// Why a credential was not accepted.
@@ -145,7 +144,7 @@ impl StartupHandler for LilyStartup {
                     .filter(|(t, _)| *t == tenant)
                     .map(|(_, r)| r.clone())
                     .collect();
-                if !roles.iter().any(|r| READING_ROLES.contains(&r.as_str())) {
+                if !identity.readable.contains(&tenant) {
                     metrics::counter!("lily_sql_auth_failures_total", "reason" => "no_role")
                         .increment(1);
                     warn!(user, tenant, subject = %identity.subject, "SQL session refused: no reading role in the tenant");

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-pub use auth::{CredentialError, Credentials, Identity, READING_ROLES};
+pub use auth::{CredentialError, Credentials, Identity};
 
 use crate::error::{EnforcementError, Result};
 use crate::governed::Sources;

@@ -144,18 +144,14 @@ pub async fn delete_policy(
     caller: Caller,
 ) -> Result<Json<Value>> {
     caller.require(&tenant, Action::Curate)?;
-    let mut conn = inbound.db.connection().await?;
-    let tx = inbound.db.tenant_transaction(&mut conn, &tenant).await?;
-    let n = tx
-        .execute(
-            "DELETE FROM metastore.masking_policies WHERE tenant_id = $1 AND name = $2",
-            &[&tenant, &name],
-        )
-        .await?;
-    tx.commit().await?;
-    if n == 0 {
-        return Err(InboundError::NotFound(format!("masking policy {name}")));
-    }
+    delete_one(
+        &inbound,
+        &tenant,
+        "DELETE FROM metastore.masking_policies WHERE tenant_id = $1 AND name = $2",
+        &name,
+        "masking policy",
+    )
+    .await?;
     tracing::info!(target: "lily::audit", tenant = %tenant, policy = name, actor = caller.subject, "masking policy deleted");
     Ok(Json(json!({ "name": name, "deleted": true })))
 }
@@ -249,19 +245,34 @@ pub async fn delete_table(
     caller: Caller,
 ) -> Result<Json<Value>> {
     caller.require(&tenant, Action::Administer)?;
+    delete_one(
+        &inbound,
+        &tenant,
+        "DELETE FROM metastore.governed_tables WHERE tenant_id = $1 AND table_name = $2",
+        &table,
+        "governed table",
+    )
+    .await?;
+    Ok(Json(json!({ "table_name": table, "deleted": true })))
+}
+
+/// Runs `delete` (`$1` the tenant, `$2` the name) in the tenant's
+/// transaction; 404 naming `what` when there was no such row.
+async fn delete_one(
+    inbound: &Inbound,
+    tenant: &lily_cdc::TenantId,
+    delete: &str,
+    name: &str,
+    what: &str,
+) -> Result<()> {
     let mut conn = inbound.db.connection().await?;
-    let tx = inbound.db.tenant_transaction(&mut conn, &tenant).await?;
-    let n = tx
-        .execute(
-            "DELETE FROM metastore.governed_tables WHERE tenant_id = $1 AND table_name = $2",
-            &[&tenant, &table],
-        )
-        .await?;
+    let tx = inbound.db.tenant_transaction(&mut conn, tenant).await?;
+    let n = tx.execute(delete, &[tenant, &name]).await?;
     tx.commit().await?;
     if n == 0 {
-        return Err(InboundError::NotFound(format!("governed table {table}")));
+        return Err(InboundError::NotFound(format!("{what} {name}")));
     }
-    Ok(Json(json!({ "table_name": table, "deleted": true })))
+    Ok(())
 }
 
 #[cfg(test)]
