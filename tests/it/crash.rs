@@ -74,6 +74,15 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() -> anyhow::Res
         || async { Ok((env.audit_count(filter).await? >= CHANGES).then_some(())) },
     )
     .await?;
+    // The last instance may have been started after everything was stored:
+    // stop it once it runs, not while it is still starting (a SIGTERM
+    // before its handler is installed ends it by the signal).
+    wait_for(
+        "the last instance to stream",
+        Duration::from_secs(60),
+        || async { Ok(lily.output().contains(" streaming").then_some(())) },
+    )
+    .await?;
     assert_eq!(lily.stop().await?, 0, "a clean stop after catching up");
 
     // Exactly once: the count, the distinct stream positions and the content.
