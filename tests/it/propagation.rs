@@ -181,6 +181,17 @@ async fn tags_propagate_through_lineage_and_are_taken_back() -> anyhow::Result<(
     let shrunk: Vec<&str> = grown.iter().copied().filter(|s| *s != "d1<-src1").collect();
     wait_propagated(&c, "acme", "PII", &set(&shrunk), "the removed edge").await?;
 
+    // A copy deleted by hand is someone else's change: its origin is
+    // re-computed and the copy put back.
+    c.execute(
+        "DELETE FROM metastore.classifications c USING metastore.assets a \
+         WHERE c.asset_guid = a.guid AND a.qualified_name = 'd2' AND c.tenant_id = 'acme' \
+         AND c.source = 'propagated' AND c.tag = 'PII'",
+        &[],
+    )
+    .await?;
+    wait_propagated(&c, "acme", "PII", &set(&shrunk), "the copy deleted by hand").await?;
+
     // Nothing ever crossed into the other tenant.
     assert!(propagated(&c, "globex", "PII").await?.is_empty());
 

@@ -1,11 +1,12 @@
 //! Which origins a batch of changes makes stale.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, FixedSizeBinaryBuilder, RecordBatch, StringBuilder};
+use arrow::datatypes::UInt32Type;
 use lily_cdc::ChangeBatch;
-use lily_cdc::batch::{BEFORE, OP};
+use lily_cdc::batch::{BEFORE, OP, XID};
 
 use super::Propagated;
 use crate::error::{Result, TransformError};
@@ -66,12 +67,14 @@ impl Dirty {
     /// start-up pass ran on the state loaded before the slot's snapshot, so
     /// a tag committed in between reaches propagation only through them.
     /// Asset changes count only when `state` (already past this batch) says
-    /// attributes matter for them.
+    /// attributes matter for them. Copies written by propagation's own
+    /// transactions (`own`) are what it just computed and are skipped.
     pub fn collect(
         &mut self,
         batch: &ChangeBatch,
         attributes: bool,
         state: &CatalogState,
+        own: &OwnWrites,
     ) -> Result<()> {
         if batch.table.namespace != lily_metastore::METASTORE_SCHEMA {
             return Ok(());
@@ -92,6 +95,10 @@ impl Dirty {
                 "changes of {table} have no {OP}"
             )));
         };
+        let xids = records
+            .column_by_name(XID)
+            .and_then(|c| c.as_primitive_opt::<UInt32Type>());
+        let copies = matches!(table, "classifications" | "propagated_attributes");
         let row = Columns::of_batch(table, records);
         let before_array = records
             .column_by_name(BEFORE)
@@ -99,6 +106,9 @@ impl Dirty {
         let before = before_array.map(|b| Columns::of_before(table, b));
         for i in 0..records.num_rows() {
             let op = ops.value(i);
+            if copies && xids.is_some_and(|x| own.contains(x.value(i))) {
+                continue;
+            }
             if op == "t" {
                 self.full = true;
                 continue;
@@ -114,10 +124,9 @@ impl Dirty {
                 match table {
                     "classifications" => {
                         // A direct tag is an origin. A propagated copy that
-                        // changed (usually our own write-back coming back)
-                        // makes its origin re-checked once: a change that
-                        // committed while that write-back ran is then seen,
-                        // and a consistent re-check writes nothing.
+                        // someone else changed (deleted by hand, removed by
+                        // a cascade) makes its origin re-checked, which puts
+                        // back what the closure still justifies.
                         let origin = match image.text("source")?.get(i) {
                             Some("propagated") => image.uuid("propagated_from")?.get(i),
                             _ => image.uuid("asset_guid")?.get(i),
@@ -204,6 +213,33 @@ impl Dirty {
             }
         }
         Some(out)
+    }
+}
+
+/// The transaction ids of propagation's latest write-backs, so that their
+/// copies coming back through the stream are not taken for someone else's
+/// change (which would re-compute each large closure a second time).
+#[derive(Debug, Default)]
+pub struct OwnWrites {
+    xids: VecDeque<u32>,
+}
+
+impl OwnWrites {
+    /// How many write-backs are remembered: far more than can be in flight
+    /// between a commit and its changes arriving.
+    const KEPT: usize = 64;
+
+    /// Remembers a committed write-back.
+    pub fn record(&mut self, xid: u32) {
+        if self.xids.len() == Self::KEPT {
+            self.xids.pop_front();
+        }
+        self.xids.push_back(xid);
+    }
+
+    /// Whether `xid` is one of the remembered write-backs.
+    pub fn contains(&self, xid: u32) -> bool {
+        self.xids.contains(&xid)
     }
 }
 

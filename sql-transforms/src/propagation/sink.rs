@@ -12,7 +12,7 @@ use lily_config::PropagationConfig;
 use tokio_postgres::Client;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::origins::{Dirty, Origin, origins_batch};
+use super::origins::{Dirty, Origin, OwnWrites, origins_batch};
 use super::writeback::{WriteStats, write_back};
 use super::{ORIGINS, Propagated};
 use crate::error::{Result, TransformError};
@@ -39,6 +39,8 @@ pub struct PropagationSink {
     /// Origins held back for passing the limits, by what they propagate:
     /// looked at again whenever lineage changes.
     held: [BTreeSet<Origin>; 2],
+    /// The write-backs whose copies are still to come back.
+    own: OwnWrites,
 }
 
 impl PropagationSink {
@@ -87,6 +89,7 @@ impl PropagationSink {
             },
             dead_letters,
             held: Default::default(),
+            own: OwnWrites::default(),
         })
     }
 
@@ -141,6 +144,9 @@ impl PropagationSink {
                 dirty.map(|d| d.difference(&held).cloned().collect());
             let client = self.client().await?;
             let stats = write_back(client, what, scope.as_ref(), &held, &rows).await?;
+            if let Some(xid) = stats.xid {
+                self.own.record(xid);
+            }
             let kind = what.key();
             metrics::counter!("lily_propagation_origins_total", "kind" => kind)
                 .increment(origins.len() as u64);
@@ -291,7 +297,10 @@ impl Sink for PropagationSink {
 
     async fn write(&mut self, batch: Arc<ChangeBatch>) -> Result<(), SinkError> {
         let attributes = !self.attribute_names.is_empty();
-        if let Err(e) = self.dirty.collect(&batch, attributes, &self.state) {
+        if let Err(e) = self
+            .dirty
+            .collect(&batch, attributes, &self.state, &self.own)
+        {
             // Retrying the same batch would fail the same way; a full
             // re-computation covers whatever it changed.
             metrics::counter!("lily_errors_total", "stage" => "propagation", "kind" => "batch")

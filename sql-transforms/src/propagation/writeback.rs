@@ -26,6 +26,10 @@ pub struct WriteStats {
     pub inserted: u64,
     /// Propagated rows deleted.
     pub deleted: u64,
+    /// The transaction id the write-back committed as (pgoutput's 32-bit
+    /// xid), when it changed anything: its rows coming back through the
+    /// stream are known to be its own.
+    pub xid: Option<u32>,
 }
 
 struct Desired {
@@ -238,8 +242,25 @@ pub async fn write_back(
         )
         .await
         .map_err(TransformError::sql(format!("writing propagated rows to {table}")))?;
+    // The low 32 bits of the 64-bit transaction id are the xid pgoutput
+    // sends with each change of this transaction.
+    let xid = if inserted + deleted > 0 {
+        let row = tx
+            .query_one("SELECT (txid_current() % 4294967296)::bigint", &[])
+            .await
+            .map_err(TransformError::sql(
+                "reading the write-back's transaction id",
+            ))?;
+        u32::try_from(row.get::<_, i64>(0)).ok()
+    } else {
+        None
+    };
     tx.commit()
         .await
         .map_err(TransformError::sql("committing the propagation write-back"))?;
-    Ok(WriteStats { inserted, deleted })
+    Ok(WriteStats {
+        inserted,
+        deleted,
+        xid,
+    })
 }
