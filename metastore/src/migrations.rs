@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "enforcement",
         sql: include_str!("../migrations/0008_enforcement.sql"),
     },
+    Migration {
+        version: 9,
+        name: "propagation_lookups",
+        sql: include_str!("../migrations/0009_propagation_lookups.sql"),
+    },
 ];
 
 /// A stable checksum (FNV-1a) of the migration text as shipped.
