@@ -88,6 +88,8 @@ pub async fn start(
             statement_timeout: (config.sql.statement_timeout_ms > 0)
                 .then(|| Duration::from_millis(config.sql.statement_timeout_ms)),
             audit_flush: Duration::from_millis(config.sql.audit_flush_ms),
+            // As long as the API trusts a checked API key.
+            credential_recheck: Duration::from_millis(config.api.api_key_cache_ms),
             lake,
         },
         Arc::new(ApiCredentials(auth)),

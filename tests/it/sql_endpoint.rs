@@ -552,6 +552,57 @@ async fn an_open_session_sees_a_tag_at_its_next_statement() -> anyhow::Result<()
         Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD),
         "{e}"
     );
+    // A session opened with an API key ends when the key is revoked: its
+    // next statement after the revocation is refused, and so is a new login.
+    let admin = bearer(&["acme:admin"])?;
+    let r = s
+        .api
+        .post(
+            "/v1/tenants/acme/api-keys",
+            &json!({"role": "viewer", "name": "bi-tool"}),
+            &[("authorization", admin.as_str())],
+        )
+        .await?;
+    anyhow::ensure!(r.status == 200, "key: {r:?}");
+    let key = r.body["key"].as_str().unwrap_or_default().to_owned();
+    let key_id = r.body["key_id"].as_str().unwrap_or_default().to_owned();
+    let keyed = s.connect("acme", &key).await?;
+    keyed.simple_query("SELECT count(*) FROM orders").await?;
+    let r = s
+        .api
+        .delete(
+            &format!("/v1/tenants/acme/api-keys/{key_id}"),
+            &json!({}),
+            &[("authorization", admin.as_str())],
+        )
+        .await?;
+    anyhow::ensure!(r.status == 200, "revoke: {r:?}");
+    let e = keyed
+        .simple_query("SELECT count(*) FROM orders")
+        .await
+        .map_err(anyhow::Error::from)
+        .expect_err("a revoked key still reads");
+    assert_eq!(
+        sqlstate(&e),
+        Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+        "{e}"
+    );
+    // FATAL ends the connection, as in PostgreSQL.
+    assert!(
+        keyed.simple_query("SELECT 1").await.is_err(),
+        "the ended session runs a statement"
+    );
+    drop(keyed);
+    let e = s
+        .connect("acme", &key)
+        .await
+        .expect_err("a revoked key opens a session");
+    assert_eq!(
+        sqlstate(&e),
+        Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD),
+        "{e}"
+    );
+
     // One tenant cannot hold every connection: acme's fifth is refused
     // with 53300, beta still connects.
     let mut held = Vec::new();

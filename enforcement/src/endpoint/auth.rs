@@ -157,7 +157,7 @@ impl StartupHandler for LilyStartup {
                     ));
                 }
                 self.conn
-                    .open_session(&tenant, &identity.subject, &user, roles.clone())
+                    .open_session(&tenant, &identity.subject, &user, roles.clone(), password)
                     .await
                     .map_err(|e| match e {
                         crate::error::EnforcementError::TooManyConnections(_) => {

@@ -5,7 +5,7 @@
 
 use std::fmt::Debug;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -27,9 +27,10 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::data::DataRow;
 use tokio::sync::mpsc;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, info_span, warn};
 
 use super::Endpoint;
+use super::auth::CredentialError;
 use super::statements::{self, Kind};
 use crate::caller::{SessionCaller, TableRead};
 use crate::governed::GovernedSchema;
@@ -39,8 +40,25 @@ use crate::masks;
 struct Session {
     service: Arc<DfSessionService>,
     caller: Arc<SessionCaller>,
+    /// The password the session authenticated with (an API key or a JWT),
+    /// checked again while the session lives.
+    credential: String,
+    /// When the credential was last found valid.
+    checked: Mutex<Instant>,
+    /// The credential stopped being valid: no statement runs any more.
+    ended: AtomicBool,
     /// The tenant's connection slot, held while the connection lives.
     _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+fn credential_ended(tenant: &str) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_owned(),
+        "28000".to_owned(),
+        format!(
+            "the credential of this session is no longer valid (revoked, expired, or without a role that reads tenant \"{tenant}\"): reconnect with a valid one"
+        ),
+    )))
 }
 
 /// One client connection.
@@ -95,6 +113,7 @@ impl Connection {
         subject: &str,
         user: &str,
         roles: Vec<String>,
+        credential: String,
     ) -> crate::error::Result<()> {
         let slot = self.endpoint.tenant_slot(tenant).ok_or_else(|| {
             metrics::counter!("lily_sql_connections_refused_total").increment(1);
@@ -132,6 +151,9 @@ impl Connection {
         let session = Session {
             service: Arc::new(DfSessionService::new(ctx)),
             caller,
+            credential,
+            checked: Mutex::new(Instant::now()),
+            ended: AtomicBool::new(false),
             _slot: slot,
         };
         let _ = self.session.set(session);
@@ -146,6 +168,46 @@ impl Connection {
                 "the session is not authenticated".to_owned(),
             )))
         })
+    }
+
+    /// The authenticated session, once its credential has been checked
+    /// again if `credential_recheck` has passed since the last check: a
+    /// revoked API key or an expired token ends what the session may do at
+    /// its next statement. While the credential store cannot answer, the
+    /// session goes on and is checked again at its next statement.
+    async fn checked_session(&self) -> PgWireResult<&Session> {
+        let session = self.session()?;
+        let tenant = &session.caller.tenant;
+        if session.ended.load(Ordering::Relaxed) {
+            return Err(credential_ended(tenant));
+        }
+        let due = session
+            .checked
+            .lock()
+            .map(|at| at.elapsed() >= self.endpoint.credential_recheck)
+            .unwrap_or(true);
+        if !due {
+            return Ok(session);
+        }
+        match self.endpoint.credentials.verify(&session.credential).await {
+            Ok(identity) if identity.readable.contains(tenant) => {
+                if let Ok(mut at) = session.checked.lock() {
+                    *at = Instant::now();
+                }
+                Ok(session)
+            }
+            Ok(_) | Err(CredentialError::Invalid(_)) => {
+                session.ended.store(true, Ordering::Relaxed);
+                metrics::counter!("lily_sql_sessions_ended_total", "reason" => "credential")
+                    .increment(1);
+                warn!(tenant = %tenant, subject = %session.caller.subject, "SQL session ended: its credential is no longer valid");
+                Err(credential_ended(tenant))
+            }
+            Err(CredentialError::Unavailable(why)) => {
+                warn!(tenant = %tenant, error = %why, "the session's credential cannot be checked again now");
+                Ok(session)
+            }
+        }
     }
 }
 
@@ -372,7 +434,7 @@ impl SimpleQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
     {
-        let session = self.conn.session()?;
+        let session = self.conn.checked_session().await?;
         let span = info_span!("sql_statement", tenant = %session.caller.tenant, user = %session.caller.user, protocol = "simple");
         let started = (Instant::now(), chrono::Utc::now().timestamp_micros());
         let _ = session.caller.take_reads();
@@ -440,7 +502,7 @@ impl ExtendedQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
     {
-        let session = self.conn.session()?;
+        let session = self.conn.checked_session().await?;
         let span = info_span!("sql_statement", tenant = %session.caller.tenant, user = %session.caller.user, protocol = "extended");
         let started = (Instant::now(), chrono::Utc::now().timestamp_micros());
         let _ = session.caller.take_reads();

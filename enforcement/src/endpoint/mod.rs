@@ -42,6 +42,7 @@ pub struct Endpoint {
     tenant_connections: usize,
     tenant_slots: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
     tls_required: bool,
+    credential_recheck: Duration,
 }
 
 impl Endpoint {
@@ -99,6 +100,9 @@ pub struct EndpointConfig {
     pub statement_timeout: Option<Duration>,
     /// How often the query audit is written.
     pub audit_flush: Duration,
+    /// How long a session's credential is trusted before its next
+    /// statement checks it again (a revoked key, an expired token).
+    pub credential_recheck: Duration,
     /// The lake the query audit is written to.
     pub lake: LakeLocation,
 }
@@ -148,6 +152,7 @@ impl SqlEndpoint {
                 tenant_connections: config.tenant_connections,
                 tenant_slots: std::sync::Mutex::new(HashMap::new()),
                 tls_required: tls.is_some(),
+                credential_recheck: config.credential_recheck,
             }),
             max_connections: config.max_connections,
             audit_rx,
