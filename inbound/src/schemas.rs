@@ -40,6 +40,10 @@ pub const SCHEMAS: &[(&str, &str)] = &[
         "jira-webhook.v1",
         include_str!("../schemas/jira-webhook.v1.json"),
     ),
+    (
+        "openlineage-event.v1",
+        include_str!("../schemas/openlineage-event.v1.json"),
+    ),
 ];
 
 /// The compiled schemas.

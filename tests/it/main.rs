@@ -18,6 +18,7 @@ mod names;
 mod notify;
 mod object_store;
 mod observability;
+mod openlineage;
 mod propagation;
 mod refusals;
 mod search;

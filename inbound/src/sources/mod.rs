@@ -5,6 +5,7 @@
 mod jira;
 pub mod monte_carlo;
 mod okta;
+mod openlineage;
 
 use std::sync::Arc;
 
@@ -18,4 +19,5 @@ pub fn routes() -> Router<Arc<Inbound>> {
         .merge(monte_carlo::routes())
         .merge(okta::routes())
         .merge(jira::routes())
+        .merge(openlineage::routes())
 }
