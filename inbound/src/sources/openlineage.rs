@@ -32,6 +32,10 @@ use crate::server::{Body, Inbound, Tenant};
 
 /// The longest qualified name, as the catalog API accepts it.
 const MAX_NAME: usize = 2000;
+/// The most assets, and lineage edges, one event may name: a request is one
+/// transaction, and 1,000 inputs by 1,000 outputs must not become a
+/// million edges.
+const MAX_WRITES: usize = 20_000;
 
 pub(super) fn routes() -> Router<Arc<Inbound>> {
     Router::new()
@@ -225,6 +229,25 @@ impl Plan {
         }
     }
 
+    /// Refuses an event that would write more than one request should, or
+    /// name an asset longer than the catalog takes.
+    fn within_bounds(&self) -> Result<()> {
+        if self.assets.len() > MAX_WRITES || self.edges.len() > MAX_WRITES {
+            return Err(InboundError::Unprocessable(format!(
+                "the event names {} assets and {} lineage edges; at most {MAX_WRITES} of each are taken in one event",
+                self.assets.len(),
+                self.edges.len()
+            )));
+        }
+        if let Some(long) = self.assets.keys().find(|n| n.len() > MAX_NAME) {
+            return Err(InboundError::Unprocessable(format!(
+                "{}...: a dataset name with its field path makes a qualified name longer than {MAX_NAME} characters",
+                &long[..long.floor_char_boundary(80)]
+            )));
+        }
+        Ok(())
+    }
+
     fn of(event: &Event) -> Plan {
         let mut plan = Plan::default();
         let datasets: Vec<(&str, &Dataset)> = event
@@ -362,12 +385,7 @@ async fn receive(
             "{at}: tags become classifications, which need the steward or admin role"
         )));
     }
-    if let Some(long) = plan.assets.keys().find(|n| n.len() > MAX_NAME) {
-        return Err(InboundError::Unprocessable(format!(
-            "{}...: a dataset name with its field path makes a qualified name longer than {MAX_NAME} characters",
-            &long[..long.floor_char_boundary(80)]
-        )));
-    }
+    plan.within_bounds()?;
     let mut conn = inbound.db.connection().await?;
     let tx = inbound.db.tenant_transaction(&mut conn, &tenant).await?;
     let mut guids: HashMap<&str, Uuid> = HashMap::new();
@@ -485,6 +503,24 @@ mod tests {
             plan.tags[&("shop.public.orders".to_owned(), "tier:gold".to_owned())],
             "inputs[0].facets.tags.tags[1]"
         );
+    }
+
+    #[test]
+    fn an_event_of_too_many_edges_is_refused_before_writing() {
+        let datasets = |n: usize| -> Vec<Value> {
+            (0..n)
+                .map(|i| json!({"namespace": "n", "name": format!("d{i}")}))
+                .collect()
+        };
+        let e = event(json!({
+            "eventType": "COMPLETE", "run": {"runId": "r"}, "job": {"namespace": "etl", "name": "wide"},
+            "inputs": datasets(150), "outputs": datasets(150)
+        }));
+        let plan = Plan::of(&e);
+        let Err(InboundError::Unprocessable(why)) = plan.within_bounds() else {
+            panic!("150 inputs by 150 outputs were taken");
+        };
+        assert!(why.contains("lineage edges"), "{why}");
     }
 
     #[test]
