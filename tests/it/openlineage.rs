@@ -152,6 +152,18 @@ async fn openlineage_events_become_assets_lineage_and_tags_that_propagate() -> a
         (Some(0), Some(0)),
         "{r:?}"
     );
+    // The transport's gzip compression is refused with a clear 415.
+    let r = api
+        .post(
+            path,
+            &again,
+            &[
+                ("authorization", &bearer(&steward)),
+                ("content-encoding", "gzip"),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 415, "{r:?}");
     // An ingest key records lineage but cannot classify: 403 naming the tag.
     let r = api
         .post(path, &again, &[("authorization", &bearer(&ingest))])

@@ -18,9 +18,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
-use deadpool_postgres::Transaction;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::auth::{Action, Caller};
 use crate::error::{InboundError, Result};
-use crate::server::{Body, Inbound, Tenant};
+use crate::server::{Body, Inbound, Tenant, header_text};
 
 /// The longest qualified name, as the catalog API accepts it.
 const MAX_NAME: usize = 2000;
@@ -232,10 +232,10 @@ impl Plan {
     /// Refuses an event that would write more than one request should, or
     /// name an asset longer than the catalog takes.
     fn within_bounds(&self) -> Result<()> {
-        if self.assets.len() > MAX_WRITES || self.edges.len() > MAX_WRITES {
+        let writes = self.assets.len() + self.tags.len();
+        if writes > MAX_WRITES || self.edges.len() > MAX_WRITES {
             return Err(InboundError::Unprocessable(format!(
-                "the event names {} assets and {} lineage edges; at most {MAX_WRITES} of each are taken in one event",
-                self.assets.len(),
+                "the event names {writes} assets and tags and {} lineage edges; at most {MAX_WRITES} of each are taken in one event",
                 self.edges.len()
             )));
         }
@@ -243,6 +243,56 @@ impl Plan {
             return Err(InboundError::Unprocessable(format!(
                 "{}...: a dataset name with its field path makes a qualified name longer than {MAX_NAME} characters",
                 &long[..long.floor_char_boundary(80)]
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses, before anything is planned, an event whose plan would pass
+    /// the bounds: counted and measured without building a name.
+    fn precheck(event: &Event) -> Result<()> {
+        fn walk(fields: &[SchemaField], prefix: usize, count: &mut usize, longest: &mut usize) {
+            for f in fields {
+                let len = prefix + 1 + f.name.len();
+                *count += 1;
+                *longest = (*longest).max(len);
+                walk(&f.fields, len, count, longest);
+            }
+        }
+        let datasets = event
+            .inputs
+            .iter()
+            .chain(&event.outputs)
+            .chain(event.dataset.as_ref());
+        let (mut writes, mut longest) = (0usize, 0usize);
+        let mut edges = event.inputs.len().saturating_mul(event.outputs.len());
+        for d in datasets {
+            writes += 1;
+            longest = longest.max(d.name.len());
+            if let Some(schema) = &d.facets.schema {
+                walk(&schema.fields, d.name.len(), &mut writes, &mut longest);
+            }
+            if let Some(lineage) = &d.facets.column_lineage {
+                for (field, inputs) in &lineage.fields {
+                    writes += 1 + inputs.input_fields.len();
+                    edges += inputs.input_fields.len();
+                    longest = longest.max(d.name.len() + 1 + field.len());
+                }
+            }
+            if let Some(tags) = &d.facets.tags {
+                writes += tags.tags.len();
+            }
+        }
+        if writes > MAX_WRITES || edges > MAX_WRITES {
+            return Err(InboundError::Unprocessable(format!(
+                "the event names about {writes} assets and tags and {edges} lineage edges; \
+                 at most {MAX_WRITES} of each are taken in one event"
+            )));
+        }
+        if longest > MAX_NAME {
+            return Err(InboundError::Unprocessable(format!(
+                "a dataset name with its field path makes a qualified name of {longest} characters; \
+                 the catalog takes at most {MAX_NAME}"
             )));
         }
         Ok(())
@@ -335,40 +385,45 @@ impl Plan {
 }
 
 /// Creates or updates an asset the event names; governance fields are left
-/// alone and an existing asset keeps its type. Returns its guid.
-async fn upsert_asset(
-    tx: &Transaction<'_>,
-    tenant: &str,
-    qualified_name: &str,
-    (type_name, name, parent, description): (&str, &str, Option<Uuid>, Option<&str>),
-) -> Result<Uuid> {
-    let row = tx
-        .query_one(
-            "WITH up AS (
-                 INSERT INTO metastore.assets AS a (tenant_id, type_name, qualified_name, name, parent_guid, description)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (tenant_id, qualified_name) DO UPDATE SET
-                     parent_guid = coalesce($5, a.parent_guid),
-                     description = coalesce($6, a.description)
-                 WHERE (a.parent_guid, a.description) IS DISTINCT FROM (coalesce($5, a.parent_guid), coalesce($6, a.description))
-                 RETURNING guid)
-             SELECT guid FROM up
-             UNION ALL
-             SELECT guid FROM metastore.assets WHERE tenant_id = $1 AND qualified_name = $3
-             LIMIT 1",
-            &[&tenant, &type_name, &qualified_name, &name, &parent, &description],
-        )
-        .await?;
-    Ok(row.get(0))
-}
+/// alone and an existing asset keeps its type. Nothing is returned when the
+/// asset exists unchanged (`upsert_unchanged` then reads it, in a statement
+/// of its own, which also sees an asset another request just committed).
+const UPSERT_ASSET: &str = "
+INSERT INTO metastore.assets AS a (tenant_id, type_name, qualified_name, name, parent_guid, description)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (tenant_id, qualified_name) DO UPDATE SET
+    parent_guid = coalesce($5, a.parent_guid),
+    description = coalesce($6, a.description)
+WHERE (a.parent_guid, a.description) IS DISTINCT FROM (coalesce($5, a.parent_guid), coalesce($6, a.description))
+RETURNING guid";
+
+const ASSET_GUID: &str =
+    "SELECT guid FROM metastore.assets WHERE tenant_id = $1 AND qualified_name = $2";
+
+const ADD_EDGE: &str = "
+INSERT INTO metastore.lineage_edges (tenant_id, upstream_guid, downstream_guid, process_guid)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (tenant_id, upstream_guid, downstream_guid, process_guid) DO NOTHING";
+
+const ADD_TAG: &str = "
+INSERT INTO metastore.classifications (tenant_id, asset_guid, tag)
+VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
 
 async fn receive(
     State(inbound): State<Arc<Inbound>>,
     Tenant(tenant): Tenant,
+    headers: HeaderMap,
     caller: Caller,
     Body(body): Body,
 ) -> Result<Json<Value>> {
     caller.require(&tenant, Action::Ingest)?;
+    if header_text(&headers, "content-encoding")
+        .is_some_and(|e| !e.eq_ignore_ascii_case("identity"))
+    {
+        return Err(InboundError::UnsupportedMediaType(
+            "compressed OpenLineage events are not accepted yet: leave the transport's compression unset".into(),
+        ));
+    }
     let event: Event = serde_json::from_value(inbound.json("openlineage-event.v1", &body)?)
         .map_err(|e| InboundError::Unprocessable(e.to_string()))?;
     let kind = match (&event.run, &event.job, &event.dataset) {
@@ -376,6 +431,7 @@ async fn receive(
         (_, _, Some(_)) => "dataset",
         _ => "job",
     };
+    Plan::precheck(&event)?;
     let plan = Plan::of(&event);
     // Tags are classifications: like the catalog API, they need a steward.
     if let Some(at) = plan.tags.values().next()
@@ -388,6 +444,12 @@ async fn receive(
     plan.within_bounds()?;
     let mut conn = inbound.db.connection().await?;
     let tx = inbound.db.tenant_transaction(&mut conn, &tenant).await?;
+    let (upsert, read, add_edge, add_tag) = (
+        tx.prepare(UPSERT_ASSET).await?,
+        tx.prepare(ASSET_GUID).await?,
+        tx.prepare(ADD_EDGE).await?,
+        tx.prepare(ADD_TAG).await?,
+    );
     let mut guids: HashMap<&str, Uuid> = HashMap::new();
     // Parents first: tables before their columns (a column's parent is
     // always a table of the same event).
@@ -395,35 +457,44 @@ async fn receive(
     ordered.sort_by_key(|(_, a)| a.type_name == "column");
     for (qualified, a) in ordered {
         let parent = a.parent.as_deref().and_then(|p| guids.get(p).copied());
-        let guid = upsert_asset(
-            &tx,
-            &tenant,
-            qualified,
-            (a.type_name, &a.name, parent, a.description.as_deref()),
-        )
-        .await?;
-        guids.insert(qualified, guid);
+        let row = tx
+            .query_opt(
+                &upsert,
+                &[
+                    &tenant.as_str(),
+                    &a.type_name,
+                    qualified,
+                    &a.name,
+                    &parent,
+                    &a.description,
+                ],
+            )
+            .await?;
+        let row = match row {
+            Some(row) => row,
+            None => tx.query_one(&read, &[&tenant.as_str(), qualified]).await?,
+        };
+        guids.insert(qualified, row.get(0));
     }
     let process = plan.process.as_deref().and_then(|p| guids.get(p).copied());
     let mut edges = 0;
     for (up, down) in &plan.edges {
         edges += tx
             .execute(
-                "INSERT INTO metastore.lineage_edges (tenant_id, upstream_guid, downstream_guid, process_guid)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (tenant_id, upstream_guid, downstream_guid, process_guid) DO NOTHING",
-                &[&tenant, &guids[up.as_str()], &guids[down.as_str()], &process],
+                &add_edge,
+                &[
+                    &tenant.as_str(),
+                    &guids[up.as_str()],
+                    &guids[down.as_str()],
+                    &process,
+                ],
             )
             .await?;
     }
     let mut tagged = 0;
     for (asset, tag) in plan.tags.keys() {
         tagged += tx
-            .execute(
-                "INSERT INTO metastore.classifications (tenant_id, asset_guid, tag)
-                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&tenant, &guids[asset.as_str()], tag],
-            )
+            .execute(&add_tag, &[&tenant.as_str(), &guids[asset.as_str()], tag])
             .await?;
     }
     tx.commit().await?;
@@ -516,11 +587,22 @@ mod tests {
             "eventType": "COMPLETE", "run": {"runId": "r"}, "job": {"namespace": "etl", "name": "wide"},
             "inputs": datasets(150), "outputs": datasets(150)
         }));
-        let plan = Plan::of(&e);
-        let Err(InboundError::Unprocessable(why)) = plan.within_bounds() else {
-            panic!("150 inputs by 150 outputs were taken");
+        let Err(InboundError::Unprocessable(why)) = Plan::precheck(&e) else {
+            panic!("150 inputs by 150 outputs were planned");
         };
-        assert!(why.contains("lineage edges"), "{why}");
+        assert!(why.contains("22500 lineage edges"), "{why}");
+        // Names grow with nesting: measured before they are built.
+        let deep = (0..30).fold(
+            json!([]),
+            |inner, i| json!([{"name": format!("level{i}_{}", "x".repeat(80)), "fields": inner}]),
+        );
+        let e = event(json!({
+            "dataset": {"namespace": "n", "name": "t", "facets": {"schema": {"fields": deep}}}
+        }));
+        let Err(InboundError::Unprocessable(why)) = Plan::precheck(&e) else {
+            panic!("a 2,700-character name was planned");
+        };
+        assert!(why.contains("at most 2000"), "{why}");
     }
 
     #[test]
