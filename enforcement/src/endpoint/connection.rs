@@ -5,7 +5,7 @@
 
 use std::fmt::Debug;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -43,10 +43,9 @@ struct Session {
     /// The password the session authenticated with (an API key or a JWT),
     /// checked again while the session lives.
     credential: String,
-    /// When the credential was last found valid.
+    /// When the credential was last found valid; a check that fails
+    /// leaves it, so every later statement checks again.
     checked: Mutex<Instant>,
-    /// The credential stopped being valid: no statement runs any more.
-    ended: AtomicBool,
     /// The tenant's connection slot, held while the connection lives.
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -153,7 +152,6 @@ impl Connection {
             caller,
             credential,
             checked: Mutex::new(Instant::now()),
-            ended: AtomicBool::new(false),
             _slot: slot,
         };
         let _ = self.session.set(session);
@@ -178,9 +176,6 @@ impl Connection {
     async fn checked_session(&self) -> PgWireResult<&Session> {
         let session = self.session()?;
         let tenant = &session.caller.tenant;
-        if session.ended.load(Ordering::Relaxed) {
-            return Err(credential_ended(tenant));
-        }
         let due = session
             .checked
             .lock()
@@ -197,7 +192,6 @@ impl Connection {
                 Ok(session)
             }
             Ok(_) | Err(CredentialError::Invalid(_)) => {
-                session.ended.store(true, Ordering::Relaxed);
                 metrics::counter!("lily_sql_sessions_ended_total", "reason" => "credential")
                     .increment(1);
                 warn!(tenant = %tenant, subject = %session.caller.subject, "SQL session ended: its credential is no longer valid");

@@ -229,27 +229,9 @@ impl Plan {
         }
     }
 
-    /// Refuses an event that would write more than one request should, or
-    /// name an asset longer than the catalog takes.
-    fn within_bounds(&self) -> Result<()> {
-        let writes = self.assets.len() + self.tags.len();
-        if writes > MAX_WRITES || self.edges.len() > MAX_WRITES {
-            return Err(InboundError::Unprocessable(format!(
-                "the event names {writes} assets and tags and {} lineage edges; at most {MAX_WRITES} of each are taken in one event",
-                self.edges.len()
-            )));
-        }
-        if let Some(long) = self.assets.keys().find(|n| n.len() > MAX_NAME) {
-            return Err(InboundError::Unprocessable(format!(
-                "{}...: a dataset name with its field path makes a qualified name longer than {MAX_NAME} characters",
-                &long[..long.floor_char_boundary(80)]
-            )));
-        }
-        Ok(())
-    }
-
-    /// Refuses, before anything is planned, an event whose plan would pass
-    /// the bounds: counted and measured without building a name.
+    /// Refuses, before anything is planned, an event that would write more
+    /// than one request should or name an asset longer than the catalog
+    /// takes: counted (from above) and measured without building a name.
     fn precheck(event: &Event) -> Result<()> {
         fn walk(fields: &[SchemaField], prefix: usize, count: &mut usize, longest: &mut usize) {
             for f in fields {
@@ -266,6 +248,9 @@ impl Plan {
             .chain(event.dataset.as_ref());
         let (mut writes, mut longest) = (0usize, 0usize);
         let mut edges = event.inputs.len().saturating_mul(event.outputs.len());
+        if let Some(job) = &event.job {
+            longest = job.namespace.len() + 1 + job.name.len();
+        }
         for d in datasets {
             writes += 1;
             longest = longest.max(d.name.len());
@@ -277,10 +262,16 @@ impl Plan {
                     writes += 1 + inputs.input_fields.len();
                     edges += inputs.input_fields.len();
                     longest = longest.max(d.name.len() + 1 + field.len());
+                    for i in &inputs.input_fields {
+                        longest = longest.max(i.name.len() + 1 + i.field.len());
+                    }
                 }
             }
             if let Some(tags) = &d.facets.tags {
                 writes += tags.tags.len();
+                for field in tags.tags.iter().filter_map(|t| t.field.as_ref()) {
+                    longest = longest.max(d.name.len() + 1 + field.len());
+                }
             }
         }
         if writes > MAX_WRITES || edges > MAX_WRITES {
@@ -300,12 +291,11 @@ impl Plan {
 
     fn of(event: &Event) -> Plan {
         let mut plan = Plan::default();
-        let datasets: Vec<(&str, &Dataset)> = event
-            .inputs
-            .iter()
-            .map(|d| ("inputs", d))
-            .chain(event.outputs.iter().map(|d| ("outputs", d)))
-            .chain(event.dataset.iter().map(|d| ("dataset", d)))
+        // Each dataset with where it is in the event, for refusals.
+        let datasets: Vec<(String, &Dataset)> = (event.inputs.iter().enumerate())
+            .map(|(i, d)| (format!("inputs[{i}]"), d))
+            .chain((event.outputs.iter().enumerate()).map(|(i, d)| (format!("outputs[{i}]"), d)))
+            .chain(event.dataset.iter().map(|d| ("dataset".to_owned(), d)))
             .collect();
         for (_, d) in &datasets {
             plan.dataset(d);
@@ -354,15 +344,7 @@ impl Plan {
                     ..PlannedAsset::new("process", process, None)
                 });
         }
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for (list, d) in &datasets {
-            let i = index.entry(list).or_default();
-            let at = if *list == "dataset" {
-                "dataset".to_owned()
-            } else {
-                format!("{list}[{i}]")
-            };
-            *i += 1;
+        for (at, d) in &datasets {
             let Some(tags) = &d.facets.tags else {
                 continue;
             };
@@ -441,7 +423,6 @@ async fn receive(
             "{at}: tags become classifications, which need the steward or admin role"
         )));
     }
-    plan.within_bounds()?;
     let mut conn = inbound.db.connection().await?;
     let tx = inbound.db.tenant_transaction(&mut conn, &tenant).await?;
     let (upsert, read, add_edge, add_tag) = (
