@@ -424,6 +424,25 @@ pub fn test_python() -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// DataHub's `datahub` command (acryl-datahub with its postgres source),
+/// from its own venv (`scripts/bootstrap`): its dependencies pin versions
+/// the test venv's tools do not share.
+pub fn datahub_cli() -> anyhow::Result<PathBuf> {
+    let p = std::env::var("LILY_TEST_DATAHUB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            PathBuf::from(home).join(".cache/lily/datahub-venv/bin/datahub")
+        });
+    if !p.exists() {
+        bail!(
+            "{} not found: run scripts/bootstrap to install acryl-datahub",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 /// A change reader running in this process, its batches collected.
 pub struct ReaderHandle {
     /// Batches as the reader closes them.

@@ -287,6 +287,12 @@ pub struct ApiConfig {
     ///
     /// Default `1048576` (1 MiB).
     pub body_limit_bytes: usize,
+    /// Largest body of the bulk routes (DataHub's ingestion endpoints,
+    /// whose emitter sends batches of up to 15 MiB), in bytes; a larger
+    /// one is refused with 413. Must be at least `body_limit_bytes`.
+    ///
+    /// Default `16777216` (16 MiB).
+    pub bulk_body_limit_bytes: usize,
     /// Database connections shared by the API and the inbound sources.
     /// Must be at least 1.
     ///
@@ -339,6 +345,7 @@ impl Default for ApiConfig {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
             body_limit_bytes: 1024 * 1024,
+            bulk_body_limit_bytes: 16 * 1024 * 1024,
             pool_size: 8,
             api_key_cache_ms: 30_000,
             search_sink: String::new(),

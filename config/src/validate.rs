@@ -113,6 +113,11 @@ impl LilyConfig {
             self.api.body_limit_bytes as u64,
             1024,
         )?;
+        at_least(
+            "api.bulk_body_limit_bytes",
+            self.api.bulk_body_limit_bytes as u64,
+            self.api.body_limit_bytes as u64,
+        )?;
         at_least("api.pool_size", self.api.pool_size as u64, 1)?;
         at_least("sql.max_connections", self.sql.max_connections as u64, 1)?;
         at_least(

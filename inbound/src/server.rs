@@ -50,6 +50,8 @@ pub struct Inbound {
     pub okta: OktaConfig,
     /// Largest request body, in bytes.
     pub body_limit_bytes: usize,
+    /// Largest body of a bulk route, in bytes.
+    pub bulk_body_limit_bytes: usize,
     /// How long a body may take to arrive.
     pub body_timeout: Duration,
     /// How long request headers may take to arrive.
@@ -125,6 +127,7 @@ impl Inbound {
             },
             okta: config.okta.clone(),
             body_limit_bytes: config.api.body_limit_bytes,
+            bulk_body_limit_bytes: config.api.bulk_body_limit_bytes,
             body_timeout: Duration::from_millis(config.api.body_timeout_ms),
             header_timeout: Duration::from_millis(config.api.header_timeout_ms),
             request_timeout: Duration::from_millis(config.api.request_timeout_ms),
@@ -233,50 +236,68 @@ impl FromRequest<Arc<Inbound>> for Body {
     type Rejection = InboundError;
 
     async fn from_request(req: Request, state: &Arc<Inbound>) -> Result<Self> {
-        let limit = state.body_limit_bytes;
-        if let Some(declared) = req.headers().get(header::CONTENT_TYPE) {
-            let media = declared
-                .to_str()
-                .unwrap_or_default()
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase();
-            let json = media == "application/json"
-                || (media.starts_with("application/") && media.ends_with("+json"));
-            if !json {
-                return Err(InboundError::UnsupportedMediaType(format!(
-                    "the body is declared as {media:?}; send application/json"
-                )));
-            }
-        }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(InboundError::TooLarge { limit });
-        }
-        let timeout = state.body_timeout;
-        tokio::time::timeout(timeout, axum::body::to_bytes(req.into_body(), limit))
+        read_body(req, state, state.body_limit_bytes)
             .await
-            .map_err(|_| {
-                InboundError::RequestTimeout(format!(
-                    "the body did not arrive within {} ms",
-                    timeout.as_millis()
-                ))
-            })?
             .map(Body)
-            .map_err(|e| {
-                if e.to_string().contains("length limit") {
-                    InboundError::TooLarge { limit }
-                } else {
-                    InboundError::MalformedJson(format!("the body could not be read: {e}"))
-                }
-            })
     }
+}
+
+/// The body of a bulk route (DataHub's batches), read up to
+/// `api.bulk_body_limit_bytes`; otherwise as [`Body`].
+pub struct BulkBody(pub Bytes);
+
+impl FromRequest<Arc<Inbound>> for BulkBody {
+    type Rejection = InboundError;
+
+    async fn from_request(req: Request, state: &Arc<Inbound>) -> Result<Self> {
+        read_body(req, state, state.bulk_body_limit_bytes)
+            .await
+            .map(BulkBody)
+    }
+}
+
+async fn read_body(req: Request, state: &Arc<Inbound>, limit: usize) -> Result<Bytes> {
+    if let Some(declared) = req.headers().get(header::CONTENT_TYPE) {
+        let media = declared
+            .to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let json = media == "application/json"
+            || (media.starts_with("application/") && media.ends_with("+json"));
+        if !json {
+            return Err(InboundError::UnsupportedMediaType(format!(
+                "the body is declared as {media:?}; send application/json"
+            )));
+        }
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(InboundError::TooLarge { limit });
+    }
+    let timeout = state.body_timeout;
+    tokio::time::timeout(timeout, axum::body::to_bytes(req.into_body(), limit))
+        .await
+        .map_err(|_| {
+            InboundError::RequestTimeout(format!(
+                "the body did not arrive within {} ms",
+                timeout.as_millis()
+            ))
+        })?
+        .map_err(|e| {
+            if e.to_string().contains("length limit") {
+                InboundError::TooLarge { limit }
+            } else {
+                InboundError::MalformedJson(format!("the body could not be read: {e}"))
+            }
+        })
 }
 
 /// A header's text, if present.

@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "propagation_lookups",
         sql: include_str!("../migrations/0009_propagation_lookups.sql"),
     },
+    Migration {
+        version: 10,
+        name: "datahub",
+        sql: include_str!("../migrations/0010_datahub.sql"),
+    },
 ];
 
 /// A stable checksum (FNV-1a) of the migration text as shipped.

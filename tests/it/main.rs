@@ -4,6 +4,7 @@ mod api_fuzz;
 mod big_transaction;
 mod cdc_types;
 mod crash;
+mod datahub;
 mod demo;
 mod faults;
 mod file_sink;

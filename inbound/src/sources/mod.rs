@@ -2,6 +2,7 @@
 //! own `[section]` of configuration; adding one is one module and one line
 //! here.
 
+pub mod datahub;
 mod jira;
 pub mod monte_carlo;
 mod okta;
@@ -20,4 +21,5 @@ pub fn routes() -> Router<Arc<Inbound>> {
         .merge(okta::routes())
         .merge(jira::routes())
         .merge(openlineage::routes())
+        .merge(datahub::routes())
 }
