@@ -15,6 +15,18 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ),
     ("assets.v1", include_str!("../schemas/assets.v1.json")),
     (
+        "datahub-aspects.v1",
+        include_str!("../schemas/datahub-aspects.v1.json"),
+    ),
+    (
+        "datahub-entity.v1",
+        include_str!("../schemas/datahub-entity.v1.json"),
+    ),
+    (
+        "datahub-batch-get.v1",
+        include_str!("../schemas/datahub-batch-get.v1.json"),
+    ),
+    (
         "asset-names.v1",
         include_str!("../schemas/asset-names.v1.json"),
     ),

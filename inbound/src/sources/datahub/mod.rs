@@ -98,7 +98,7 @@ async fn aspects(
     BulkBody(body): BulkBody,
 ) -> Result<Json<Value>> {
     caller.require(&tenant, Action::Ingest)?;
-    let body = crate::schemas::parse_json(&body)?;
+    let body = inbound.json("datahub-aspects.v1", &body)?;
     let records: Vec<(String, Value)> = match q.action.as_str() {
         "ingestProposalBatch" => {
             let Some(Value::Array(ps)) = body.get("proposals") else {
@@ -170,7 +170,7 @@ async fn entities(
             q.action
         )));
     }
-    let body = crate::schemas::parse_json(&body)?;
+    let body = inbound.json("datahub-entity.v1", &body)?;
     let Some(snapshot) = body.pointer("/entity/value") else {
         return Err(InboundError::Unprocessable(
             "the body has no `entity.value` snapshot".into(),
@@ -203,8 +203,14 @@ async fn no_platform_resources(Tenant(tenant): Tenant, caller: Caller) -> Result
 
 /// The SQL parser's lookup of schemas it did not see in this run: none
 /// known, so it parses without them.
-async fn no_datasets(Tenant(tenant): Tenant, caller: Caller) -> Result<Json<Value>> {
+async fn no_datasets(
+    State(inbound): State<Arc<Inbound>>,
+    Tenant(tenant): Tenant,
+    caller: Caller,
+    BulkBody(body): BulkBody,
+) -> Result<Json<Value>> {
     caller.require(&tenant, Action::Ingest)?;
+    inbound.json("datahub-batch-get.v1", &body)?;
     Ok(Json(json!([])))
 }
 
