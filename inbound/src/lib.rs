@@ -8,6 +8,7 @@
 //! with a JSON error naming the problem.
 
 pub mod auth;
+pub mod bulk;
 pub mod catalog;
 pub mod db;
 pub mod error;

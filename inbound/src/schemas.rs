@@ -15,6 +15,10 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ),
     ("assets.v1", include_str!("../schemas/assets.v1.json")),
     (
+        "bulk-asset.v1",
+        include_str!("../schemas/bulk-asset.v1.json"),
+    ),
+    (
         "datahub-aspects.v1",
         include_str!("../schemas/datahub-aspects.v1.json"),
     ),

@@ -3,6 +3,7 @@
 mod demo;
 mod dlq;
 mod inbound;
+mod ingest;
 mod lake;
 mod pipeline;
 mod sql;
@@ -53,6 +54,19 @@ enum Command {
         #[arg(long, env = "LILY_DEMO_SEARCH_SERVER")]
         search_server: Option<PathBuf>,
     },
+    /// Load files into a tenant's catalog: DataHub's `file` sink output (a
+    /// JSON array) or Lily's bulk NDJSON (one asset per line).
+    Ingest {
+        /// The tenant the files load into.
+        #[arg(long)]
+        tenant: String,
+        /// Records per transaction.
+        #[arg(long, default_value_t = 1000)]
+        chunk: usize,
+        /// The files, loaded in order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Delta Lake maintenance.
     Lake {
         #[command(subcommand)]
@@ -81,7 +95,7 @@ struct DlqArgs {
     /// Only these ids.
     #[arg(long = "id")]
     ids: Vec<i64>,
-    /// Only this source: notify, elasticsearch, kafka, kafka_source, transform.
+    /// Only this source: notify, elasticsearch, kafka, kafka_source, transform, datahub, bulk.
     #[arg(long)]
     source: Option<String>,
     /// Only this tenant's.
@@ -229,6 +243,11 @@ async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
         Command::Demo { dir, search_server } => {
             demo::run(&dir, search_server.as_deref(), config).await
         }
+        Command::Ingest {
+            tenant,
+            chunk,
+            files,
+        } => ingest::run(&config, &tenant, &files, chunk).await,
         Command::Lake {
             command: LakeCommand::Optimize { target_size },
         } => lake::optimize(&config, target_size).await,

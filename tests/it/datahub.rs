@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use lily_tests::api::ApiClient;
-use lily_tests::{TestEnv, datahub_cli};
+use lily_tests::{TestEnv, datahub_cli, run_lily};
 use serde_json::json;
 
 const WAREHOUSE: &str = "
@@ -181,6 +181,40 @@ sink:
         "shop.sales.customers.email -> shop.sales.big_orders.email",
     ] {
         assert!(edges.contains(want), "{want} is missing from {edges:#?}");
+    }
+
+    // The same extraction written by DataHub's `file` sink and loaded with
+    // `lily ingest` gives another tenant the same catalog.
+    let file = scratch.path().join("shop.json");
+    let file_recipe = format!(
+        "source:
+  type: postgres
+  config:
+    host_port: 127.0.0.1:{port}
+    database: shop
+    username: postgres
+    password: unused
+sink:
+  type: file
+  config:
+    filename: {file}
+",
+        port = env.cluster.port(),
+        file = file.display()
+    );
+    ingest(scratch.path(), &file_recipe)?;
+    let (code, out) = run_lily(
+        &["ingest", "--tenant", "beta", &file.display().to_string()],
+        &env.lily_env(),
+    )?;
+    assert_eq!(code, 0, "{out}");
+    let of = |tenant: &str, sql: &str| sql.replace("'acme'", &format!("'{tenant}'"));
+    for sql in [ASSETS, COLUMNS, EDGES] {
+        assert_eq!(
+            names(&c, &of("beta", sql)).await?,
+            names(&c, sql).await?,
+            "{sql}"
+        );
     }
 
     // A rerun changes nothing: no asset is written again.

@@ -2,6 +2,7 @@
 
 mod api_fuzz;
 mod big_transaction;
+mod bulk_load;
 mod cdc_types;
 mod crash;
 mod datahub;

@@ -9,7 +9,6 @@
 //! `ingestion/graph/client.py`, and from GMS's `AspectResource.java` and
 //! `Config.java` (docs/inbound.md names them with what they carry).
 
-mod apply;
 mod plan;
 mod urn;
 mod wire;
@@ -19,16 +18,14 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lily_cdc::sink::dead_letter::{DeadLetters, NewDeadLetter};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::info;
 
-pub use apply::Applied;
-use plan::Plan;
-pub use wire::{Proposal, Unreadable};
+pub use wire::Proposal;
 
 use crate::auth::{Action, Caller};
+use crate::bulk::{self, Outcome, Plan, Unreadable};
 use crate::db::Metastore;
 use crate::error::{InboundError, Result};
 use crate::server::{BulkBody, Inbound, Query, Tenant};
@@ -124,7 +121,7 @@ async fn aspects(
                 .map_err(|e| InboundError::Unprocessable(e.to_string()))?;
             let mut conn = inbound.db.connection().await?;
             let tx = inbound.db.tenant_transaction(&mut conn, &tenant).await?;
-            let stored = apply::checkpoint(&tx, &r.urn, &r.aspect).await?;
+            let stored = bulk::checkpoint(&tx, &r.urn, &r.aspect).await?;
             tx.commit().await?;
             let values: Vec<Value> = stored
                 .into_iter()
@@ -222,19 +219,6 @@ pub enum Records {
     File(Vec<(String, Value)>),
 }
 
-/// What one ingest did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// What was written.
-    pub applied: Applied,
-    /// Proposals mapped.
-    pub proposals: u64,
-    /// Proposals skipped: no catalog metadata, or not taken.
-    pub skipped: u64,
-    /// Proposals set aside as dead letters.
-    pub dead_letters: u64,
-}
-
 /// Maps and writes `records` in one transaction of `tenant`; a record that
 /// cannot be read or mapped becomes a dead letter naming its position, and
 /// the rest are written. Classifications need `may_curate`.
@@ -276,28 +260,18 @@ pub async fn ingest(
         )));
     }
     unreadable.extend(plan.rejected.iter().cloned());
-    let mut outcome = Outcome {
-        proposals: plan.applied.values().sum(),
-        skipped: plan.skipped.values().sum(),
-        dead_letters: unreadable.len() as u64,
-        ..Default::default()
-    };
     for (aspect, n) in &plan.applied {
         metrics::counter!("lily_inbound_datahub_proposals_total", "aspect" => *aspect, "outcome" => "applied").increment(*n);
     }
     for (aspect, n) in &plan.skipped {
         metrics::counter!("lily_inbound_datahub_proposals_total", "aspect" => *aspect, "outcome" => "skipped").increment(*n);
     }
-    let mut conn = db.connection().await?;
-    let tx = db.tenant_transaction(&mut conn, tenant).await?;
-    outcome.applied = apply::apply(&tx, plan).await?;
-    tx.commit().await?;
-    if !unreadable.is_empty() {
-        dead_letter(db, tenant, &raw, &unreadable).await?;
-    }
+    metrics::counter!("lily_inbound_datahub_proposals_total", "aspect" => "any", "outcome" => "dead_letter")
+        .increment(unreadable.len() as u64);
+    let outcome = bulk::write(db, tenant, DEAD_LETTER_SOURCE, plan, unreadable, &raw).await?;
     info!(
         tenant,
-        proposals = outcome.proposals,
+        proposals = outcome.records,
         skipped = outcome.skipped,
         dead_letters = outcome.dead_letters,
         created = outcome.applied.created,
@@ -307,36 +281,4 @@ pub async fn ingest(
         "DataHub proposals"
     );
     Ok(outcome)
-}
-
-/// Keeps each unreadable record, with its position and why, for `lily dlq`.
-async fn dead_letter(
-    db: &Metastore,
-    tenant: &str,
-    raw: &[(String, Value)],
-    unreadable: &[Unreadable],
-) -> Result<()> {
-    let store = DeadLetters::new(db.pool().clone());
-    for u in unreadable {
-        warn!(tenant, position = %u.position, error = %u.error, "DataHub proposal set aside as a dead letter");
-        metrics::counter!("lily_inbound_datahub_proposals_total", "aspect" => "any", "outcome" => "dead_letter").increment(1);
-        let payload = raw
-            .iter()
-            .find(|(at, _)| *at == u.position)
-            .map(|(_, v)| v.to_string())
-            .unwrap_or_default();
-        store
-            .record(&NewDeadLetter {
-                source: DEAD_LETTER_SOURCE,
-                tenant_id: Some(tenant),
-                reference: &u.position,
-                error_code: "unreadable_aspect",
-                error: &u.error,
-                payload: Some(payload.as_bytes()),
-                details: json!({"position": u.position}),
-            })
-            .await
-            .map_err(|e| InboundError::Unavailable(e.to_string()))?;
-    }
-    Ok(())
 }

@@ -8,6 +8,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::bulk::Unreadable;
+
 /// One aspect of one entity, as proposed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Proposal {
@@ -19,15 +21,6 @@ pub struct Proposal {
     pub aspect_name: String,
     /// The aspect's value; `None` for a DELETE.
     pub value: Option<Value>,
-}
-
-/// A proposal that could not be read, with where it was.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Unreadable {
-    /// Its position (`proposals[3]`, `record 12`).
-    pub position: String,
-    /// Why.
-    pub error: String,
 }
 
 /// Reads one MCP object. `position` names it in the error.

@@ -259,26 +259,48 @@ pub async fn apply(tx: &Transaction<'_>, plan: Plan) -> Result<Applied> {
         }
     }
 
-    // Everything but columns, then columns under their tables.
+    // Level by level: an asset is written once its parent (named by
+    // qualified name, in this batch or before) has a guid; a parent the
+    // catalog does not hold leaves the asset without one.
     let existing = guids(tx, &changes.keys().cloned().collect::<Vec<_>>()).await?;
     let mut known = existing.clone();
-    for columns in [false, true] {
+    let outside: Vec<String> = changes
+        .values()
+        .filter_map(|c| c.parent.clone())
+        .filter(|p| !changes.contains_key(p))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !outside.is_empty() {
+        known.extend(guids(tx, &outside).await?);
+    }
+    let mut waiting: Vec<&String> = changes.keys().collect();
+    while !waiting.is_empty() {
+        let (ready, later): (Vec<&String>, Vec<&String>) = waiting.iter().partition(|name| {
+            changes[**name]
+                .parent
+                .as_ref()
+                .is_none_or(|p| known.contains_key(p) || !changes.contains_key(p) || p == **name)
+        });
+        // A cycle of parents: written without them.
+        let (ready, later) = if ready.is_empty() {
+            (later, Vec::new())
+        } else {
+            (ready, later)
+        };
         let (mut insert, mut update) = (AssetRows::default(), AssetRows::default());
-        for (name, c) in changes
-            .iter()
-            .filter(|(_, c)| (c.default_type == "column") == columns)
-        {
+        for name in ready {
+            let c = &changes[name];
             let parent = c.parent.as_ref().and_then(|p| known.get(p).copied());
-            if existing.contains_key(name) {
-                update.push(name, c, parent, false);
-            } else {
+            if !existing.contains_key(name) {
                 insert.push(name, c, parent, true);
-                update.push(name, c, parent, false);
             }
+            update.push(name, c, parent, false);
         }
         out.created += insert.write(tx, INSERT_ASSETS).await?;
         out.updated += update.write(tx, UPDATE_ASSETS).await?;
         known.extend(guids(tx, &insert.names).await?);
+        waiting = later;
     }
 
     // Container URNs, then parent links in either order of arrival.
