@@ -23,6 +23,7 @@ use lily_lakehouse::{AuditSink, LakeLocation};
 use lily_sinks::NullSink;
 use tokio::sync::{mpsc, watch};
 
+mod bulk;
 mod outbound;
 mod propagation;
 mod sql;
@@ -102,6 +103,16 @@ struct Args {
     /// SQL: assets downstream of the upstream tag.
     #[arg(long, default_value_t = 10_000)]
     sql_closure: i64,
+    /// Run only the bulk-load benchmark: `lily ingest` of --assets assets
+    /// beside a binary COPY of the same rows.
+    #[arg(long)]
+    bulk: bool,
+    /// Bulk: assets in the estate (10% containers, 90% columns).
+    #[arg(long, default_value_t = 1_000_000)]
+    assets: i64,
+    /// Bulk: records per transaction of `lily ingest`.
+    #[arg(long, default_value_t = 5_000)]
+    chunk: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,6 +139,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .batch_execute("INSERT INTO metastore.tenants (tenant_id, name) VALUES ('bench', 'Bench')")
         .await?;
 
+    if args.bulk {
+        return bulk::run(&cluster, dir.path(), args.assets, args.chunk).await;
+    }
     if args.sql {
         return sql::run(
             &cluster,

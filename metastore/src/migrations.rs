@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "datahub",
         sql: include_str!("../migrations/0010_datahub.sql"),
     },
+    Migration {
+        version: 11,
+        name: "bulk_writes",
+        sql: include_str!("../migrations/0011_bulk_writes.sql"),
+    },
 ];
 
 /// A stable checksum (FNV-1a) of the migration text as shipped.

@@ -114,3 +114,42 @@ async fn a_tenant_role_that_could_pass_row_level_security_stops_setup_and_run() 
     assert_eq!(code, 0, "{out}");
     Ok(())
 }
+
+/// Every table the tenant role may read that holds tenants' rows (a
+/// `tenant_id` column) is row-secured for its owner too, the tables of
+/// later migrations (DataHub's bookkeeping, ...) as much as the first.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_table_a_tenant_session_can_read_is_row_secured() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let c = env.client().await?;
+    let rows = c
+        .query(
+            "SELECT format('%I.%I', n.nspname, t.relname), t.relrowsecurity, t.relforcerowsecurity
+               FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace
+              WHERE t.relkind = 'r' AND n.nspname IN ('metastore', 'lily')
+                AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t.oid AND a.attname = 'tenant_id')
+                AND has_table_privilege('lily_tenant', t.oid, 'SELECT')",
+            &[],
+        )
+        .await?;
+    let tables: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    for must in [
+        "metastore.assets",
+        "lily.datahub_containers",
+        "lily.datahub_parents",
+        "lily.datahub_checkpoints",
+    ] {
+        assert!(
+            tables.iter().any(|t| t == must),
+            "{must} not found in {tables:?}"
+        );
+    }
+    for r in &rows {
+        let (table, on, forced): (String, bool, bool) = (r.get(0), r.get(1), r.get(2));
+        assert!(
+            on && forced,
+            "{table}: row-level security on {on}, forced {forced}"
+        );
+    }
+    Ok(())
+}

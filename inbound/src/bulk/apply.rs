@@ -31,40 +31,37 @@ pub struct Applied {
     pub unresolved: u64,
 }
 
-/// Creates the assets missing; fields are set by [`UPDATE_ASSETS`].
+/// Creates the assets missing, returning their guids; one another
+/// transaction created first is left to [`UPDATE_ASSETS`].
 const INSERT_ASSETS: &str = "
 INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name, parent_guid, description, attributes, owners)
 SELECT current_setting('lily.tenant_id'), i.type_name, i.qualified_name, i.name, i.parent_guid, i.description, i.attributes,
        coalesce(ARRAY(SELECT jsonb_array_elements_text(i.owners)), '{}')
   FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[])
        AS i(type_name, qualified_name, name, parent_guid, description, attributes, owners)
-ON CONFLICT (tenant_id, qualified_name) DO NOTHING";
+ON CONFLICT (tenant_id, qualified_name) DO NOTHING
+RETURNING qualified_name, guid";
 
 /// Brings existing assets up to date; a row whose fields already hold
 /// these values is not touched (a rerun writes nothing, streams nothing).
 const UPDATE_ASSETS: &str = "
-WITH i AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[])
-        AS i(type_name, qualified_name, name, parent_guid, description, attributes, owners)
-), wanted AS (
-    SELECT a.guid,
-           coalesce(i.type_name, a.type_name) AS type_name,
-           coalesce(i.name, a.name) AS name,
-           coalesce(i.parent_guid, a.parent_guid) AS parent_guid,
-           coalesce(i.description, a.description) AS description,
-           a.attributes || i.attributes AS attributes,
-           CASE WHEN i.owners IS NULL THEN a.owners
-                ELSE ARRAY(SELECT jsonb_array_elements_text(i.owners)) END AS owners
-      FROM i JOIN metastore.assets a
-        ON a.tenant_id = current_setting('lily.tenant_id') AND a.qualified_name = i.qualified_name
-)
 UPDATE metastore.assets a
-   SET type_name = w.type_name, name = w.name, parent_guid = w.parent_guid,
-       description = w.description, attributes = w.attributes, owners = w.owners
-  FROM wanted w
- WHERE a.guid = w.guid
+   SET type_name = coalesce(i.type_name, a.type_name),
+       name = coalesce(i.name, a.name),
+       parent_guid = coalesce(i.parent_guid, a.parent_guid),
+       description = coalesce(i.description, a.description),
+       attributes = a.attributes || i.attributes,
+       owners = CASE WHEN i.owners IS NULL THEN a.owners
+                     ELSE ARRAY(SELECT jsonb_array_elements_text(i.owners)) END
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[])
+       AS i(type_name, qualified_name, name, parent_guid, description, attributes, owners)
+ WHERE a.tenant_id = current_setting('lily.tenant_id') AND a.qualified_name = i.qualified_name
    AND (a.type_name, a.name, a.parent_guid, a.description, a.attributes, a.owners)
-       IS DISTINCT FROM (w.type_name, w.name, w.parent_guid, w.description, w.attributes, w.owners)";
+       IS DISTINCT FROM (coalesce(i.type_name, a.type_name), coalesce(i.name, a.name),
+                         coalesce(i.parent_guid, a.parent_guid), coalesce(i.description, a.description),
+                         a.attributes || i.attributes,
+                         CASE WHEN i.owners IS NULL THEN a.owners
+                              ELSE ARRAY(SELECT jsonb_array_elements_text(i.owners)) END)";
 
 const GUIDS: &str = "
 SELECT qualified_name, guid FROM metastore.assets
@@ -172,24 +169,30 @@ impl AssetRows {
             .push(c.owners.as_ref().map(|o| Value::from(o.clone())));
     }
 
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
+        [
+            &self.types,
+            &self.names,
+            &self.display,
+            &self.parents,
+            &self.descriptions,
+            &self.attributes,
+            &self.owners,
+        ]
+    }
+
     async fn write(&self, tx: &Transaction<'_>, sql: &str) -> Result<u64> {
         if self.names.is_empty() {
             return Ok(0);
         }
-        Ok(tx
-            .execute(
-                sql,
-                &[
-                    &self.types,
-                    &self.names,
-                    &self.display,
-                    &self.parents,
-                    &self.descriptions,
-                    &self.attributes,
-                    &self.owners,
-                ],
-            )
-            .await?)
+        Ok(tx.execute(sql, &self.params()).await?)
+    }
+
+    async fn query(&self, tx: &Transaction<'_>, sql: &str) -> Result<Vec<tokio_postgres::Row>> {
+        if self.names.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(tx.query(sql, &self.params()).await?)
     }
 }
 
@@ -288,18 +291,40 @@ pub async fn apply(tx: &Transaction<'_>, plan: Plan) -> Result<Applied> {
         } else {
             (ready, later)
         };
-        let (mut insert, mut update) = (AssetRows::default(), AssetRows::default());
-        for name in ready {
-            let c = &changes[name];
-            let parent = c.parent.as_ref().and_then(|p| known.get(p).copied());
-            if !existing.contains_key(name) {
+        let mut insert = AssetRows::default();
+        for name in &ready {
+            let c = &changes[*name];
+            if !existing.contains_key(*name) {
+                let parent = c.parent.as_ref().and_then(|p| known.get(p).copied());
                 insert.push(name, c, parent, true);
             }
-            update.push(name, c, parent, false);
         }
-        out.created += insert.write(tx, INSERT_ASSETS).await?;
+        let inserted: HashMap<String, Uuid> = insert
+            .query(tx, INSERT_ASSETS)
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        out.created += inserted.len() as u64;
+        known.extend(inserted.iter().map(|(k, v)| (k.clone(), *v)));
+        // What existed, or what another transaction created meanwhile.
+        let mut update = AssetRows::default();
+        let mut raced = Vec::new();
+        for name in ready {
+            if inserted.contains_key(name) {
+                continue;
+            }
+            let c = &changes[name];
+            let parent = c.parent.as_ref().and_then(|p| known.get(p).copied());
+            update.push(name, c, parent, false);
+            if !existing.contains_key(name) {
+                raced.push(name.clone());
+            }
+        }
         out.updated += update.write(tx, UPDATE_ASSETS).await?;
-        known.extend(guids(tx, &insert.names).await?);
+        if !raced.is_empty() {
+            known.extend(guids(tx, &raced).await?);
+        }
         waiting = later;
     }
 
