@@ -55,8 +55,8 @@ pub use env::coerce;
 pub use env::{ENV_PREFIX, ENV_SEPARATOR};
 pub use error::ConfigError;
 pub use model::{
-    ApiConfig, AuthConfig, DeactivatedOwner, JiraConfig, KafkaSourceConfig, LakeConfig, LilyConfig,
-    LogConfig, LogFormat, MetricsConfig, MonteCarloConfig, OktaConfig, PostgresConfig,
+    ApiConfig, AuthConfig, BulkConfig, DeactivatedOwner, JiraConfig, KafkaSourceConfig, LakeConfig,
+    LilyConfig, LogConfig, LogFormat, MetricsConfig, MonteCarloConfig, OktaConfig, PostgresConfig,
     PropagatedAttribute, PropagationConfig, ReplicationConfig, SqlConfig, TableNaming,
     TransformsConfig,
 };

@@ -35,6 +35,8 @@ pub struct LilyConfig {
     pub jira: JiraConfig,
     /// `[kafka_source]`: Monte Carlo events consumed from Kafka topics.
     pub kafka_source: KafkaSourceConfig,
+    /// `[bulk]`: bulk loads (`lily ingest`) and their two lanes.
+    pub bulk: BulkConfig,
     /// `[sinks.<name>]`: where changes go (search, Kafka, SaaS tools,
     /// files), by name. Each table's `type` picks the kind of sink, and the
     /// sink registry (`lily_sinks::registry`) reads the rest with the
@@ -209,6 +211,45 @@ impl Default for TransformsConfig {
         Self {
             dir: "./sql-transforms".to_owned(),
             reload_interval_ms: 1000,
+        }
+    }
+}
+
+/// `[bulk]`: bulk loads, the 80/20 rule. Containers (databases, schemas,
+/// tables, dashboards: asset types whose `consistency` is `immediate`) are
+/// written to the metastore as they load; columns and BI fields that carry
+/// no tags or lineage land in the lake's `catalog/assets` table first and
+/// `lily run` promotes them into the metastore in the background.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BulkConfig {
+    /// Whether `lily ingest` sends columns and BI fields through the lake;
+    /// `false` writes every asset to the metastore as it loads.
+    ///
+    /// Default `true`.
+    pub lake_lane: bool,
+    /// Rows a tenant may have in the lake not yet promoted; past it,
+    /// `lily ingest` pauses until `lily run` catches up. Must be at least 1.
+    ///
+    /// Default `5000000`.
+    pub max_backlog_rows: u64,
+    /// Rows `lily run` promotes per transaction. Must be at least 1.
+    ///
+    /// Default `5000`.
+    pub promote_rows: usize,
+    /// Milliseconds between `lily run`'s looks for rows to promote.
+    ///
+    /// Default `500`.
+    pub promote_interval_ms: u64,
+}
+
+impl Default for BulkConfig {
+    fn default() -> Self {
+        Self {
+            lake_lane: true,
+            max_backlog_rows: 5_000_000,
+            promote_rows: 5_000,
+            promote_interval_ms: 500,
         }
     }
 }

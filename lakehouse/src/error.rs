@@ -23,4 +23,7 @@ pub enum LakeError {
     /// Turning changes into audit rows failed.
     #[error("building audit rows: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// A query of a lake table failed.
+    #[error("querying the lake: {0}")]
+    Query(String),
 }

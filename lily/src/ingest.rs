@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lily_config::LilyConfig;
-use lily_inbound::bulk::{self, Outcome, Unreadable};
+use lily_inbound::bulk::{self, Outcome, Unreadable, loads};
 use lily_inbound::db::Metastore;
 use lily_inbound::schemas::Schemas;
 use lily_inbound::sources::datahub::{self, Records};
+use lily_lakehouse::{CatalogAssets, LakeAsset, LakeLocation};
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -38,8 +39,10 @@ enum Format {
 /// A chunk of records read from a file: each with its position, and the
 /// lines that are not JSON at all.
 struct Chunk {
-    records: Vec<(String, Value)>,
-    unreadable: Vec<(String, String, String)>,
+    /// (position in the load, where, record).
+    records: Vec<(i64, String, Value)>,
+    /// (position, where, text, why).
+    unreadable: Vec<(i64, String, String, String)>,
 }
 
 /// Loads `files` into `tenant`, `chunk` records per transaction.
@@ -61,9 +64,17 @@ pub async fn run(
         "tenant {tenant:?} does not exist"
     );
     let schemas = Schemas::compile()?;
+    let lane = Lane {
+        lake: if config.bulk.lake_lane {
+            Some(lily_sinks::builtin::lake_location(config)?)
+        } else {
+            None
+        },
+        max_backlog: config.bulk.max_backlog_rows,
+    };
     let mut total = Outcome::default();
     for path in files {
-        let outcome = load(&db, &schemas, tenant, path, chunk.max(1))
+        let outcome = load(&db, &schemas, tenant, path, chunk.max(1), &lane)
             .await
             .with_context(|| format!("loading {}", path.display()))?;
         add(&mut total, &outcome);
@@ -83,6 +94,50 @@ pub async fn run(
         eprintln!(
             "{} records could not be read and were kept as dead letters: lily dlq list --tenant {tenant}",
             total.dead_letters
+        );
+    }
+    Ok(())
+}
+
+/// `lily status`: every load (or one tenant's), its lanes and its lag.
+pub async fn status(config: &LilyConfig, tenant: Option<&str>) -> anyhow::Result<()> {
+    let db = Metastore::new(
+        &config.postgres.url,
+        1,
+        &config.postgres.tenant_role,
+        Duration::from_secs(30),
+    )
+    .context("the metastore connection pool")?;
+    let all = loads::list(&db, tenant).await?;
+    if all.is_empty() {
+        println!("no bulk loads");
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:<16} {:<10} {:<9} {:>12} {:>12} {:>12} {:>12} {:>10}  source",
+        "tenant",
+        "load",
+        "state",
+        "consist.",
+        "metastore",
+        "lake",
+        "promoted",
+        "backlog",
+        "watermark"
+    );
+    for l in all {
+        println!(
+            "{:<10} {:<16} {:<10} {:<9} {:>12} {:>12} {:>12} {:>12} {:>10}  {}",
+            l.tenant_id,
+            l.load_id,
+            l.state,
+            l.consistency(),
+            l.rows_metastore,
+            l.rows_lake,
+            l.promoted_rows,
+            l.backlog(),
+            l.promoted_seq,
+            l.source
         );
     }
     Ok(())
@@ -123,12 +178,21 @@ fn sniff(path: &Path) -> anyhow::Result<Format> {
     }
 }
 
+/// Where the lake lane is and how much backlog it may have.
+struct Lane {
+    /// The lake, when the lake lane is on.
+    lake: Option<LakeLocation>,
+    /// `bulk.max_backlog_rows`.
+    max_backlog: u64,
+}
+
 async fn load(
     db: &Metastore,
     schemas: &Schemas,
     tenant: &str,
     path: &Path,
     chunk: usize,
+    lane: &Lane,
 ) -> anyhow::Result<Outcome> {
     let format = sniff(path)?;
     let size = std::fs::metadata(path)?.len();
@@ -153,36 +217,146 @@ async fn load(
         })
     };
     let mut progress = Progress::new(&name, size, read);
+    let load_id = load_id(tenant, path)?;
+    loads::begin(db, tenant, &load_id, &path.display().to_string()).await?;
+    // The lake lane, and where a load killed before stopped in it: every
+    // line up to there is written in both lanes already.
+    let mut lake = match (format, &lane.lake) {
+        (Format::Ndjson, Some(location)) => Some(CatalogAssets::open(location).await?),
+        _ => None,
+    };
+    let resume = match lake.as_mut() {
+        Some(l) => l.last_seq(tenant, &load_id).await?,
+        None => 0,
+    };
+    let (mut rows_metastore, mut rows_lake, mut lake_seq) = (0i64, 0i64, resume);
+    let mut paused = false;
     let mut total = Outcome::default();
     while let Some(c) = rx.recv().await {
         let n = (c.records.len() + c.unreadable.len()) as u64;
         let outcome = match format {
             Format::DataHub => {
-                let mut o = datahub::ingest(db, tenant, Records::File(c.records), true).await?;
+                rows_metastore += c.records.len() as i64;
+                let records = c.records.into_iter().map(|(_, p, v)| (p, v)).collect();
+                let mut o = datahub::ingest(db, tenant, Records::File(records), true).await?;
                 o.dead_letters +=
                     dead_lines(db, tenant, datahub::DEAD_LETTER_SOURCE, &c.unreadable).await?;
                 o
             }
             Format::Ndjson => {
-                let plan = bulk::ndjson::plan(schemas, &c.records);
+                let mut metastore = Vec::new();
+                let mut lake_rows = Vec::new();
+                for (seq, position, value) in c.records {
+                    let to_lake = lake.is_some() && bulk::ndjson::lake_lane(schemas, &value);
+                    if to_lake {
+                        rows_lake += 1;
+                    } else {
+                        rows_metastore += 1;
+                    }
+                    if seq <= resume {
+                        continue;
+                    }
+                    if to_lake {
+                        lake_rows.push(lake_asset(tenant, &load_id, seq, &value));
+                    } else {
+                        metastore.push((position, value));
+                    }
+                }
+                let plan = bulk::ndjson::plan(schemas, &metastore);
                 let mut unreadable: Vec<Unreadable> = plan.rejected.clone();
-                let mut raw = c.records;
-                for (position, line, error) in c.unreadable {
+                let mut raw = metastore;
+                for (seq, position, line, error) in c.unreadable {
+                    if seq <= resume {
+                        continue;
+                    }
                     unreadable.push(Unreadable {
                         position: position.clone(),
                         error,
                     });
                     raw.push((position, Value::String(line)));
                 }
-                bulk::write(db, tenant, BULK_SOURCE, plan, unreadable, &raw).await?
+                // Containers first: the lake's columns name them as parents.
+                let mut o = bulk::write(db, tenant, BULK_SOURCE, plan, unreadable, &raw).await?;
+                if let (Some(l), Some(last)) = (lake.as_mut(), lake_rows.last().map(|r| r.seq)) {
+                    // Back-pressure: wait while the tenant's backlog is full.
+                    loop {
+                        let backlog = loads::backlog(db, tenant).await?;
+                        if backlog + lake_rows.len() as i64 <= lane.max_backlog as i64
+                            || backlog == 0
+                        {
+                            break;
+                        }
+                        if !paused {
+                            progress.note(&format!(
+                                "paused: {backlog} rows wait for `lily run` to promote them (bulk.max_backlog_rows = {})",
+                                lane.max_backlog
+                            ));
+                            paused = true;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    paused = false;
+                    l.append(&lake_rows).await?;
+                    lake_seq = last;
+                    o.records += lake_rows.len() as u64;
+                }
+                o
             }
         };
+        loads::progress(db, tenant, &load_id, rows_metastore, rows_lake, lake_seq).await?;
         add(&mut total, &outcome);
         progress.advance(n);
     }
     reader.await.context("the file reader")??;
+    loads::finish_reading(db, tenant, &load_id).await?;
     progress.finish();
+    if rows_lake > 0 {
+        println!(
+            "{name}: {rows_metastore} assets in the metastore, {rows_lake} columns and fields in the lake \
+             (load {load_id}; `lily status` shows their promotion)"
+        );
+    }
     Ok(total)
+}
+
+/// A load's id: the tenant and the file's identity (path, size, time of
+/// change), so a rerun of the same file resumes the same load.
+fn load_id(tenant: &str, path: &Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let meta = std::fs::metadata(path)?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let digest = sha2::Sha256::digest(format!(
+        "{tenant}\n{}\n{}\n{modified}",
+        canonical.display(),
+        meta.len()
+    ));
+    Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+}
+
+/// A lake row of a line the lake lane takes (checked against the schema).
+fn lake_asset(tenant: &str, load_id: &str, seq: i64, v: &Value) -> LakeAsset {
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    LakeAsset {
+        tenant_id: tenant.to_owned(),
+        load_id: load_id.to_owned(),
+        seq,
+        qualified_name: text("qualified_name").unwrap_or_default(),
+        type_name: text("type").unwrap_or_default(),
+        name: text("name"),
+        parent: text("parent"),
+        description: text("description"),
+        attributes: v
+            .get("attributes")
+            .map(Value::to_string)
+            .unwrap_or_else(|| "{}".to_owned()),
+        owners: v.get("owners").map(Value::to_string),
+    }
 }
 
 /// Dead letters for lines that were not JSON at all (a DataHub file has
@@ -191,21 +365,21 @@ async fn dead_lines(
     db: &Metastore,
     tenant: &str,
     source: &'static str,
-    lines: &[(String, String, String)],
+    lines: &[(i64, String, String, String)],
 ) -> anyhow::Result<u64> {
     if lines.is_empty() {
         return Ok(0);
     }
     let unreadable = lines
         .iter()
-        .map(|(p, _, e)| Unreadable {
+        .map(|(_, p, _, e)| Unreadable {
             position: p.clone(),
             error: e.clone(),
         })
         .collect();
     let raw: Vec<(String, Value)> = lines
         .iter()
-        .map(|(p, l, _)| (p.clone(), Value::String(l.clone())))
+        .map(|(_, p, l, _)| (p.clone(), Value::String(l.clone())))
         .collect();
     let o = bulk::write(db, tenant, source, Default::default(), unreadable, &raw).await?;
     Ok(o.dead_letters)
@@ -228,12 +402,13 @@ fn read_lines(
         if line.trim().is_empty() {
             continue;
         }
-        let position = format!("{name}:{}", i + 1);
+        let seq = i as i64 + 1;
+        let position = format!("{name}:{seq}");
         match serde_json::from_str::<Value>(&line) {
-            Ok(v) => current.records.push((position, v)),
+            Ok(v) => current.records.push((seq, position, v)),
             Err(e) => current
                 .unreadable
-                .push((position, line, format!("not JSON: {e}"))),
+                .push((seq, position, line, format!("not JSON: {e}"))),
         }
         if current.records.len() + current.unreadable.len() >= chunk {
             let full = std::mem::replace(
@@ -277,7 +452,7 @@ fn read_array(
             let mut n = 0usize;
             while let Some(v) = seq.next_element::<Value>()? {
                 n += 1;
-                records.push((format!("{} record {n}", self.name), v));
+                records.push((n as i64, format!("{} record {n}", self.name), v));
                 if records.len() >= self.chunk {
                     let full = std::mem::replace(&mut records, Vec::with_capacity(self.chunk));
                     let chunk = Chunk {
@@ -392,6 +567,16 @@ impl Progress {
             let _ = writeln!(err, "{}", self.line());
         }
         let _ = err.flush();
+    }
+
+    /// A line of its own above the progress line.
+    fn note(&self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = if self.tty {
+            writeln!(err, "\r\x1b[2K{text}")
+        } else {
+            writeln!(err, "{text}")
+        };
     }
 
     fn finish(&mut self) {

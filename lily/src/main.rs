@@ -6,6 +6,7 @@ mod inbound;
 mod ingest;
 mod lake;
 mod pipeline;
+mod promote;
 mod sql;
 mod telemetry;
 mod transforms;
@@ -66,6 +67,13 @@ enum Command {
         /// The files, loaded in order.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Bulk loads and their lag: per load, what is in the metastore, what
+    /// waits in the lake, and the watermark up to which all is consistent.
+    Status {
+        /// Only this tenant's loads.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Delta Lake maintenance.
     Lake {
@@ -248,6 +256,7 @@ async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
             chunk,
             files,
         } => ingest::run(&config, &tenant, &files, chunk).await,
+        Command::Status { tenant } => ingest::status(&config, tenant.as_deref()).await,
         Command::Lake {
             command: LakeCommand::Optimize { target_size },
         } => lake::optimize(&config, target_size).await,

@@ -139,6 +139,7 @@ pub async fn run(config: &LilyConfig, shutdown: watch::Receiver<bool>) -> anyhow
     ));
     let search = lily_sinks::registry::search_cluster(&configured, &config.api)?;
     crate::inbound::start(config, &transforms, &state, search, shutdown.clone()).await?;
+    crate::promote::start(config, shutdown.clone())?;
     // The SQL endpoint starts from the policies as they are; from then on
     // the pipeline compiles a new snapshot at every commit touching them.
     let (policies, endpoint) = if config.sql.listen.is_empty() {

@@ -58,3 +58,32 @@ DROP FUNCTION lily.link_incident_assets();
 CREATE TRIGGER assets_link_incidents AFTER INSERT ON metastore.assets
     REFERENCING NEW TABLE AS new_assets
     FOR EACH STATEMENT EXECUTE FUNCTION lily.link_incident_assets_of_statement();
+
+-- Bulk loads (`lily ingest`) and their two lanes: what each load wrote to
+-- the metastore at once, what it put in the lake's `catalog/assets`, and
+-- how far `lily run` has promoted those into the metastore (`promoted_seq`,
+-- a position in the load: everything up to it is consistent everywhere).
+CREATE TABLE lily.bulk_loads (
+    tenant_id      text NOT NULL REFERENCES metastore.tenants ON DELETE CASCADE,
+    load_id        text NOT NULL,
+    source         text NOT NULL,
+    state          text NOT NULL DEFAULT 'loading' CHECK (state IN ('loading', 'promoting', 'complete')),
+    rows_metastore bigint NOT NULL DEFAULT 0,
+    rows_lake      bigint NOT NULL DEFAULT 0,
+    lake_seq       bigint NOT NULL DEFAULT 0,
+    promoted_rows  bigint NOT NULL DEFAULT 0,
+    promoted_seq   bigint NOT NULL DEFAULT 0,
+    started_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    completed_at   timestamptz,
+    PRIMARY KEY (tenant_id, load_id)
+);
+GRANT SELECT, UPDATE ON lily.bulk_loads TO "${tenant_role}";
+ALTER TABLE lily.bulk_loads ENABLE ROW LEVEL SECURITY;
+ALTER TABLE lily.bulk_loads FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON lily.bulk_loads
+    USING (tenant_id = current_setting('lily.tenant_id', true))
+    WITH CHECK (tenant_id = current_setting('lily.tenant_id', true));
+DO $$ BEGIN
+    EXECUTE format('CREATE POLICY lily_service ON lily.bulk_loads TO %I USING (true) WITH CHECK (true)', current_user);
+END $$;

@@ -36,7 +36,7 @@ pub struct Applied {
 const INSERT_ASSETS: &str = "
 INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name, parent_guid, description, attributes, owners)
 SELECT current_setting('lily.tenant_id'), i.type_name, i.qualified_name, i.name, i.parent_guid, i.description, i.attributes,
-       coalesce(ARRAY(SELECT jsonb_array_elements_text(i.owners)), '{}')
+       CASE WHEN i.owners IS NULL THEN '{}'::text[] ELSE ARRAY(SELECT jsonb_array_elements_text(i.owners)) END
   FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[])
        AS i(type_name, qualified_name, name, parent_guid, description, attributes, owners)
 ON CONFLICT (tenant_id, qualified_name) DO NOTHING

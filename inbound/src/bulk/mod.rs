@@ -4,11 +4,12 @@
 //! format and `lily ingest` build plans; this is where they are written.
 
 mod apply;
+pub mod loads;
 pub mod ndjson;
 mod plan;
 
 pub use apply::{Applied, apply, checkpoint};
-pub use plan::{AssetChange, Edge, MAX_NAME, Plan, Target, Unreadable, leaf};
+pub use plan::{AssetChange, Edge, MAX_NAME, Plan, Target, Unreadable, asset_type, leaf};
 
 use lily_cdc::sink::dead_letter::{DeadLetters, NewDeadLetter};
 use serde_json::{Value, json};

@@ -6,25 +6,11 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::plan::{AssetChange, Plan, Target, Unreadable, leaf};
+use super::plan::{AssetChange, Plan, Target, Unreadable, asset_type, leaf};
 use crate::schemas::Schemas;
 
 /// The schema every line is checked against.
 pub const SCHEMA: &str = "bulk-asset.v1";
-
-/// The asset types of the catalog (`lily.asset_types`), as the schema lists them.
-const TYPES: &[&str] = &[
-    "database",
-    "schema",
-    "table",
-    "view",
-    "column",
-    "dashboard",
-    "bi_field",
-    "process",
-    "container",
-    "chart",
-];
 
 #[derive(Deserialize)]
 struct Line {
@@ -42,6 +28,20 @@ struct Line {
     #[serde(default)]
     upstreams: Vec<String>,
     process: Option<String>,
+}
+
+/// Whether a line goes to the lake lane: a valid column or BI field (an
+/// `eventual` type) that names no tags, upstreams or process, which the
+/// metastore must hold at once.
+pub fn lake_lane(schemas: &Schemas, value: &Value) -> bool {
+    matches!(
+        value.get("type").and_then(Value::as_str),
+        Some("column" | "bi_field")
+    ) && ["tags", "upstreams", "process"].iter().all(|k| {
+        value
+            .get(*k)
+            .is_none_or(|v| v.as_array().is_some_and(|a| a.is_empty()))
+    }) && schemas.validate(SCHEMA, value).is_ok()
 }
 
 /// The plan of `lines` (each with its position, `file:line`); a line that
@@ -69,11 +69,7 @@ fn read(schemas: &Schemas, value: &Value) -> Result<Line, String> {
 }
 
 fn add(plan: &mut Plan, line: Line, position: &str) {
-    let type_name = TYPES
-        .iter()
-        .copied()
-        .find(|t| *t == line.type_name)
-        .unwrap_or("table");
+    let type_name = asset_type(&line.type_name).unwrap_or("table");
     let mut change = AssetChange::new(type_name, leaf(&line.qualified_name));
     change.type_name = Some(type_name);
     change.name = line.name;

@@ -114,6 +114,25 @@ pub struct Plan {
     pub rejected: Vec<Unreadable>,
 }
 
+/// The asset types of the catalog (`lily.asset_types`).
+const ASSET_TYPES: &[&str] = &[
+    "database",
+    "schema",
+    "table",
+    "view",
+    "column",
+    "dashboard",
+    "bi_field",
+    "process",
+    "container",
+    "chart",
+];
+
+/// The catalog's name for asset type `name`, if it is one.
+pub fn asset_type(name: &str) -> Option<&'static str> {
+    ASSET_TYPES.iter().copied().find(|t| *t == name)
+}
+
 /// The last part of a dotted name.
 pub fn leaf(qualified: &str) -> String {
     qualified.rsplit('.').next().unwrap_or(qualified).to_owned()
