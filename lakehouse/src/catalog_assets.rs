@@ -220,6 +220,45 @@ impl CatalogAssets {
             .unwrap_or(0))
     }
 
+    /// Per parent (a table) of `load_id`: its lake rows, and how many are
+    /// at or before `watermark` (promoted), parents in name order.
+    pub async fn parents(
+        &mut self,
+        tenant: &str,
+        load_id: &str,
+        watermark: i64,
+    ) -> Result<Vec<(String, i64, i64)>, LakeError> {
+        let batches = self
+            .query(&format!(
+                "SELECT coalesce(parent, '') AS parent, count(*) AS total,
+                        sum(CASE WHEN seq <= {watermark} THEN 1 ELSE 0 END) AS promoted
+                   FROM assets WHERE tenant_id = '{}' AND load_id = '{}'
+                  GROUP BY coalesce(parent, '') ORDER BY 1",
+                quote(tenant),
+                quote(load_id)
+            ))
+            .await?;
+        let mut out = Vec::new();
+        for b in &batches {
+            let parent = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+            let parent = parent.as_string::<i32>();
+            let total = arrow::compute::cast(b.column(1), &DataType::Int64)?;
+            let promoted = arrow::compute::cast(b.column(2), &DataType::Int64)?;
+            let (total, promoted) = (
+                total.as_primitive::<Int64Type>(),
+                promoted.as_primitive::<Int64Type>(),
+            );
+            for i in 0..b.num_rows() {
+                out.push((
+                    parent.value(i).to_owned(),
+                    total.value(i),
+                    promoted.value(i),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     async fn query(&mut self, sql: &str) -> Result<Vec<RecordBatch>, LakeError> {
         let url = self.table.table_url().to_string();
         self.table
@@ -288,5 +327,9 @@ mod tests {
         assert_eq!(lake.last_seq("a", "l1").await.unwrap(), 7);
         assert_eq!(lake.last_seq("a", "other").await.unwrap(), 0);
         assert_eq!(lake.read("b", "l1", 0, 10).await.unwrap()[0], row(3, "b"));
+        assert_eq!(
+            lake.parents("a", "l1", 2).await.unwrap(),
+            [("t".to_owned(), 4, 2)]
+        );
     }
 }

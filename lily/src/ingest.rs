@@ -100,7 +100,11 @@ pub async fn run(
 }
 
 /// `lily status`: every load (or one tenant's), its lanes and its lag.
-pub async fn status(config: &LilyConfig, tenant: Option<&str>) -> anyhow::Result<()> {
+pub async fn status(
+    config: &LilyConfig,
+    tenant: Option<&str>,
+    load: Option<&str>,
+) -> anyhow::Result<()> {
     let db = Metastore::new(
         &config.postgres.url,
         1,
@@ -139,6 +143,31 @@ pub async fn status(config: &LilyConfig, tenant: Option<&str>) -> anyhow::Result
             l.promoted_seq,
             l.source
         );
+    }
+    let Some(load) = load else {
+        return Ok(());
+    };
+    let Some(l) = loads::list(&db, tenant)
+        .await?
+        .into_iter()
+        .find(|l| l.load_id == load)
+    else {
+        anyhow::bail!("no load {load}");
+    };
+    let mut lake = CatalogAssets::open(&lily_sinks::builtin::lake_location(config)?).await?;
+    println!(
+        "\n{:<60} {:>10} {:>10}  state",
+        "table", "in lake", "promoted"
+    );
+    for (table, total, promoted) in lake.parents(&l.tenant_id, load, l.promoted_seq).await? {
+        let state = if promoted >= total {
+            "complete"
+        } else if promoted > 0 {
+            "partial"
+        } else {
+            "pending"
+        };
+        println!("{table:<60} {total:>10} {promoted:>10}  {state}");
     }
     Ok(())
 }

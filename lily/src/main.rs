@@ -74,6 +74,10 @@ enum Command {
         /// Only this tenant's loads.
         #[arg(long)]
         tenant: Option<String>,
+        /// Also each table of this load (an id `lily status` shows): its
+        /// columns in the lake, how many are promoted, and its state.
+        #[arg(long)]
+        load: Option<String>,
     },
     /// Delta Lake maintenance.
     Lake {
@@ -256,7 +260,9 @@ async fn dispatch(command: Command, config: LilyConfig) -> anyhow::Result<()> {
             chunk,
             files,
         } => ingest::run(&config, &tenant, &files, chunk).await,
-        Command::Status { tenant } => ingest::status(&config, tenant.as_deref()).await,
+        Command::Status { tenant, load } => {
+            ingest::status(&config, tenant.as_deref(), load.as_deref()).await
+        }
         Command::Lake {
             command: LakeCommand::Optimize { target_size },
         } => lake::optimize(&config, target_size).await,

@@ -211,6 +211,27 @@ async fn lily_ingest_loads_an_estate_in_two_lanes_sets_bad_lines_aside_and_resum
         "the backlog went {seen:?}"
     );
     check_estate(&c, "acme").await?;
+    // Per table: every table's lake columns promoted.
+    let (_, out) = run_lily(&["status", "--tenant", "acme"], &env.lily_env())?;
+    let load = out
+        .lines()
+        .find(|l| l.starts_with("acme"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_default()
+        .to_owned();
+    let (code, out) = run_lily(
+        &["status", "--tenant", "acme", "--load", &load],
+        &env.lily_env(),
+    )?;
+    assert_eq!(code, 0, "{out}");
+    let tables: Vec<&str> = out.lines().filter(|l| l.starts_with("shop.")).collect();
+    assert_eq!(tables.len(), SCHEMAS * TABLES, "{out}");
+    assert!(
+        tables
+            .iter()
+            .all(|l| l.ends_with("complete") && l.contains(&format!(" {} ", COLUMNS - 1))),
+        "{out}"
+    );
 
     // Killed half-way, then run again: every asset once, none rewritten.
     let log = env.dir.path().join("killed.log");
