@@ -139,25 +139,15 @@ pub struct CatalogAssets {
 impl CatalogAssets {
     /// Opens the table under `location`, creating it if missing.
     pub async fn open(location: &LakeLocation) -> Result<Self, LakeError> {
-        use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-        let mut table = location.open_table(CATALOG_ASSETS_TABLE).await?;
-        if table.version().is_none() {
-            let url = table.table_url().to_string();
-            let schema: deltalake::kernel::StructType =
-                catalog_assets_schema().as_ref().try_into_kernel()?;
-            table = match table
-                .create()
-                .with_columns(schema.fields().cloned())
-                .with_partition_columns(["tenant_id"])
-                .with_comment("Columns and BI fields of bulk loads, before the metastore has them")
-                .await
-            {
-                Ok(t) => t,
-                // Another process created it first.
-                Err(_) => location.open_table(CATALOG_ASSETS_TABLE).await?,
-            };
-            info!(table = %url, "catalog assets table ready");
-        }
+        let table = location
+            .open_or_create(
+                CATALOG_ASSETS_TABLE,
+                &catalog_assets_schema(),
+                &["tenant_id"],
+                "Columns and BI fields of bulk loads, before the metastore has them",
+            )
+            .await?;
+        info!(table = %table.table_url(), "catalog assets table opened");
         Ok(Self { table })
     }
 

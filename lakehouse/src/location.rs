@@ -84,6 +84,38 @@ impl LakeLocation {
             source,
         })
     }
+
+    /// Opens the table at `relative`, creating it with `schema`, its
+    /// `partitions` and `comment` when there is none yet.
+    pub async fn open_or_create(
+        &self,
+        relative: &str,
+        schema: &arrow::datatypes::Schema,
+        partitions: &[&str],
+        comment: &str,
+    ) -> Result<deltalake::DeltaTable, LakeError> {
+        use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+        let table = self.open_table(relative).await?;
+        if table.version().is_some() {
+            return Ok(table);
+        }
+        let url = table.table_url().to_string();
+        let kernel: deltalake::kernel::StructType = schema.try_into_kernel()?;
+        match table
+            .create()
+            .with_columns(kernel.fields().cloned())
+            .with_partition_columns(partitions.iter().copied())
+            .with_comment(comment)
+            .await
+        {
+            Ok(t) => Ok(t),
+            // Another process created it meanwhile: open theirs.
+            Err(_) if self.open_table(relative).await?.version().is_some() => {
+                self.open_table(relative).await
+            }
+            Err(source) => Err(LakeError::Delta { table: url, source }),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -155,20 +155,14 @@ pub struct QueryAuditLog {
 impl QueryAuditLog {
     /// Opens `audit/queries` under `location`, creating it if missing.
     pub async fn open(location: &LakeLocation) -> Result<Self, LakeError> {
-        use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-        let mut table = location.open_table(QUERY_AUDIT_TABLE).await?;
-        if table.version().is_none() {
-            let url = table.table_url().to_string();
-            let schema: deltalake::kernel::StructType =
-                query_audit_schema().as_ref().try_into_kernel()?;
-            table = table
-                .create()
-                .with_columns(schema.fields().cloned())
-                .with_partition_columns(["tenant_id", "day"])
-                .with_comment("Every statement run on governed data through Lily's SQL endpoint")
-                .await
-                .map_err(|source| LakeError::Delta { table: url, source })?;
-        }
+        let table = location
+            .open_or_create(
+                QUERY_AUDIT_TABLE,
+                &query_audit_schema(),
+                &["tenant_id", "day"],
+                "Every statement run on governed data through Lily's SQL endpoint",
+            )
+            .await?;
         info!(table = %table.table_url(), "query audit table opened");
         Ok(Self { table })
     }

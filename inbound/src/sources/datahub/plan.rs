@@ -701,14 +701,7 @@ impl SchemaField {
     }
 
     fn tag_names(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        for t in [&self.global_tags, &self.glossary_terms]
-            .into_iter()
-            .flatten()
-        {
-            names.extend(t.names());
-        }
-        names
+        classifications(&self.global_tags, &self.glossary_terms)
     }
 }
 
@@ -739,15 +732,17 @@ struct EditableField {
 
 impl EditableField {
     fn tags(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        for t in [&self.global_tags, &self.glossary_terms]
-            .into_iter()
-            .flatten()
-        {
-            names.extend(t.names());
-        }
-        names
+        classifications(&self.global_tags, &self.glossary_terms)
     }
+}
+
+/// The classifications of a field's `globalTags` and `glossaryTerms`.
+fn classifications(tags: &Option<Tagging>, terms: &Option<Tagging>) -> Vec<String> {
+    [tags, terms]
+        .into_iter()
+        .flatten()
+        .flat_map(Tagging::names)
+        .collect()
 }
 
 /// `globalTags` (`{"tags": [{"tag": urn}]}`) or `glossaryTerms`
