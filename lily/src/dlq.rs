@@ -10,18 +10,19 @@ use lily_sinks::registry::{self, Registry};
 
 /// The metastore pool of the sinks (outbox, dead letters, references).
 pub fn pool(config: &LilyConfig) -> anyhow::Result<Pool> {
-    Ok(
-        // The pipeline's own bookkeeping waits longer than an API request.
-        Metastore::new(
-            &config.postgres.url,
-            4,
-            &config.postgres.tenant_role,
-            std::time::Duration::from_secs(30),
-        )
-        .context("the metastore connection pool")?
-        .pool()
-        .clone(),
+    Ok(own_metastore(config, 4)?.pool().clone())
+}
+
+/// `size` metastore connections for Lily's own work (the sinks, bulk loads
+/// and their promotion), which waits longer for one than an API request.
+pub fn own_metastore(config: &LilyConfig, size: usize) -> anyhow::Result<Metastore> {
+    Metastore::new(
+        &config.postgres.url,
+        size,
+        &config.postgres.tenant_role,
+        std::time::Duration::from_secs(30),
     )
+    .context("the metastore connection pool")
 }
 
 /// What `lily dlq list` and `lily dlq replay` select.

@@ -52,13 +52,7 @@ pub async fn run(
     files: &[PathBuf],
     chunk: usize,
 ) -> anyhow::Result<()> {
-    let db = Metastore::new(
-        &config.postgres.url,
-        2,
-        &config.postgres.tenant_role,
-        Duration::from_secs(30),
-    )
-    .context("the metastore connection pool")?;
+    let db = crate::dlq::own_metastore(config, 2)?;
     anyhow::ensure!(
         db.tenant_exists(tenant).await?,
         "tenant {tenant:?} does not exist"
@@ -105,13 +99,7 @@ pub async fn status(
     tenant: Option<&str>,
     load: Option<&str>,
 ) -> anyhow::Result<()> {
-    let db = Metastore::new(
-        &config.postgres.url,
-        1,
-        &config.postgres.tenant_role,
-        Duration::from_secs(30),
-    )
-    .context("the metastore connection pool")?;
+    let db = crate::dlq::own_metastore(config, 1)?;
     let all = loads::list(&db, tenant).await?;
     if all.is_empty() {
         println!("no bulk loads");

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use lily_config::LilyConfig;
 use lily_inbound::bulk::{self, AssetChange, Plan, Target, asset_type, leaf, loads};
 use lily_inbound::db::Metastore;
@@ -18,13 +17,7 @@ use tracing::{info, warn};
 
 /// Starts the promoter; it stops with `shutdown`.
 pub fn start(config: &LilyConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let db = Metastore::new(
-        &config.postgres.url,
-        2,
-        &config.postgres.tenant_role,
-        Duration::from_secs(30),
-    )
-    .context("the promoter's connection pool")?;
+    let db = crate::dlq::own_metastore(config, 2)?;
     let location = lily_sinks::builtin::lake_location(config)?;
     let rows = config.bulk.promote_rows;
     let every = Duration::from_millis(config.bulk.promote_interval_ms);
