@@ -308,20 +308,40 @@ async fn run_once(
         })
         .collect();
     let fanout_state = state.clone();
+    // Columns the state leaves out are fetched when a tag, a propagated
+    // value or an incident first refers to them.
+    let resolver = crate::dlq::own_metastore(config, 1)?;
     // The state moves first, so every transform of a batch joins against a
     // catalog that includes it.
     // A batch the state cannot take stops the pipeline: transforms joined
     // against a state without it could retract a PII tag downstream.
-    let apply_to_state = move |batch: &ChangeBatch| {
-        fanout_state.apply(batch).map_err(|e| {
-            metrics::counter!("lily_errors_total", "stage" => "state", "kind" => "apply")
-                .increment(1);
-            error!(error = %e, table = %batch.table.qualified_name(), "catalog state could not take a batch; stopping");
-            format!(
-                "the catalog state could not take a batch of {}: {e}",
-                batch.table.qualified_name()
-            )
-        })
+    let apply_to_state = move |batch: Arc<ChangeBatch>| {
+        let state = fanout_state.clone();
+        let resolver = resolver.clone();
+        async move {
+            let result = async {
+                let missing = state.unresolved(&batch)?;
+                if !missing.is_empty() {
+                    let conn = resolver.connection().await.map_err(|e| {
+                        lily_transforms::TransformError::State(format!(
+                            "no metastore connection to fetch assets: {e}"
+                        ))
+                    })?;
+                    state.admit(&conn, &missing).await?;
+                }
+                state.apply(&batch)
+            }
+            .await;
+            result.map_err(|e| {
+                metrics::counter!("lily_errors_total", "stage" => "state", "kind" => "apply")
+                    .increment(1);
+                error!(error = %e, table = %batch.table.qualified_name(), "catalog state could not take a batch; stopping");
+                format!(
+                    "the catalog state could not take a batch of {}: {e}",
+                    batch.table.qualified_name()
+                )
+            })
+        }
     };
     let fanout = Fanout::start(
         rx,

@@ -16,3 +16,8 @@ pub use setup::{SetupOptions, SetupReport, setup};
 
 /// Schema holding the replicated metastore tables.
 pub const METASTORE_SCHEMA: &str = "metastore";
+
+/// The asset types of the 90% of an estate (columns and BI fields): bulk
+/// loads put them in the lake first, and the pipeline's catalog state holds
+/// one only while something refers to it (a tag, an incident, a value).
+pub const LEAF_ASSET_TYPES: [&str; 2] = ["column", "bi_field"];

@@ -79,10 +79,13 @@ pub fn new_session(
 
     let state_schema = Arc::new(MemorySchemaProvider::new());
     for t in StateTable::ALL {
-        state_schema.register_table(
-            t.name().to_owned(),
-            Arc::new(StateTableProvider::new(state.clone(), t)),
-        )?;
+        let provider = match changes.get("assets") {
+            Some(assets) if t == StateTable::Assets => {
+                StateTableProvider::assets(state.clone(), assets.clone())
+            }
+            _ => StateTableProvider::new(state.clone(), t),
+        };
+        state_schema.register_table(t.name().to_owned(), Arc::new(provider))?;
     }
     catalog.register_schema("state", state_schema)?;
 

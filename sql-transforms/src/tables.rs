@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
@@ -61,6 +61,11 @@ impl SwapTable {
         Ok(())
     }
 
+    /// The rows it holds now.
+    pub fn rows(&self) -> Arc<Vec<RecordBatch>> {
+        self.rows.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Empties the table.
     pub fn clear(&self) {
         *self.rows.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Vec::new());
@@ -101,8 +106,11 @@ impl TableProvider for SwapTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let rows = self.rows.read().unwrap_or_else(|e| e.into_inner()).clone();
-        memory_scan(rows.as_ref().clone(), self.schema.clone(), projection)
+        memory_scan(
+            self.rows().as_ref().clone(),
+            self.schema.clone(),
+            projection,
+        )
     }
 }
 
@@ -111,12 +119,29 @@ impl TableProvider for SwapTable {
 pub struct StateTableProvider {
     state: Arc<CatalogState>,
     table: StateTable,
+    /// For `state.assets`: the session's `changes.assets`, whose assets the
+    /// state may not hold (columns nothing refers to) but a run must see.
+    changed_assets: Option<Arc<SwapTable>>,
 }
 
 impl StateTableProvider {
     /// The provider of `table`.
     pub fn new(state: Arc<CatalogState>, table: StateTable) -> Self {
-        Self { state, table }
+        Self {
+            state,
+            table,
+            changed_assets: None,
+        }
+    }
+
+    /// The provider of `state.assets`, which also shows the assets of the
+    /// batch in `changes` the state does not hold.
+    pub fn assets(state: Arc<CatalogState>, changes: Arc<SwapTable>) -> Self {
+        Self {
+            state,
+            table: StateTable::Assets,
+            changed_assets: Some(changes),
+        }
     }
 }
 
@@ -137,10 +162,18 @@ impl TableProvider for StateTableProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        memory_scan(
-            vec![self.state.snapshot(self.table)],
-            self.table.schema(),
-            projection,
-        )
+        let mut rows = vec![self.state.snapshot(self.table)];
+        if let Some(changes) = &self.changed_assets {
+            let changed = changes.rows();
+            if !changed.is_empty()
+                && let Some(batch) = self
+                    .state
+                    .batch_assets(&changed)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+            {
+                rows.push(batch);
+            }
+        }
+        memory_scan(rows, self.table.schema(), projection)
     }
 }

@@ -133,7 +133,7 @@ async fn a_refused_batch_is_a_dead_letter_and_everything_else_flows() -> anyhow:
         })
         .collect();
     let (abort_tx, abort_rx) = watch::channel(false);
-    let fanout = Fanout::start(rx, runners, 16, |_| Ok(()), abort_rx);
+    let fanout = Fanout::start(rx, runners, 16, |_| async { Ok(()) }, abort_rx);
     let (stop_tx, stop_rx) = watch::channel(false);
     let reading = tokio::spawn(reader.run(plan, stop_rx));
 

@@ -136,6 +136,33 @@ async fn converge(
     Ok(())
 }
 
+/// The assets `lily run`'s catalog state holds, from its metrics.
+fn held_assets(metrics: &str) -> anyhow::Result<i64> {
+    let body = http_get(metrics, "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("lily_state_rows{table=\"assets\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as i64)
+        .ok_or_else(|| anyhow::anyhow!("no lily_state_rows for assets in {body}"))
+}
+
+/// The assets the state must hold: containers, and the columns a tag or
+/// an incident refers to (the others reach search from their changes).
+async fn containers_and_referenced(env: &TestEnv) -> anyhow::Result<i64> {
+    Ok(env
+        .client()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM metastore.assets a
+              WHERE a.type_name NOT IN ('column', 'bi_field')
+                 OR EXISTS (SELECT 1 FROM metastore.classifications c WHERE c.asset_guid = a.guid)
+                 OR EXISTS (SELECT 1 FROM metastore.incident_assets l WHERE l.asset_guid = a.guid)",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 fn search_env(server: &SearchServer) -> Vec<(String, String)> {
     vec![
         ("LILY_SINKS__SEARCH__TYPE".into(), "elasticsearch".into()),
@@ -163,12 +190,17 @@ async fn the_index_follows_the_catalog_and_replays_overwrite_nothing() -> anyhow
     let server = SearchServer::start().await?;
     let mut env = TestEnv::new().await?;
     let base = env.enable_api()?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    env.config.metrics.listen = metrics.clone();
     env.client().await?.batch_execute(SEED).await?;
     let lily = env.spawn_lily_with(&["run"], &search_env(&server))?;
     let api = ApiClient::new(&base);
     api.wait_ready().await?;
     converge(&env, &server, "acme", &lily).await?;
     converge(&env, &server, "beta", &lily).await?;
+    // Every column is indexed, but the state holds only the tagged one.
+    assert_eq!(held_assets(&metrics)?, 4);
+    assert_eq!(containers_and_referenced(&env).await?, 4);
 
     // A second slot from here on: replaying it later sends every change
     // below again, older than what the index holds by then.
@@ -215,6 +247,12 @@ async fn the_index_follows_the_catalog_and_replays_overwrite_nothing() -> anyhow
     .await?;
     converge(&env, &server, "acme", &lily).await?;
     converge(&env, &server, "beta", &lily).await?;
+    // The two e-mail columns came in with their tags (one direct, one
+    // propagated); the new phone column did not.
+    assert_eq!(
+        held_assets(&metrics)?,
+        containers_and_referenced(&env).await?
+    );
     let docs = server.documents("lily-acme-assets").await?;
     let addresses = docs
         .iter()

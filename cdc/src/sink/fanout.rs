@@ -17,17 +17,22 @@ pub struct Fanout {
 
 impl Fanout {
     /// Starts `runners`, each with a queue of `capacity` batches, fed from
-    /// `input`; `before_each` sees every batch before any sink does, and
-    /// an error from it stops the feeding: no sink gets that batch or any
-    /// after it (they flush what they had and stop). The runners stop when
-    /// `input` closes (after a last flush) or `abort` turns true.
-    pub fn start(
+    /// `input`; `before_each` sees every batch before any sink does (and
+    /// is awaited), and an error from it stops the feeding: no sink gets
+    /// that batch or any after it (they flush what they had and stop). The
+    /// runners stop when `input` closes (after a last flush) or `abort`
+    /// turns true.
+    pub fn start<F, Fut>(
         mut input: mpsc::Receiver<Arc<ChangeBatch>>,
         runners: Vec<SinkRunner>,
         capacity: usize,
-        mut before_each: impl FnMut(&ChangeBatch) -> Result<(), String> + Send + 'static,
+        mut before_each: F,
         abort: watch::Receiver<bool>,
-    ) -> Self {
+    ) -> Self
+    where
+        F: FnMut(Arc<ChangeBatch>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send,
+    {
         let mut queues = Vec::with_capacity(runners.len());
         let mut tasks = Vec::with_capacity(runners.len());
         for runner in runners {
@@ -37,7 +42,7 @@ impl Fanout {
         }
         let feeder = tokio::spawn(async move {
             while let Some(batch) = input.recv().await {
-                if let Err(e) = before_each(&batch) {
+                if let Err(e) = before_each(batch.clone()).await {
                     return Some(e);
                 }
                 for queue in &queues {
@@ -144,7 +149,7 @@ mod tests {
             rx,
             vec![runner],
             4,
-            |b: &ChangeBatch| {
+            |b: Arc<ChangeBatch>| async move {
                 if b.seq == BatchSeq(2) {
                     Err("the state cannot take batch 2".to_owned())
                 } else {

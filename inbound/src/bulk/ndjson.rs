@@ -34,14 +34,16 @@ struct Line {
 /// `eventual` type) that names no tags, upstreams or process, which the
 /// metastore must hold at once.
 pub fn lake_lane(schemas: &Schemas, value: &Value) -> bool {
-    matches!(
-        value.get("type").and_then(Value::as_str),
-        Some("column" | "bi_field")
-    ) && ["tags", "upstreams", "process"].iter().all(|k| {
-        value
-            .get(*k)
-            .is_none_or(|v| v.as_array().is_some_and(|a| a.is_empty()))
-    }) && schemas.validate(SCHEMA, value).is_ok()
+    value
+        .get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| lily_metastore::LEAF_ASSET_TYPES.contains(&t))
+        && ["tags", "upstreams", "process"].iter().all(|k| {
+            value
+                .get(*k)
+                .is_none_or(|v| v.as_array().is_some_and(|a| a.is_empty()))
+        })
+        && schemas.validate(SCHEMA, value).is_ok()
 }
 
 /// The plan of `lines` (each with its position, `file:line`); a line that

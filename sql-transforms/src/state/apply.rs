@@ -1,10 +1,13 @@
 //! Applying change batches to the catalog state.
 
-use arrow::array::{Array, AsArray};
+use std::collections::HashMap;
+
+use arrow::array::{Array, AsArray, RecordBatch};
 use lily_cdc::ChangeBatch;
 use lily_cdc::batch::{BEFORE, OP};
 
 use super::columns::Columns;
+use super::snapshot;
 use super::{
     Asset, CatalogState, Classification, Edge, Guid, Incident, IncidentLink, Inner,
     PropagatedValue, StateTable,
@@ -66,35 +69,13 @@ impl CatalogState {
                     {
                         inner.assets.remove(&old);
                     }
-                    let tenant = key(row.text("tenant_id")?.get(i), table, "tenant_id")?;
-                    let tenant = inner.tenant(tenant);
-                    let type_name = inner.tenant(row.text("type_name")?.get(i).unwrap_or_default());
-                    // A large value that did not change arrives as NULL: keep the one we have.
-                    let previous = inner.assets.get(&guid);
-                    let description = if row.unchanged_toast(i, "description") {
-                        previous.and_then(|p| p.description.clone())
-                    } else {
-                        row.text("description")?.get(i).map(Into::into)
-                    };
-                    let owners = if row.unchanged_toast(i, "owners") {
-                        previous.map(|p| p.owners.clone()).unwrap_or_default()
-                    } else {
-                        row.text_list("owners")?.get(i).into_boxed_slice()
-                    };
-                    let asset = Asset {
-                        tenant,
-                        type_name,
-                        qualified_name: row
-                            .text("qualified_name")?
-                            .get(i)
-                            .unwrap_or_default()
-                            .into(),
-                        name: row.text("name")?.get(i).unwrap_or_default().into(),
-                        description,
-                        parent: row.uuid("parent_guid")?.get(i),
-                        owners,
-                        certificate: row.text("certificate")?.get(i).map(Into::into),
-                    };
+                    let asset = asset_of_row(&mut inner, &row, i)?;
+                    // A column nothing refers to is not held: the batch
+                    // that carries it shows it to transforms, and a tag or
+                    // incident on it later fetches it (`unresolved`).
+                    if inner.assets.get(&guid).is_none() && !self.resident(&inner, guid, &asset) {
+                        continue;
+                    }
                     inner.assets.insert(guid, Box::new(asset));
                 }
                 StateTable::LineageEdges => {
@@ -213,8 +194,81 @@ impl CatalogState {
                 StateTable::AssetAttributes => {}
             }
         }
+        inner.report();
         Ok(())
     }
+}
+
+impl CatalogState {
+    /// The assets of `changes` (batches of `changes.assets`) as they are
+    /// after them, less the ones the state holds: what transforms see of
+    /// the columns the state leaves out.
+    pub fn batch_assets(&self, changes: &[RecordBatch]) -> Result<Option<RecordBatch>> {
+        let mut latest: HashMap<Guid, Option<Asset>> = HashMap::new();
+        let mut inner = self.lock();
+        for records in changes {
+            let ops = records
+                .column_by_name(OP)
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| TransformError::State(format!("changes of assets have no {OP}")))?;
+            let row = Columns::of_batch("assets", records);
+            for i in 0..records.num_rows() {
+                match ops.value(i) {
+                    "t" => latest.clear(),
+                    "d" => {
+                        latest.insert(key(row.uuid("guid")?.get(i), "assets", "guid")?, None);
+                    }
+                    _ => {
+                        let guid = key(row.uuid("guid")?.get(i), "assets", "guid")?;
+                        let asset = asset_of_row(&mut inner, &row, i)?;
+                        latest.insert(guid, Some(asset));
+                    }
+                }
+            }
+        }
+        let rows: Vec<(Guid, Asset)> = latest
+            .into_iter()
+            .filter_map(|(g, a)| a.map(|a| (g, a)))
+            .filter(|(g, _)| inner.assets.get(g).is_none())
+            .collect();
+        drop(inner);
+        Ok((!rows.is_empty()).then(|| snapshot::assets_batch(&rows)))
+    }
+}
+
+/// The asset of row `i` of a change of `metastore.assets`. A large value
+/// that did not change arrives as NULL: the held one is kept.
+fn asset_of_row(inner: &mut Inner, row: &Columns<'_>, i: usize) -> Result<Asset> {
+    let table = "assets";
+    let guid = key(row.uuid("guid")?.get(i), table, "guid")?;
+    let tenant = key(row.text("tenant_id")?.get(i), table, "tenant_id")?;
+    let tenant = inner.tenant(tenant);
+    let type_name = inner.tenant(row.text("type_name")?.get(i).unwrap_or_default());
+    let previous = inner.assets.get(&guid);
+    let description = if row.unchanged_toast(i, "description") {
+        previous.and_then(|p| p.description.clone())
+    } else {
+        row.text("description")?.get(i).map(Into::into)
+    };
+    let owners = if row.unchanged_toast(i, "owners") {
+        previous.map(|p| p.owners.clone()).unwrap_or_default()
+    } else {
+        row.text_list("owners")?.get(i).into_boxed_slice()
+    };
+    Ok(Asset {
+        tenant,
+        type_name,
+        qualified_name: row
+            .text("qualified_name")?
+            .get(i)
+            .unwrap_or_default()
+            .into(),
+        name: row.text("name")?.get(i).unwrap_or_default().into(),
+        description,
+        parent: row.uuid("parent_guid")?.get(i),
+        owners,
+        certificate: row.text("certificate")?.get(i).map(Into::into),
+    })
 }
 
 fn incident_link(

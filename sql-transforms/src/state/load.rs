@@ -2,6 +2,7 @@
 //! consistent snapshot.
 
 use futures::{StreamExt, pin_mut};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
@@ -27,7 +28,60 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Res
         .map_err(|e| TransformError::State(format!("reading the catalog: {e}")))
 }
 
+/// The columns of `metastore.assets` an `Asset` is read from.
+const ASSET_COLUMNS: &str = "guid, tenant_id, type_name, qualified_name, parent_guid, owners, certificate, name, description";
+
+/// The asset of a row of `ASSET_COLUMNS`.
+fn asset_of(inner: &mut Inner, row: &Row) -> Result<(Guid, Asset)> {
+    let tenant = inner.tenant(get::<&str>(row, 1)?);
+    let type_name = inner.tenant(get::<&str>(row, 2)?);
+    Ok((
+        guid(row, 0)?,
+        Asset {
+            tenant,
+            type_name,
+            qualified_name: get::<&str>(row, 3)?.into(),
+            parent: opt_guid(row, 4)?,
+            owners: get::<Vec<String>>(row, 5)?.into_boxed_slice(),
+            certificate: get::<Option<&str>>(row, 6)?.map(Into::into),
+            name: get::<&str>(row, 7)?.into(),
+            description: get::<Option<&str>>(row, 8)?.map(Into::into),
+        },
+    ))
+}
+
 impl CatalogState {
+    /// Fetches `guids` (from `unresolved`) from the metastore into the
+    /// state, which holds them from then on; the number found.
+    pub async fn admit(&self, client: &Client, guids: &[Guid]) -> Result<usize> {
+        if guids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = guids.iter().map(|g| Uuid::from_u128(*g)).collect();
+        let rows = client
+            .query(
+                &format!("SELECT {ASSET_COLUMNS} FROM metastore.assets WHERE guid = ANY($1)"),
+                &[&ids],
+            )
+            .await
+            .map_err(TransformError::sql(
+                "fetching assets the catalog state refers to",
+            ))?;
+        let mut inner = self.lock();
+        let mut admitted = 0;
+        for row in &rows {
+            let (guid, asset) = asset_of(&mut inner, row)?;
+            // One the stream brought meanwhile is at least as new.
+            if inner.assets.get(&guid).is_none() {
+                inner.assets.insert(guid, Box::new(asset));
+                admitted += 1;
+            }
+        }
+        inner.report();
+        metrics::counter!("lily_state_assets_admitted_total").increment(admitted as u64);
+        Ok(admitted)
+    }
+
     /// Replaces the state with the catalog as it is now in PostgreSQL.
     pub async fn load(&self, client: &mut Client) -> Result<()> {
         let tx = client
@@ -42,30 +96,8 @@ impl CatalogState {
         let mut fresh = Inner::default();
         for_each_row(
             &tx,
-            "SELECT guid, tenant_id, type_name, qualified_name, parent_guid, owners, certificate, name, description FROM metastore.assets",
-            |row| {
-                let tenant = fresh.tenant(get::<&str>(&row, 1)?);
-                let type_name = fresh.tenant(get::<&str>(&row, 2)?);
-                fresh.assets.insert(
-                    guid(&row, 0)?,
-                    Box::new(Asset {
-                        tenant,
-                        type_name,
-                        qualified_name: get::<&str>(&row, 3)?.into(),
-                        parent: opt_guid(&row, 4)?,
-                        owners: get::<Vec<String>>(&row, 5)?.into_boxed_slice(),
-                        certificate: get::<Option<&str>>(&row, 6)?.map(Into::into),
-                        name: get::<&str>(&row, 7)?.into(),
-                        description: get::<Option<&str>>(&row, 8)?.map(Into::into),
-                    }),
-                );
-                Ok(())
-            },
-        )
-        .await?;
-        for_each_row(
-            &tx,
             "SELECT edge_id, tenant_id, upstream_guid, downstream_guid, process_guid, blocked_tags FROM metastore.lineage_edges",
+            &[],
             |row| {
                 let tenant = fresh.tenant(get::<&str>(&row, 1)?);
                 fresh.insert_edge(
@@ -85,6 +117,7 @@ impl CatalogState {
         for_each_row(
             &tx,
             "SELECT classification_id, tenant_id, asset_guid, tag, source, propagated_from, propagate FROM metastore.classifications",
+            &[],
             |row| {
                 let id = guid(&row, 0)?;
                 let c = Classification {
@@ -104,6 +137,7 @@ impl CatalogState {
         for_each_row(
             &tx,
             "SELECT tenant_id, asset_guid, attribute, value, propagated_from FROM metastore.propagated_attributes",
+            &[],
             |row| {
                 let value = PropagatedValue {
                     tenant: fresh.tenant(get::<&str>(&row, 0)?),
@@ -119,6 +153,7 @@ impl CatalogState {
         for_each_row(
             &tx,
             "SELECT incident_id, tenant_id, title, state, severity, incident_type, url, updated_at FROM metastore.incidents",
+            &[],
             |row| {
                 let tenant = fresh.tenant(get::<&str>(&row, 1)?);
                 let incident = Incident {
@@ -139,6 +174,7 @@ impl CatalogState {
         for_each_row(
             &tx,
             "SELECT tenant_id, incident_id, qualified_name, asset_guid FROM metastore.incident_assets",
+            &[],
             |row| {
                 let link = IncidentLink {
                     tenant: fresh.tenant(get::<&str>(&row, 0)?),
@@ -150,10 +186,34 @@ impl CatalogState {
             },
         )
         .await?;
+        // Containers, and the columns something refers to; other columns
+        // are not held (see `CatalogState::resident`).
+        let leaf: Vec<&str> = lily_metastore::LEAF_ASSET_TYPES.to_vec();
+        let with_values = !self.attributes.is_empty();
+        for_each_row(
+            &tx,
+            &format!(
+                "SELECT {ASSET_COLUMNS} FROM metastore.assets a
+                  WHERE a.type_name <> ALL($1)
+                     OR a.guid IN (SELECT asset_guid FROM metastore.classifications
+                                   UNION SELECT asset_guid FROM metastore.propagated_attributes
+                                   UNION SELECT asset_guid FROM metastore.incident_assets
+                                          WHERE asset_guid IS NOT NULL)
+                     OR ($2 AND (cardinality(a.owners) > 0 OR a.certificate IS NOT NULL))"
+            ),
+            &[&leaf, &with_values],
+            |row| {
+                let (guid, asset) = asset_of(&mut fresh, &row)?;
+                fresh.assets.insert(guid, Box::new(asset));
+                Ok(())
+            },
+        )
+        .await?;
         tx.commit()
             .await
             .map_err(TransformError::sql("ending the catalog load"))?;
         // A fresh state has no snapshots: every table is rebuilt on first use.
+        fresh.report();
         *self.lock() = fresh;
         Ok(())
     }
@@ -162,10 +222,11 @@ impl CatalogState {
 async fn for_each_row(
     tx: &tokio_postgres::Transaction<'_>,
     sql: &str,
+    params: &[&(dyn ToSql + Sync)],
     mut f: impl FnMut(Row) -> Result<()>,
 ) -> Result<()> {
     let rows = tx
-        .query_raw(sql, std::iter::empty::<&str>())
+        .query_raw(sql, params.iter().copied())
         .await
         .map_err(TransformError::sql("loading the catalog state"))?;
     pin_mut!(rows);

@@ -16,10 +16,12 @@ mod snapshot;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
+use lily_cdc::ChangeBatch;
 use lily_config::PropagatedAttribute;
 
+use crate::error::Result;
 use buckets::BucketedMap;
 use snapshot::TableSnapshot;
 
@@ -161,6 +163,14 @@ struct Inner {
 }
 
 impl Inner {
+    /// Publishes how many rows the state holds.
+    fn report(&self) {
+        metrics::gauge!("lily_state_rows", "table" => "assets").set(self.assets.len() as f64);
+        metrics::gauge!("lily_state_rows", "table" => "lineage_edges").set(self.edges.len() as f64);
+        metrics::gauge!("lily_state_rows", "table" => "classifications")
+            .set(self.classifications.len() as f64);
+    }
+
     /// The shared copy of a short, much repeated string (tenant ids, type names).
     fn tenant(&mut self, id: &str) -> Arc<str> {
         if let Some(t) = self.tenants.get(id) {
@@ -323,6 +333,54 @@ impl CatalogState {
             inner.edges.len(),
             inner.classifications.len(),
         )
+    }
+
+    /// Whether the state holds `asset` (of `guid`) when nothing refers to
+    /// it yet: every container does; a column or BI field only with a tag,
+    /// a propagated value, or a value of a propagating attribute.
+    fn resident(&self, inner: &Inner, guid: Guid, asset: &Asset) -> bool {
+        !lily_metastore::LEAF_ASSET_TYPES.contains(&&*asset.type_name)
+            || inner.classifications_by_asset.contains_key(&guid)
+            || inner.propagated.get(&guid).is_some()
+            || snapshot::attribute_values(asset, &self.attributes)
+                .next()
+                .is_some()
+    }
+
+    /// The assets a batch of classifications, propagated values or
+    /// incident links refers to that the state does not hold: columns it
+    /// left out, to fetch (`admit`) before the batch is applied.
+    pub fn unresolved(&self, batch: &ChangeBatch) -> Result<Vec<Guid>> {
+        if batch.table.namespace != lily_metastore::METASTORE_SCHEMA
+            || !matches!(
+                batch.table.name.as_str(),
+                "classifications" | "propagated_attributes" | "incident_assets"
+            )
+        {
+            return Ok(Vec::new());
+        }
+        let records = &batch.records;
+        let Some(ops) = records
+            .column_by_name(lily_cdc::batch::OP)
+            .and_then(|c| c.as_string_opt::<i32>())
+        else {
+            return Ok(Vec::new());
+        };
+        let row = columns::Columns::of_batch(&batch.table.name, records);
+        let assets = row.uuid("asset_guid")?;
+        let inner = self.lock();
+        let mut out = HashSet::new();
+        for i in 0..records.num_rows() {
+            if matches!(ops.value(i), "d" | "t") {
+                continue;
+            }
+            if let Some(g) = assets.get(i)
+                && inner.assets.get(&g).is_none()
+            {
+                out.insert(g);
+            }
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// The classifications on `asset`.

@@ -226,6 +226,47 @@ impl TableSnapshot {
     }
 }
 
+/// The columns of `state.assets` for `n` rows.
+fn asset_columns<'a>(n: usize, rows: impl Iterator<Item = (Guid, &'a Asset)>) -> Vec<ArrayRef> {
+    let (mut guid, mut parent) = (Uuids::new(n), Uuids::new(n));
+    let mut tenant = StringBuilder::new();
+    let mut type_name = StringBuilder::new();
+    let mut qname = StringBuilder::new();
+    let mut owners = list_builder();
+    let mut certificate = StringBuilder::new();
+    let mut name = StringBuilder::new();
+    let mut description = StringBuilder::new();
+    for (g, a) in rows {
+        guid.push(Some(g));
+        tenant.append_value(&a.tenant);
+        type_name.append_value(&a.type_name);
+        qname.append_value(&a.qualified_name);
+        parent.push(a.parent);
+        push_list(&mut owners, &a.owners);
+        certificate.append_option(a.certificate.as_deref());
+        name.append_value(&a.name);
+        description.append_option(a.description.as_deref());
+    }
+    vec![
+        guid.finish(),
+        finish_strings(tenant),
+        finish_strings(type_name),
+        finish_strings(qname),
+        parent.finish(),
+        Arc::new(owners.finish()),
+        finish_strings(certificate),
+        finish_strings(name),
+        finish_strings(description),
+    ]
+}
+
+/// `assets` as a batch of `state.assets`.
+pub fn assets_batch(assets: &[(Guid, Asset)]) -> RecordBatch {
+    let columns = asset_columns(assets.len(), assets.iter().map(|(g, a)| (*g, a)));
+    // Built to the schema of the table; a mismatch is a bug here.
+    RecordBatch::try_new(schema(StateTable::Assets), columns).expect("assets match their schema")
+}
+
 /// Builds the batch of bucket `b` of one state table.
 fn build_part(
     inner: &Inner,
@@ -235,40 +276,10 @@ fn build_part(
 ) -> RecordBatch {
     let schema = schema(table);
     let columns: Vec<ArrayRef> = match table {
-        StateTable::Assets => {
-            let rows = inner.assets.bucket(b);
-            let n = rows.len();
-            let (mut guid, mut parent) = (Uuids::new(n), Uuids::new(n));
-            let mut tenant = StringBuilder::new();
-            let mut type_name = StringBuilder::new();
-            let mut qname = StringBuilder::new();
-            let mut owners = list_builder();
-            let mut certificate = StringBuilder::new();
-            let mut name = StringBuilder::new();
-            let mut description = StringBuilder::new();
-            for (g, a) in rows {
-                guid.push(Some(*g));
-                tenant.append_value(&a.tenant);
-                type_name.append_value(&a.type_name);
-                qname.append_value(&a.qualified_name);
-                parent.push(a.parent);
-                push_list(&mut owners, &a.owners);
-                certificate.append_option(a.certificate.as_deref());
-                name.append_value(&a.name);
-                description.append_option(a.description.as_deref());
-            }
-            vec![
-                guid.finish(),
-                finish_strings(tenant),
-                finish_strings(type_name),
-                finish_strings(qname),
-                parent.finish(),
-                Arc::new(owners.finish()),
-                finish_strings(certificate),
-                finish_strings(name),
-                finish_strings(description),
-            ]
-        }
+        StateTable::Assets => asset_columns(
+            inner.assets.bucket(b).len(),
+            inner.assets.bucket(b).iter().map(|(g, a)| (*g, a.as_ref())),
+        ),
         StateTable::LineageEdges => {
             let rows = inner.edges.bucket(b);
             let n = rows.len();
