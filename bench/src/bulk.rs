@@ -1,5 +1,7 @@
 //! `lily ingest` of an estate of `--assets` assets in Lily's bulk NDJSON
-//! (10% database, schemas and tables, 90% columns, nine per table), beside
+//! (10% database, schemas and tables, 90% columns, nine per table; the
+//! first two columns of each table read from the previous table's, so
+//! there are two lineage edges per table: 2M for 10M assets), beside
 //! the physical limit: a binary COPY of the same rows into a table of the
 //! same shape and indexes. Prints when the containers are consistent (the
 //! command returns; the columns are in the lake), the rows/s of each lane,
@@ -18,19 +20,44 @@ use tokio_postgres::types::Type;
 
 use crate::DB;
 
-/// One asset of the estate: (type, qualified name, parent, name, data type).
-fn estate(assets: i64) -> impl Iterator<Item = (&'static str, String, Option<String>)> {
+/// One asset of the estate: (type, qualified name, parent, upstream).
+type EstateRow = (&'static str, String, Option<String>, Option<String>);
+
+/// The assets of the estate, parents first.
+fn estate(assets: i64) -> impl Iterator<Item = EstateRow> {
     let tables = (assets / 10).max(1);
     let schemas = (tables / 100).max(1);
-    let db = std::iter::once(("database", "wh".to_owned(), None));
-    let schema_rows = (0..schemas).map(|s| ("schema", format!("wh.s{s}"), Some("wh".to_owned())));
+    let table_name = move |t: i64| format!("wh.s{}.t{t}", t % schemas);
+    let db = std::iter::once(("database", "wh".to_owned(), None, None));
+    let schema_rows =
+        (0..schemas).map(|s| ("schema", format!("wh.s{s}"), Some("wh".to_owned()), None));
     let table_rows = (0..tables).flat_map(move |t| {
         let schema = format!("wh.s{}", t % schemas);
-        let table = format!("{schema}.t{t}");
-        std::iter::once(("table", table.clone(), Some(schema)))
-            .chain((0..9).map(move |c| ("column", format!("{table}.c{c}"), Some(table.clone()))))
+        let table = table_name(t);
+        let previous = (t > 0).then(|| table_name(t - 1));
+        std::iter::once(("table", table.clone(), Some(schema), None)).chain((0..9).map(move |c| {
+            let upstream = previous
+                .as_ref()
+                .filter(|_| c < 2)
+                .map(|p| format!("{p}.c{c}"));
+            (
+                "column",
+                format!("{table}.c{c}"),
+                Some(table.clone()),
+                upstream,
+            )
+        }))
     });
     db.chain(schema_rows).chain(table_rows)
+}
+
+/// A uuid for the baseline's edges, from a name.
+fn name_uuid(name: &str) -> uuid::Uuid {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    type Fixed = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+    let hi = Fixed::default().hash_one(name);
+    let lo = Fixed::default().hash_one((name, 1u8));
+    uuid::Uuid::from_u64_pair(hi, lo)
 }
 
 fn data_type(qualified: &str) -> &'static str {
@@ -46,10 +73,15 @@ pub async fn run(cluster: &PgCluster, dir: &Path, assets: i64, chunk: usize) -> 
     let file = dir.join("estate.ndjson");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
     let mut rows = 0i64;
-    for (type_name, q, parent) in estate(assets) {
+    let mut edges = 0i64;
+    for (type_name, q, parent, upstream) in estate(assets) {
         let mut line = serde_json::json!({"qualified_name": q, "type": type_name});
         if let Some(p) = parent {
             line["parent"] = p.into();
+        }
+        if let Some(u) = upstream {
+            line["upstreams"] = serde_json::json!([u]);
+            edges += 1;
         }
         if type_name == "column" {
             line["attributes"] = serde_json::json!({"data_type": data_type(&q)});
@@ -62,7 +94,7 @@ pub async fn run(cluster: &PgCluster, dir: &Path, assets: i64, chunk: usize) -> 
     drop(out);
     let size = std::fs::metadata(&file)?.len();
     println!(
-        "\n== bulk load: {rows} assets ({} MiB of NDJSON), 10% containers, 90% columns ==",
+        "\n== bulk load: {rows} assets ({} MiB of NDJSON), 10% containers, 90% columns, {edges} lineage edges ==",
         size >> 20
     );
 
@@ -146,14 +178,57 @@ pub async fn run(cluster: &PgCluster, dir: &Path, assets: i64, chunk: usize) -> 
         libc::kill(run.id() as i32, libc::SIGTERM);
     }
     let _ = run.wait();
+
+    // A restart over the whole estate: the catalog state is loaded from
+    // the metastore (containers, edges, tags; not the columns), then the
+    // slot streams again.
+    let mut again = std::process::Command::new(&lily)
+        .arg("run")
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("LILY_PROPAGATION__ENABLED", "false")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("lily-restart.log"))?)
+        .spawn()?;
+    let restarted = Instant::now();
+    let restart_secs = loop {
+        let active: bool = client
+            .query_one(
+                "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'lily'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if active {
+            break restarted.elapsed().as_secs_f64();
+        }
+        anyhow::ensure!(
+            restarted.elapsed() < std::time::Duration::from_secs(600),
+            "lily run did not stream again within 10 minutes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // Let it settle into streaming, then read its high-water mark.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let restart_peak = crate::peak_rss(again.id()).unwrap_or(0);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(again.id() as i32, libc::SIGTERM);
+    }
+    let _ = again.wait();
     let loaded = count("SELECT count(*) FROM metastore.assets WHERE tenant_id = 'bench'").await?;
     anyhow::ensure!(
         loaded == rows,
         "{loaded} of {rows} assets reached the metastore"
     );
+    let linked =
+        count("SELECT count(*) FROM metastore.lineage_edges WHERE tenant_id = 'bench'").await?;
+    anyhow::ensure!(
+        linked == edges,
+        "{linked} of {edges} lineage edges reached the metastore"
+    );
 
-    // Baseline: binary COPY of the same rows into a table of the same
-    // shape and indexes (no foreign keys, no parents to resolve).
+    // Baseline: binary COPY of the same rows into tables of the same
+    // shape and indexes (no foreign keys, no parents or names to resolve).
     client
         .batch_execute(
             "CREATE TABLE public.copy_baseline (LIKE metastore.assets INCLUDING DEFAULTS INCLUDING INDEXES)",
@@ -170,7 +245,11 @@ pub async fn run(cluster: &PgCluster, dir: &Path, assets: i64, chunk: usize) -> 
         &[Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::JSONB],
     );
     let mut writer = std::pin::pin!(writer);
-    for (type_name, q, _) in estate(assets) {
+    let mut links = Vec::new();
+    for (type_name, q, _, upstream) in estate(assets) {
+        if let Some(u) = upstream {
+            links.push((name_uuid(&u), name_uuid(&q)));
+        }
         let name = q.rsplit('.').next().unwrap_or(&q).to_owned();
         let attributes = if type_name == "column" {
             serde_json::json!({"data_type": data_type(&q)})
@@ -187,6 +266,22 @@ pub async fn run(cluster: &PgCluster, dir: &Path, assets: i64, chunk: usize) -> 
                 &attributes,
             ])
             .await?;
+    }
+    writer.as_mut().finish().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE public.copy_edges (LIKE metastore.lineage_edges INCLUDING DEFAULTS INCLUDING INDEXES)",
+        )
+        .await?;
+    let sink = client
+        .copy_in(
+            "COPY public.copy_edges (tenant_id, upstream_guid, downstream_guid) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::UUID, Type::UUID]);
+    let mut writer = std::pin::pin!(writer);
+    for (u, d) in &links {
+        writer.as_mut().write(&[&"bench", u, d]).await?;
     }
     writer.as_mut().finish().await?;
     let copy_secs = started.elapsed().as_secs_f64();
@@ -210,6 +305,10 @@ pub async fn run(cluster: &PgCluster, dir: &Path, assets: i64, chunk: usize) -> 
         "  every change streamed     {consistent_secs:>7.1} s  {:>9.0} rows/s  (lily run, peak RSS {} MiB)",
         rate(rows, consistent_secs),
         run_peak >> 20
+    );
+    println!(
+        "  lily run restarted        {restart_secs:>7.1} s  until streaming again (catalog state loaded; peak RSS {} MiB)",
+        restart_peak >> 20
     );
     println!(
         "  binary COPY               {copy_secs:>7.1} s  {:>9.0} rows/s",
