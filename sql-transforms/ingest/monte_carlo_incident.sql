@@ -11,6 +11,9 @@
 -- notification with its event list) gives the incident's type and title;
 -- updates change state, severity and owner.
 CREATE TABLE payload (
+    -- Which event of the run a row comes from: Lily numbers the events it
+    -- maps together (concurrent webhooks), and splits the output by it.
+    _event    BIGINT,
     type      VARCHAR,
     -- Which keys the event has: an alert unmarked as an incident sends
     -- declared_alert_severity as null, which is not the same as leaving it out.
@@ -38,7 +41,8 @@ CREATE TABLE payload (
 );
 
 WITH events AS (
-    SELECT p.payload['incident_id'] AS incident_id,
+    SELECT p._event,
+           p.payload['incident_id'] AS incident_id,
            p.payload['group_id'] AS group_id,
            p.payload['event_list'] AS list,
            unnest(range(1, CAST(cardinality(p.payload['event_list']) AS BIGINT) + 1)) AS i
@@ -48,7 +52,7 @@ event_tables AS (
     -- The table of each event, as a full table id `<database>:<schema>.<table>`
     -- where one is known: the event's own, a table_name that is one, or a bare
     -- table_name inside the incident's group_id (`<database>:<schema>`).
-    SELECT incident_id, i,
+    SELECT _event, incident_id, i,
            CASE
                WHEN list[i]['full_table_id'] IS NOT NULL THEN list[i]['full_table_id']
                WHEN strpos(list[i]['table_name'], ':') > 0 THEN list[i]['table_name']
@@ -62,29 +66,30 @@ event_tables AS (
 rule_comparisons AS (
     -- Custom rules name their tables in their comparisons, in the event or
     -- beside the event list.
-    SELECT incident_id, unnest(comparisons) AS c FROM event_tables
+    SELECT _event, incident_id, unnest(comparisons) AS c FROM event_tables
     UNION ALL
-    SELECT p.payload['incident_id'], unnest(p.payload['rule']['comparisons']) FROM payload p
+    SELECT p._event, p.payload['incident_id'], unnest(p.payload['rule']['comparisons']) FROM payload p
 ),
 refs AS (
-    SELECT incident_id, i, full_table_id,
+    SELECT _event, incident_id, i, full_table_id,
            CASE WHEN full_table_id IS NULL THEN table_name END AS table_name
     FROM event_tables
     UNION ALL
-    SELECT incident_id, 1000000, c['full_table_id'], NULL FROM rule_comparisons
+    SELECT _event, incident_id, 1000000, c['full_table_id'], NULL FROM rule_comparisons
 ),
 tables AS (
-    SELECT incident_id,
+    SELECT _event, incident_id,
            array_agg(DISTINCT full_table_id) FILTER (WHERE full_table_id IS NOT NULL) AS full_table_ids,
            array_agg(DISTINCT table_name) FILTER (WHERE table_name IS NOT NULL) AS table_names,
            -- the title names the first table of the event list
            first_value(replace(coalesce(full_table_id, table_name), ':', '.') ORDER BY i)
                FILTER (WHERE coalesce(full_table_id, table_name) IS NOT NULL) AS first_table
     FROM refs
-    GROUP BY incident_id
+    GROUP BY _event, incident_id
 ),
 incidents AS (
-    SELECT p.payload['incident_id'] AS incident_id,
+    SELECT p._event,
+           p.payload['incident_id'] AS incident_id,
            -- An opening names its type and carries its events: updates may
            -- repeat the type, but not the event list.
            -- open_custom_rule_anomaly_incident -> custom_rule_anomaly
@@ -100,6 +105,7 @@ incidents AS (
     FROM payload p
 )
 SELECT
+    i._event,
     'monte_carlo' AS source_system,
     i.incident_id AS external_id,
     i.opened_type AS incident_type,
@@ -122,5 +128,5 @@ SELECT
     t.full_table_ids AS asset_full_table_ids,
     t.table_names AS asset_table_names
 FROM incidents i
-LEFT JOIN tables t ON t.incident_id = i.incident_id
+LEFT JOIN tables t ON (t._event IS NOT DISTINCT FROM i._event) AND t.incident_id = i.incident_id
 WHERE i.incident_id IS NOT NULL

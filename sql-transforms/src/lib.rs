@@ -30,7 +30,7 @@ mod tables;
 
 pub use error::{Result, TransformError};
 pub use output::{OutputContract, check_output, incident_output};
-pub use payload::{payload_from_json, payload_from_values};
+pub use payload::{EVENT, payload_from_json, payload_from_values};
 pub use runner::{PAYLOAD, TransformRunner};
 pub use session::{TransformSession, new_session};
 pub use set::{ReloadReport, TransformSet, check_source};

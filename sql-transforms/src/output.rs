@@ -133,6 +133,16 @@ pub fn check_output(
             };
             let target = TableSchema::from_relation(&rel);
             for got in schema.fields() {
+                if got.name() == crate::payload::EVENT {
+                    if !got.data_type().is_integer() {
+                        return Err(source.error(format!(
+                            "output column {} is {}, it must be an integer (the payload's)",
+                            got.name(),
+                            got.data_type()
+                        )));
+                    }
+                    continue;
+                }
                 if let Some(want) =
                     incident_output_type(got.name()).filter(|_| table == "incidents")
                 {

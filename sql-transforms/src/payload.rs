@@ -37,15 +37,38 @@ pub fn payload_from_json(schema: SchemaRef, body: &[u8]) -> Result<RecordBatch> 
 /// left out both decode as NULL, and this tells them apart.
 pub const JSON_KEYS: &str = "json_keys";
 
+/// A payload column a transform may declare (`_event BIGINT`) to receive
+/// each document's position among the documents of one run. A transform
+/// that selects it into its output lets Lily map concurrent events through
+/// one run and give each its own rows.
+pub const EVENT: &str = "_event";
+
 /// Decodes JSON objects into a batch of `schema`, as [`payload_from_json`].
 pub fn payload_from_values(schema: SchemaRef, rows: &[serde_json::Value]) -> Result<RecordBatch> {
     let mut decoder = ReaderBuilder::new(schema.clone())
         .with_strict_mode(false)
         .build_decoder()
         .map_err(|e| TransformError::Payload(e.to_string()))?;
-    let serialized = if schema.field_with_name(JSON_KEYS).is_ok() {
-        let with_keys: Vec<serde_json::Value> = rows.iter().map(with_json_keys).collect();
-        decoder.serialize(&with_keys)
+    let keys = schema.field_with_name(JSON_KEYS).is_ok();
+    let numbered = schema.field_with_name(EVENT).is_ok();
+    let serialized = if keys || numbered {
+        let prepared: Vec<serde_json::Value> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let mut row = if keys {
+                    with_json_keys(row)
+                } else {
+                    row.clone()
+                };
+                // Set here, never taken from the sender.
+                if numbered && let serde_json::Value::Object(object) = &mut row {
+                    object.insert(EVENT.to_owned(), i.into());
+                }
+                row
+            })
+            .collect();
+        decoder.serialize(&prepared)
     } else {
         decoder.serialize(rows)
     };

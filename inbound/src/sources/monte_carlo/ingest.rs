@@ -3,6 +3,13 @@
 //! applied to incidents keyed by (tenant, source, external id), with their
 //! asset links, in one tenant-scoped transaction. An event already applied
 //! (by the digest of its JSON) changes nothing.
+//!
+//! Events that arrive together (concurrent webhooks) are mapped by one run
+//! of the transform and written by one transaction per tenant, when the
+//! transform numbers its rows by event (`_event`, see
+//! [`lily_transforms::EVENT`]); each request is still answered only after
+//! the commit that wrote it. A group that fails is written again event by
+//! event, so one bad event fails only itself.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +23,7 @@ use lily_transforms::{
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{debug, instrument};
 use uuid::Uuid;
 
@@ -49,6 +56,22 @@ pub struct WrittenIncident {
 
 /// Maps and writes incidents.
 pub struct IncidentIngest {
+    core: Arc<Core>,
+    /// Events waiting for a lane, when the transform numbers its rows.
+    queue: Option<mpsc::Sender<Pending>>,
+}
+
+/// Most events one run of the transform and one transaction take.
+const MAX_GROUP: usize = 32;
+
+/// An event waiting to be written, and whom to tell.
+struct Pending {
+    tenant: String,
+    event: Value,
+    reply: oneshot::Sender<Result<Vec<WrittenIncident>>>,
+}
+
+struct Core {
     db: Metastore,
     transform: String,
     /// Each tenant's rule for warehouse table ids.
@@ -86,6 +109,7 @@ impl IncidentIngest {
         let transform = config.transform.as_str();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut runners = Vec::with_capacity(cores);
+        let mut numbered = false;
         for _ in 0..cores {
             let runner = TransformRunner::new(
                 set,
@@ -103,17 +127,71 @@ impl IncidentIngest {
                     "{transform} is not a pre-ingest transform (it declares no payload)"
                 )));
             }
+            numbered = runner
+                .payload_schema()
+                .is_some_and(|s| s.field_with_name(lily_transforms::EVENT).is_ok());
             runners.push(Mutex::new(runner));
         }
-        Ok(Self {
+        let lanes = runners.len();
+        let core = Arc::new(Core {
             db,
             transform: transform.to_owned(),
             naming: config.naming.clone(),
             runners,
             next: std::sync::atomic::AtomicUsize::new(0),
-        })
+        });
+        let queue = numbered.then(|| {
+            let (tx, rx) = mpsc::channel::<Pending>(MAX_GROUP * lanes * 4);
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..lanes {
+                tokio::spawn(lane(core.clone(), rx.clone()));
+            }
+            tx
+        });
+        Ok(Self { core, queue })
     }
 
+    /// Maps `event` (one notification) and applies it for `tenant`; the
+    /// answer comes after the commit.
+    pub async fn ingest(&self, tenant: &str, event: &Value) -> Result<Vec<WrittenIncident>> {
+        let Some(queue) = &self.queue else {
+            return self.core.ingest(tenant, event).await;
+        };
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            tenant: tenant.to_owned(),
+            event: event.clone(),
+            reply,
+        };
+        let stopped = || InboundError::Internal("the incident writer stopped".into());
+        queue.send(pending).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Takes the events waiting (up to [`MAX_GROUP`]) and writes them as one
+/// group, until the queue closes.
+async fn lane(core: Arc<Core>, queue: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+    loop {
+        let group = {
+            let mut rx = queue.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(p) => group.push(p),
+                    Err(_) => break,
+                }
+            }
+            group
+        };
+        core.write_group(group).await;
+    }
+}
+
+impl Core {
     fn transform_error(&self, message: impl ToString) -> InboundError {
         metrics::counter!("lily_transform_errors_total", "transform" => self.transform.clone(), "stage" => "run")
             .increment(1);
@@ -146,35 +224,120 @@ impl IncidentIngest {
         rows(&out).map_err(|e| self.transform_error(e))
     }
 
-    /// Maps `event` (one notification) and applies it for `tenant`.
+    /// Maps `event` alone and applies it for `tenant`.
     #[instrument(skip_all, fields(tenant))]
-    pub async fn ingest(&self, tenant: &str, event: &Value) -> Result<Vec<WrittenIncident>> {
-        let started = Instant::now();
+    async fn ingest(&self, tenant: &str, event: &Value) -> Result<Vec<WrittenIncident>> {
         let rows = self.map(std::slice::from_ref(event)).await?;
-        let digest = Sha256::digest(serde_json::to_vec(event).unwrap_or_default()).to_vec();
-        let notification = event.get("type").and_then(Value::as_str);
+        let mut written = self.write(tenant, vec![(event, rows)]).await?;
+        Ok(written.pop().unwrap_or_default())
+    }
+
+    /// Maps `group` in one run and writes each tenant's events in one
+    /// transaction; a run or a transaction that fails is done again event
+    /// by event. Every event's sender gets its own answer.
+    #[instrument(skip_all, fields(events = group.len()))]
+    async fn write_group(&self, group: Vec<Pending>) {
+        metrics::histogram!("lily_inbound_group_events", "kind" => "incidents")
+            .record(group.len() as f64);
+        let events: Vec<Value> = group.iter().map(|p| p.event.clone()).collect();
+        let n = events.len();
+        let by_event = match self.map(&events).await {
+            Ok(rows) if n == 1 => Some(vec![rows]),
+            Ok(rows) if rows.iter().all(|r| r.event.is_some_and(|e| e < n)) => {
+                let mut by_event: Vec<Vec<IncidentRow>> = vec![Vec::new(); n];
+                for row in rows {
+                    if let Some(e) = row.event {
+                        by_event[e].push(row);
+                    }
+                }
+                Some(by_event)
+            }
+            Err(e) if n == 1 => {
+                if let Some(p) = group.into_iter().next() {
+                    let _ = p.reply.send(Err(e));
+                }
+                return;
+            }
+            // A transform (or a version of it) that does not number its
+            // rows, or a run that failed: each event alone.
+            _ => None,
+        };
+        let Some(mut by_event) = by_event else {
+            for p in group {
+                let answer = self.ingest(&p.tenant, &p.event).await;
+                let _ = p.reply.send(answer);
+            }
+            return;
+        };
+        let mut tenants: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, p) in group.iter().enumerate() {
+            tenants.entry(p.tenant.as_str()).or_default().push(i);
+        }
+        let mut answers: Vec<Option<Result<Vec<WrittenIncident>>>> =
+            (0..group.len()).map(|_| None).collect();
+        for (tenant, members) in tenants {
+            let writes = members
+                .iter()
+                .map(|&i| (&events[i], std::mem::take(&mut by_event[i])))
+                .collect();
+            match self.write(tenant, writes).await {
+                Ok(written) => {
+                    for (&i, w) in members.iter().zip(written) {
+                        answers[i] = Some(Ok(w));
+                    }
+                }
+                Err(e) if members.len() == 1 => answers[members[0]] = Some(Err(e)),
+                Err(e) => {
+                    debug!(error = %e, events = members.len(), "a group failed; writing its events one by one");
+                    for &i in &members {
+                        answers[i] = Some(self.ingest(tenant, &events[i]).await);
+                    }
+                }
+            }
+        }
+        for (p, answer) in group.into_iter().zip(answers) {
+            let answer = answer
+                .unwrap_or_else(|| Err(InboundError::Internal("an event was not written".into())));
+            let _ = p.reply.send(answer);
+        }
+    }
+
+    /// Applies each event's rows for `tenant`, in order, in one
+    /// transaction; what each event wrote.
+    async fn write(
+        &self,
+        tenant: &str,
+        events: Vec<(&Value, Vec<IncidentRow>)>,
+    ) -> Result<Vec<Vec<WrittenIncident>>> {
+        let started = Instant::now();
         let mut conn = self.db.connection().await?;
         let tx = self.db.tenant_transaction(&mut conn, tenant).await?;
-        let mut written = Vec::with_capacity(rows.len());
-        for row in rows {
-            let applied = self
-                .apply(&tx, tenant, &row, event, &digest, notification)
-                .await?;
-            let links = read_links(&tx, tenant, applied.incident_id).await?;
-            let (linked, pending): (Vec<_>, Vec<_>) =
-                links.into_iter().partition(|l| l.asset_guid.is_some());
-            written.push(WrittenIncident {
-                external_id: row.external_id,
-                incident_id: applied.incident_id,
-                created: applied.created,
-                changed: applied.changed,
-                linked_assets: linked.len(),
-                pending_assets: pending.len(),
-                pending,
-            });
+        let mut out = Vec::with_capacity(events.len());
+        for (event, rows) in events {
+            let digest = Sha256::digest(serde_json::to_vec(event).unwrap_or_default()).to_vec();
+            let notification = event.get("type").and_then(Value::as_str);
+            let mut written = Vec::with_capacity(rows.len());
+            for row in rows {
+                let applied = self
+                    .apply(&tx, tenant, &row, event, &digest, notification)
+                    .await?;
+                let links = read_links(&tx, tenant, applied.incident_id).await?;
+                let (linked, pending): (Vec<_>, Vec<_>) =
+                    links.into_iter().partition(|l| l.asset_guid.is_some());
+                written.push(WrittenIncident {
+                    external_id: row.external_id,
+                    incident_id: applied.incident_id,
+                    created: applied.created,
+                    changed: applied.changed,
+                    linked_assets: linked.len(),
+                    pending_assets: pending.len(),
+                    pending,
+                });
+            }
+            out.push(written);
         }
         tx.commit().await?;
-        for w in &written {
+        for w in out.iter().flatten() {
             let outcome = match (w.created, w.changed) {
                 (true, _) => "created",
                 (false, true) => "updated",
@@ -185,7 +348,7 @@ impl IncidentIngest {
         }
         metrics::histogram!("lily_inbound_write_seconds", "kind" => "incidents")
             .record(started.elapsed().as_secs_f64());
-        Ok(written)
+        Ok(out)
     }
 
     /// Applies one row of the transform's output: creates the incident or

@@ -1,7 +1,8 @@
 //! The incident rows of a pre-ingest transform's output.
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Int64Type};
+use lily_transforms::EVENT;
 use lily_transforms::incident_output::{
     ASSET_FULL_TABLE_IDS, ASSET_QUALIFIED_NAMES, ASSET_TABLE_NAMES, CLEARED_COLUMNS, REOPENS,
 };
@@ -32,6 +33,9 @@ pub(crate) struct IncidentRow {
     pub full_table_ids: Vec<String>,
     /// Bare table names.
     pub table_names: Vec<String>,
+    /// Which event of a run the row comes from (`_event`), when the
+    /// transform says.
+    pub event: Option<usize>,
 }
 
 fn text_column(out: &RecordBatch, name: &str) -> Result<Option<Vec<Option<String>>>, String> {
@@ -103,6 +107,20 @@ pub(crate) fn rows(out: &RecordBatch) -> Result<Vec<IncidentRow>, String> {
     let qualified_names = list_column(out, ASSET_QUALIFIED_NAMES)?;
     let full_table_ids = list_column(out, ASSET_FULL_TABLE_IDS)?;
     let table_names = list_column(out, ASSET_TABLE_NAMES)?;
+    let events = match out.column_by_name(EVENT) {
+        None => vec![None; n],
+        Some(col) => {
+            let col = arrow::compute::cast(col, &DataType::Int64).map_err(|e| e.to_string())?;
+            let col = col.as_primitive::<Int64Type>();
+            (0..n)
+                .map(|i| {
+                    col.is_valid(i)
+                        .then(|| usize::try_from(col.value(i)).ok())
+                        .flatten()
+                })
+                .collect()
+        }
+    };
     let mut rows = Vec::with_capacity(n);
     for i in 0..n {
         let (Some(source_system), Some(external_id)) =
@@ -131,6 +149,7 @@ pub(crate) fn rows(out: &RecordBatch) -> Result<Vec<IncidentRow>, String> {
             qualified_names: qualified_names[i].clone(),
             full_table_ids: full_table_ids[i].clone(),
             table_names: table_names[i].clone(),
+            event: events[i],
         });
     }
     Ok(rows)
