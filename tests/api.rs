@@ -60,7 +60,7 @@ impl ApiClient {
         .await
     }
 
-    /// Sends `method path` with a raw body and headers.
+    /// Sends `method path` with a raw JSON body and headers.
     pub async fn send(
         &self,
         method: reqwest::Method,
@@ -68,12 +68,24 @@ impl ApiClient {
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<Reply> {
+        self.send_as(method, path, body.map(|b| ("application/json", b)), headers)
+            .await
+    }
+
+    /// Sends `method path` with a body of the given media type.
+    pub async fn send_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        if let Some(body) = body {
-            req = req.header("content-type", "application/json").body(body);
+        if let Some((media, body)) = body {
+            req = req.header("content-type", media).body(body);
         }
         let resp = req.send().await.context("sending the request")?;
         let status = resp.status().as_u16();

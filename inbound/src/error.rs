@@ -85,6 +85,19 @@ pub enum InboundError {
     /// Every metastore connection stayed busy for `api.pool_wait_ms`.
     #[error("busy: {0}")]
     Busy(String),
+    /// The tenant's bulk-loaded rows waiting for promotion reached
+    /// `bulk.max_backlog_rows`.
+    #[error(
+        "tenant {tenant:?} has {backlog} bulk-loaded rows waiting to be promoted (bulk.max_backlog_rows = {limit}); retry later"
+    )]
+    BacklogFull {
+        /// The tenant.
+        tenant: String,
+        /// Rows waiting.
+        backlog: i64,
+        /// Its limit.
+        limit: u64,
+    },
     /// The body did not arrive within `api.body_timeout_ms`.
     #[error("request timeout: {0}")]
     RequestTimeout(String),
@@ -125,7 +138,7 @@ impl InboundError {
             Self::Unavailable(_) | Self::Busy(_) | Self::TimedOut(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::TenantBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TenantBusy { .. } | Self::BacklogFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -151,6 +164,7 @@ impl InboundError {
             Self::Transform { .. } => "transform_failed",
             Self::Unavailable(_) => "unavailable",
             Self::TenantBusy { .. } => "tenant_busy",
+            Self::BacklogFull { .. } => "backlog_full",
             Self::Busy(_) => "busy",
             Self::RequestTimeout(_) => "request_timeout",
             Self::TimedOut(_) => "timed_out",
@@ -169,6 +183,7 @@ impl InboundError {
                 | Self::Busy(_)
                 | Self::TimedOut(_)
                 | Self::TenantBusy { .. }
+                | Self::BacklogFull { .. }
         )
     }
 }
@@ -223,13 +238,16 @@ impl IntoResponse for InboundError {
             );
         }
         // Load refusals say when to come back (RFC 9110, 10.2.3).
-        if matches!(
-            self,
-            Self::TenantBusy { .. } | Self::Busy(_) | Self::TimedOut(_)
-        ) {
+        let retry_after = match &self {
+            Self::TenantBusy { .. } | Self::Busy(_) | Self::TimedOut(_) => Some("1"),
+            // A backlog drains in minutes, not seconds.
+            Self::BacklogFull { .. } => Some("30"),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
+                axum::http::HeaderValue::from_static(seconds),
             );
         }
         // The metrics layer labels the request with this code.

@@ -66,6 +66,8 @@ pub struct Inbound {
     /// The SQL endpoint's settings: what each tenant may register as
     /// governed tables (`sql.tenant_sources`).
     pub sql: lily_config::SqlConfig,
+    /// Where bulk uploads put columns, and the backlog they may leave.
+    pub bulk: crate::bulk::LakeLane,
 }
 
 /// Each tenant's webhook signing secrets, by source.
@@ -136,6 +138,17 @@ impl Inbound {
                 Duration::from_millis(config.api.tenant_queue_ms),
             ),
             sql: config.sql.clone(),
+            bulk: crate::bulk::LakeLane {
+                location: if config.bulk.lake_lane {
+                    Some(
+                        lily_sinks::builtin::lake_location(config)
+                            .map_err(|e| InboundError::Internal(e.to_string()))?,
+                    )
+                } else {
+                    None
+                },
+                max_backlog: config.bulk.max_backlog_rows,
+            },
             governed_asset_fields: {
                 let mut fields = vec!["certificate".to_owned()];
                 for a in &config.propagation.attributes {
@@ -314,6 +327,9 @@ pub fn router(inbound: Arc<Inbound>) -> Router {
             inbound.request_timeout,
             deadline,
         ))
+        // A bulk upload runs as long as its body keeps coming (each part
+        // within `api.body_timeout_ms`), not within the request deadline.
+        .merge(crate::catalog::upload_routes())
         .route_layer(middleware::from_fn(track))
         .route(
             "/healthz",

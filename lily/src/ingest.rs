@@ -1,7 +1,8 @@
 //! `lily ingest FILE...`: loads files into a tenant's catalog in chunks,
 //! each one set-based transaction: the output of DataHub's `file` sink (a
-//! JSON array of proposals and snapshots) and Lily's own bulk NDJSON (one
-//! asset per line, `inbound/schemas/bulk-asset.v1.json`). Files are read
+//! JSON array of proposals and snapshots) and Lily's own bulk format, as
+//! NDJSON (one asset per line, `inbound/schemas/bulk-asset.v1.json`) or as
+//! Parquet (one asset per row, the same fields as columns). Files are read
 //! as a stream on a thread of their own, a few chunks ahead of the writes,
 //! so memory does not grow with the file. A line or record that cannot be
 //! read is kept as a dead letter naming its position, and the load goes on.
@@ -15,17 +16,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lily_config::LilyConfig;
-use lily_inbound::bulk::{self, Outcome, Unreadable, loads};
+use lily_inbound::bulk::{self, LakeLane, Loader, Outcome, Unreadable, loads};
 use lily_inbound::db::Metastore;
 use lily_inbound::schemas::Schemas;
 use lily_inbound::sources::datahub::{self, Records};
-use lily_lakehouse::{CatalogAssets, LakeAsset, LakeLocation};
+use lily_lakehouse::CatalogAssets;
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 use tokio::sync::mpsc;
-
-/// The dead-letter source of bulk NDJSON lines.
-const BULK_SOURCE: &str = "bulk";
 
 /// What a file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +32,8 @@ enum Format {
     DataHub,
     /// Lily's bulk format: one asset per line.
     Ndjson,
+    /// Lily's bulk format as Parquet: one asset per row.
+    Parquet,
 }
 
 /// A chunk of records read from a file: each with its position, and the
@@ -58,8 +58,8 @@ pub async fn run(
         "tenant {tenant:?} does not exist"
     );
     let schemas = Schemas::compile()?;
-    let lane = Lane {
-        lake: if config.bulk.lake_lane {
+    let lane = LakeLane {
+        location: if config.bulk.lake_lane {
             Some(lily_sinks::builtin::lake_location(config)?)
         } else {
             None
@@ -174,8 +174,12 @@ fn add(total: &mut Outcome, o: &Outcome) {
     t.unresolved += a.unresolved;
 }
 
-/// Whether the file is a JSON array (DataHub's) or NDJSON (Lily's).
+/// Whether the file is Parquet, a JSON array (DataHub's) or NDJSON.
 fn sniff(path: &Path) -> anyhow::Result<Format> {
+    let mut magic = [0u8; 4];
+    if File::open(path)?.read_exact(&mut magic).is_ok() && &magic == b"PAR1" {
+        return Ok(Format::Parquet);
+    }
     let mut file = BufReader::new(File::open(path)?);
     loop {
         let buf = file.fill_buf()?;
@@ -195,21 +199,13 @@ fn sniff(path: &Path) -> anyhow::Result<Format> {
     }
 }
 
-/// Where the lake lane is and how much backlog it may have.
-struct Lane {
-    /// The lake, when the lake lane is on.
-    lake: Option<LakeLocation>,
-    /// `bulk.max_backlog_rows`.
-    max_backlog: u64,
-}
-
 async fn load(
     db: &Metastore,
     schemas: &Schemas,
     tenant: &str,
     path: &Path,
     chunk: usize,
-    lane: &Lane,
+    lane: &LakeLane,
 ) -> anyhow::Result<Outcome> {
     let format = sniff(path)?;
     let size = std::fs::metadata(path)?.len();
@@ -230,102 +226,57 @@ async fn load(
             match format {
                 Format::DataHub => read_array(BufReader::new(file), &name, chunk, &tx),
                 Format::Ndjson => read_lines(BufReader::new(file), &name, chunk, &tx),
+                Format::Parquet => read_parquet(file, &name, chunk, &tx),
             }
         })
     };
     let mut progress = Progress::new(&name, size, read);
     let load_id = load_id(tenant, path)?;
-    loads::begin(db, tenant, &load_id, &path.display().to_string()).await?;
-    // The lake lane, and where a load killed before stopped in it: every
-    // line up to there is written in both lanes already.
-    let mut lake = match (format, &lane.lake) {
-        (Format::Ndjson, Some(location)) => Some(CatalogAssets::open(location).await?),
-        _ => None,
+    let source = path.display().to_string();
+    // DataHub records go to the metastore (their plan spans records).
+    let mut loader = match format {
+        Format::DataHub => {
+            let lane = LakeLane {
+                location: None,
+                max_backlog: lane.max_backlog,
+            };
+            Loader::begin(db, tenant, &load_id, &source, &lane).await?
+        }
+        Format::Ndjson | Format::Parquet => {
+            Loader::begin(db, tenant, &load_id, &source, lane).await?
+        }
     };
-    let resume = match lake.as_mut() {
-        Some(l) => l.last_seq(tenant, &load_id).await?,
-        None => 0,
-    };
-    let (mut rows_metastore, mut rows_lake, mut lake_seq) = (0i64, 0i64, resume);
-    let mut paused = false;
     let mut total = Outcome::default();
+    let mut datahub_rows = 0i64;
     while let Some(c) = rx.recv().await {
         let n = (c.records.len() + c.unreadable.len()) as u64;
         let outcome = match format {
             Format::DataHub => {
-                rows_metastore += c.records.len() as i64;
+                datahub_rows += c.records.len() as i64;
                 let records = c.records.into_iter().map(|(_, p, v)| (p, v)).collect();
                 let mut o = datahub::ingest(db, tenant, Records::File(records), true).await?;
                 o.dead_letters +=
                     dead_lines(db, tenant, datahub::DEAD_LETTER_SOURCE, &c.unreadable).await?;
+                loads::progress(db, tenant, &load_id, datahub_rows, 0, 0).await?;
                 o
             }
-            Format::Ndjson => {
-                let mut metastore = Vec::new();
-                let mut lake_rows = Vec::new();
-                for (seq, position, value) in c.records {
-                    let to_lake = lake.is_some() && bulk::ndjson::lake_lane(schemas, &value);
-                    if to_lake {
-                        rows_lake += 1;
-                    } else {
-                        rows_metastore += 1;
-                    }
-                    if seq <= resume {
-                        continue;
-                    }
-                    if to_lake {
-                        lake_rows.push(lake_asset(tenant, &load_id, seq, &value));
-                    } else {
-                        metastore.push((position, value));
-                    }
-                }
-                let plan = bulk::ndjson::plan(schemas, &metastore);
-                let mut unreadable: Vec<Unreadable> = plan.rejected.clone();
-                let mut raw = metastore;
-                for (seq, position, line, error) in c.unreadable {
-                    if seq <= resume {
-                        continue;
-                    }
-                    unreadable.push(Unreadable {
-                        position: position.clone(),
-                        error,
-                    });
-                    raw.push((position, Value::String(line)));
-                }
-                // Containers first: the lake's columns name them as parents.
-                let mut o = bulk::write(db, tenant, BULK_SOURCE, plan, unreadable, &raw).await?;
-                if let (Some(l), Some(last)) = (lake.as_mut(), lake_rows.last().map(|r| r.seq)) {
-                    // Back-pressure: wait while the tenant's backlog is full.
-                    loop {
-                        let backlog = loads::backlog(db, tenant).await?;
-                        if backlog + lake_rows.len() as i64 <= lane.max_backlog as i64
-                            || backlog == 0
-                        {
-                            break;
-                        }
-                        if !paused {
-                            progress.note(&format!(
-                                "paused: {backlog} rows wait for `lily run` to promote them (bulk.max_backlog_rows = {})",
-                                lane.max_backlog
-                            ));
-                            paused = true;
-                        }
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    paused = false;
-                    l.append(&lake_rows).await?;
-                    lake_seq = last;
-                    o.records += lake_rows.len() as u64;
-                }
-                o
+            Format::Ndjson | Format::Parquet => {
+                loader
+                    .write(schemas, c.records, c.unreadable, |backlog| {
+                        progress.note(&format!(
+                            "paused: {backlog} rows wait for `lily run` to promote them (bulk.max_backlog_rows = {})",
+                            lane.max_backlog
+                        ))
+                    })
+                    .await?
             }
         };
-        loads::progress(db, tenant, &load_id, rows_metastore, rows_lake, lake_seq).await?;
         add(&mut total, &outcome);
         progress.advance(n);
     }
+    let (rows_metastore, rows_lake) = loader.rows();
     reader.await.context("the file reader")??;
-    loads::finish_reading(db, tenant, &load_id).await?;
+    loader.finish().await?;
     progress.finish();
     if rows_lake > 0 {
         println!(
@@ -354,26 +305,6 @@ fn load_id(tenant: &str, path: &Path) -> anyhow::Result<String> {
         meta.len()
     ));
     Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
-}
-
-/// A lake row of a line the lake lane takes (checked against the schema).
-fn lake_asset(tenant: &str, load_id: &str, seq: i64, v: &Value) -> LakeAsset {
-    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    LakeAsset {
-        tenant_id: tenant.to_owned(),
-        load_id: load_id.to_owned(),
-        seq,
-        qualified_name: text("qualified_name").unwrap_or_default(),
-        type_name: text("type").unwrap_or_default(),
-        name: text("name"),
-        parent: text("parent"),
-        description: text("description"),
-        attributes: v
-            .get("attributes")
-            .map(Value::to_string)
-            .unwrap_or_else(|| "{}".to_owned()),
-        owners: v.get("owners").map(Value::to_string),
-    }
 }
 
 /// Dead letters for lines that were not JSON at all (a DataHub file has
@@ -442,6 +373,70 @@ fn read_lines(
     }
     if !current.records.is_empty() || !current.unreadable.is_empty() {
         let _ = tx.blocking_send(current);
+    }
+    Ok(())
+}
+
+/// Parquet, `chunk` rows at a time, each row as the JSON object of the
+/// bulk format: columns are its fields, lists are arrays, and
+/// `attributes` may be a struct, a map or JSON text. A row is positioned
+/// `file:row N`.
+fn read_parquet(
+    file: Counting<File>,
+    name: &str,
+    chunk: usize,
+    tx: &mpsc::Sender<Chunk>,
+) -> anyhow::Result<()> {
+    use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let Counting { inner, read } = file;
+    let size = inner.metadata()?.len();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(inner)
+        .with_context(|| format!("{name} is not a Parquet file"))?;
+    let total = builder.metadata().file_metadata().num_rows().max(1) as u64;
+    let reader = builder
+        .with_batch_size(chunk)
+        .build()
+        .with_context(|| format!("reading {name}"))?;
+    let mut seq = 0i64;
+    for batch in reader {
+        let batch = batch.with_context(|| format!("reading {name}"))?;
+        let mut json = Vec::new();
+        {
+            let mut writer = arrow::json::LineDelimitedWriter::new(&mut json);
+            writer
+                .write(&batch)
+                .with_context(|| format!("{name}: a row group that JSON cannot hold"))?;
+            writer.finish()?;
+        }
+        let mut current = Chunk {
+            records: Vec::with_capacity(batch.num_rows()),
+            unreadable: Vec::new(),
+        };
+        for line in json.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            seq += 1;
+            let position = format!("{name}:row {seq}");
+            match serde_json::from_slice::<Value>(line) {
+                Ok(mut v) => {
+                    // Attributes as JSON text: the object it holds.
+                    if let Some(text) = v.get("attributes").and_then(Value::as_str)
+                        && let Ok(object) = serde_json::from_str::<Value>(text)
+                    {
+                        v["attributes"] = object;
+                    }
+                    current.records.push((seq, position, v));
+                }
+                Err(e) => current.unreadable.push((
+                    seq,
+                    position,
+                    String::from_utf8_lossy(line).into_owned(),
+                    format!("not JSON: {e}"),
+                )),
+            }
+        }
+        read.store(size * seq as u64 / total, Ordering::Relaxed);
+        if tx.blocking_send(current).is_err() {
+            return Ok(());
+        }
     }
     Ok(())
 }

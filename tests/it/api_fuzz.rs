@@ -66,6 +66,7 @@ async fn the_api_answers_as_its_description_says() -> anyhow::Result<()> {
     )?;
     let reports = env.dir.path().join("schemathesis-report");
     let scratch = env.dir.path().to_owned();
+    let hooks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
     let started = Instant::now();
     let run = tokio::task::spawn_blocking({
         let base = base.clone();
@@ -95,7 +96,9 @@ async fn the_api_answers_as_its_description_says() -> anyhow::Result<()> {
                 .args(["--generation-database", "none"])
                 .args(["--report", "junit", "--report-dir"])
                 .arg(&reports)
-                .env("SCHEMATHESIS_HOOKS", "")
+                // A serializer for NDJSON (bulk uploads), imported by name.
+                .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
+                .env("PYTHONPATH", &hooks)
                 // It keeps a cache of crashes where it runs.
                 .current_dir(&scratch)
                 .output()

@@ -300,3 +300,224 @@ async fn lily_ingest_loads_an_estate_in_two_lanes_sets_bad_lines_aside_and_resum
     assert!(out.contains("\"nobody\" does not exist"), "{out}");
     Ok(())
 }
+
+/// Writes `ndjson` as Parquet with DuckDB (a writer users run), one row
+/// per line, the nested fields as lists and structs.
+fn parquet_by_duckdb(ndjson: &std::path::Path, parquet: &std::path::Path) -> anyhow::Result<()> {
+    let script = format!(
+        "import duckdb\nduckdb.sql(\"COPY (SELECT * FROM read_json('{}', format = 'newline_delimited')) TO '{}' (FORMAT parquet)\")",
+        ndjson.display(),
+        parquet.display()
+    );
+    let out = std::process::Command::new(lily_tests::test_python()?)
+        .args(["-c", &script])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "DuckDB: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parquet_files_and_http_uploads_load_in_the_same_two_lanes() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    let base = env.enable_api()?;
+    let c = env.client().await?;
+    c.batch_execute(
+        "INSERT INTO metastore.tenants (tenant_id, name) VALUES ('pq', 'Parquet'), ('up', 'Upload'), ('other', 'Other')",
+    )
+    .await?;
+    let (text, lines) = estate("shop");
+    let lake_columns = (SCHEMAS * TABLES * (COLUMNS - 1)) as i64;
+
+    // Parquet, written by DuckDB from the estate less its broken line: the
+    // same lanes, and the row of an unknown type is a dead letter by row.
+    let clean: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let ndjson = env.dir.path().join("clean.ndjson");
+    std::fs::write(&ndjson, &clean)?;
+    let parquet = env.dir.path().join("estate.parquet");
+    parquet_by_duckdb(&ndjson, &parquet)?;
+    let (code, out) = run_lily(
+        &[
+            "ingest",
+            "--tenant",
+            "pq",
+            "--chunk",
+            "700",
+            &parquet.display().to_string(),
+        ],
+        &env.lily_env(),
+    )?;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT count(*) FROM metastore.assets WHERE tenant_id = 'pq'"
+        )
+        .await?,
+        expected_assets() - lake_columns
+    );
+    assert_eq!(lake_rows(&env, "pq")?, (lake_columns, lake_columns));
+    let letter: String = c
+        .query_one(
+            "SELECT reference || ' ' || error FROM lily.dead_letters WHERE source = 'bulk' AND tenant_id = 'pq'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(
+        letter.starts_with("estate.parquet:row 3 ") && letter.contains("/type"),
+        "{letter}"
+    );
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT count(*) FROM metastore.assets WHERE tenant_id = 'pq' AND type_name = 'column'
+                AND attributes->>'data_type' IN ('bigint', 'text')"
+        )
+        .await?,
+        (SCHEMAS * TABLES) as i64,
+        "the tagged columns, with their attributes from the struct column"
+    );
+
+    // Over HTTP: the same estate streamed into a named load.
+    let steward = env.create_api_key("up", "steward", "loader")?;
+    let ingest_only = env.create_api_key("up", "ingest", "robot")?;
+    let other = env.create_api_key("other", "steward", "other")?;
+    let lily = env.spawn_lily(&["run"])?;
+    let api = lily_tests::api::ApiClient::new(&base);
+    api.wait_ready().await?;
+    let upload = |key: &str, load: &str, body: Vec<u8>, media: &str| {
+        let auth = format!("Bearer {key}");
+        let (api, load, media) = (&api, load.to_owned(), media.to_owned());
+        async move {
+            api.send_as(
+                reqwest::Method::POST,
+                &format!("/v1/tenants/up/bulk/loads/{load}?chunk=500"),
+                Some((media.as_str(), body)),
+                &[("authorization", auth.as_str())],
+            )
+            .await
+        }
+    };
+    let ndjson_type = "application/x-ndjson";
+    // Refusals: no key, another tenant's key, not NDJSON, a bad load id.
+    let r = api
+        .send_as(
+            reqwest::Method::POST,
+            "/v1/tenants/up/bulk/loads/first",
+            Some((ndjson_type, b"{}\n".to_vec())),
+            &[],
+        )
+        .await?;
+    assert_eq!(r.status, 401, "{r:?}");
+    // (Refusals come before the body is read, so they are sent small: a
+    // client still sending a large body may see the connection close.)
+    let r = upload(&other, "first", b"{}\n".to_vec(), ndjson_type).await?;
+    assert_eq!((r.status, r.error()), (403, "forbidden"), "{r:?}");
+    let r = upload(&steward, "first", b"{}".to_vec(), "application/json").await?;
+    assert_eq!(r.status, 415, "{r:?}");
+    let r = upload(&steward, "no%20spaces", b"{}\n".to_vec(), ndjson_type).await?;
+    assert_eq!((r.status, r.error()), (400, "bad_query"), "{r:?}");
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT count(*) FROM lily.bulk_loads WHERE tenant_id = 'up'"
+        )
+        .await?,
+        0,
+        "a refused upload starts no load"
+    );
+    // A full backlog refuses a new upload with 429 and when to come back.
+    c.execute(
+        "INSERT INTO lily.bulk_loads (tenant_id, load_id, source, state, rows_lake) VALUES ('up', 'stuck', 'test', 'promoting', 6000000)",
+        &[],
+    )
+    .await?;
+    let r = upload(&steward, "first", b"{}\n".to_vec(), ndjson_type).await?;
+    assert_eq!((r.status, r.error()), (429, "backlog_full"), "{r:?}");
+    c.execute("DELETE FROM lily.bulk_loads WHERE load_id = 'stuck'", &[])
+        .await?;
+    assert_eq!(
+        scalar(&c, "SELECT count(*) FROM lily.bulk_loads WHERE tenant_id = 'up'").await?,
+        0,
+        "a refused upload starts no load"
+    );
+
+    let r = upload(&steward, "first", text.clone().into_bytes(), ndjson_type).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["lines"], lines as i64 + 1, "{r:?}");
+    assert_eq!(r.body["rows_lake"], lake_columns, "{r:?}");
+    assert_eq!(r.body["dead_letters"], 2, "{r:?}");
+    let auth = format!("Bearer {steward}");
+    let a = [("authorization", auth.as_str())];
+    wait_for(
+        "the upload to be promoted",
+        Duration::from_secs(180),
+        || async {
+            let r = api.get("/v1/tenants/up/bulk/loads/first", &a).await?;
+            Ok((r.body["state"] == "complete" && r.body["backlog"] == 0).then_some(r))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", lily.output()))?;
+    check_estate(&c, "up").await?;
+    let r = api.get("/v1/tenants/up/bulk/loads/first", &a).await?;
+    let tables = r.body["tables"].as_array().cloned().unwrap_or_default();
+    assert_eq!(tables.len(), SCHEMAS * TABLES, "{r:?}");
+    assert!(
+        tables
+            .iter()
+            .all(|t| t["state"] == "complete" && t["promoted_rows"] == (COLUMNS - 1) as i64),
+        "{r:?}"
+    );
+    let r = api.get("/v1/tenants/up/bulk/loads", &a).await?;
+    assert_eq!(r.body["loads"][0]["consistency"], "complete", "{r:?}");
+    // Another tenant sees nothing of it.
+    let o = format!("Bearer {other}");
+    let r = api
+        .get(
+            "/v1/tenants/up/bulk/loads",
+            &[("authorization", o.as_str())],
+        )
+        .await?;
+    assert_eq!(r.status, 403, "{r:?}");
+
+    // The same upload again: nothing new, nothing rewritten.
+    let r = upload(&steward, "first", text.clone().into_bytes(), ndjson_type).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["created"], 0, "{r:?}");
+    // Without a role that may classify, a tagged line is a dead letter
+    // and the rest of the upload is written.
+    let body = "{\"qualified_name\": \"shop.new\", \"type\": \"table\", \"parent\": \"shop.s0\"}\n\
+                {\"qualified_name\": \"shop.new.a\", \"type\": \"column\", \"parent\": \"shop.new\", \"tags\": [\"PII\"]}\n";
+    let r = upload(
+        &ingest_only,
+        "second",
+        body.as_bytes().to_vec(),
+        ndjson_type,
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        (r.body["created"].clone(), r.body["dead_letters"].clone()),
+        (json!(1), json!(1)),
+        "{r:?}"
+    );
+    let letter: String = c
+        .query_one(
+            "SELECT error FROM lily.dead_letters WHERE tenant_id = 'up' AND reference = 'second:2'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(letter.contains("may classify"), "{letter}");
+    lily.stop().await?;
+    Ok(())
+}

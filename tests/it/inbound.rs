@@ -963,6 +963,8 @@ async fn the_openapi_description_lists_every_route() -> anyhow::Result<()> {
         "/v1/tenants/{tenant}/lineage",
         "/v1/tenants/{tenant}/classifications",
         "/v1/tenants/{tenant}/incidents",
+        "/v1/tenants/{tenant}/bulk/loads",
+        "/v1/tenants/{tenant}/bulk/loads/{load_id}",
     ] {
         assert!(paths.contains_key(path), "{path} is not described");
     }
@@ -972,7 +974,8 @@ async fn the_openapi_description_lists_every_route() -> anyhow::Result<()> {
             .replace("{tenant}", "acme")
             .replace("{qualified_name}", "analytics.sales.orders")
             .replace("{incident_id}", "00000000-0000-0000-0000-000000000000")
-            .replace("{key_id}", "aaaaaaaaaaaa");
+            .replace("{key_id}", "aaaaaaaaaaaa")
+            .replace("{load_id}", "first");
         for method in ops
             .as_object()
             .map(|o| o.keys().cloned().collect::<Vec<_>>())
@@ -1204,4 +1207,108 @@ async fn monte_carlo_tables_link_by_full_table_id_and_bare_name() -> anyhow::Res
 
 async fn scalar_text(env: &TestEnv, sql: &str) -> anyhow::Result<String> {
     Ok(env.client().await?.query_one(sql, &[]).await?.get(0))
+}
+
+/// Webhooks that arrive together are mapped by one run and written by one
+/// transaction per tenant, and each still gets its own answer after its
+/// commit; an event that breaks the mapping fails only its own request.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_webhooks_are_written_in_groups_each_answered_for_itself() -> anyhow::Result<()>
+{
+    let s = start(None).await?;
+    // A rule of the database refuses incident group-7 (as a constraint an
+    // operator added would): its group's transaction fails, and the group
+    // is written again event by event.
+    s.env
+        .client()
+        .await?
+        .batch_execute(
+            "CREATE FUNCTION public.refuse_group_7() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.external_id = 'group-7' THEN
+                     RAISE EXCEPTION 'incident group-7 is refused' USING ERRCODE = 'check_violation';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_group_7 BEFORE INSERT ON metastore.incidents
+                 FOR EACH ROW EXECUTE FUNCTION public.refuse_group_7();",
+        )
+        .await?;
+    const EVENTS: usize = 48;
+    let mut sends = Vec::new();
+    for i in 0..EVENTS {
+        let (tenant, secret) = if i % 3 == 0 {
+            ("beta", MC_BETA)
+        } else {
+            ("acme", MC_ACME)
+        };
+        let body = mc_event(
+            "open_anomaly_incident",
+            &format!("group-{i}"),
+            json!({"event_list": [{"table_name": "analytics:sales.orders"}]}),
+        );
+        let sig = monte_carlo_signature(secret, &body)?;
+        let api = &s.api;
+        sends.push(async move {
+            let r = post_mc(api, tenant, &body, Some(&sig)).await?;
+            anyhow::Ok((i, tenant, r))
+        });
+    }
+    let replies = futures::future::join_all(sends).await;
+    for reply in replies {
+        let (i, tenant, r) = reply?;
+        if i == 7 {
+            assert_eq!((r.status, r.error()), (422, "unprocessable"), "{r:?}");
+            continue;
+        }
+        assert_eq!(r.status, 200, "event {i}: {r:?}");
+        let written = &r.body["incidents"][0];
+        assert_eq!(written["external_id"], format!("group-{i}"), "{r:?}");
+        assert_eq!(written["created"], true, "{r:?}");
+        // Answered after the commit: the incident is there, in its tenant.
+        let id = written["incident_id"].as_str().unwrap_or_default();
+        let n = scalar(
+            &s.env,
+            &format!(
+                "SELECT count(*) FROM metastore.incidents WHERE incident_id::text = '{id}' AND tenant_id = '{tenant}'"
+            ),
+        )
+        .await?;
+        assert_eq!(n, 1, "event {i}");
+    }
+    assert_eq!(
+        scalar(
+            &s.env,
+            "SELECT count(*) FROM metastore.incidents WHERE external_id LIKE 'group-%'"
+        )
+        .await?,
+        EVENTS as i64 - 1
+    );
+    // Linked to the catalog's table, each to its own incident (acme's).
+    assert_eq!(
+        scalar(
+            &s.env,
+            "SELECT count(*) FROM metastore.incident_assets l JOIN metastore.incidents i USING (incident_id)
+              WHERE i.external_id LIKE 'group-%' AND l.asset_guid IS NOT NULL"
+        )
+        .await?,
+        (0..EVENTS).filter(|i| i % 3 != 0 && *i != 7).count() as i64
+    );
+    // Grouped: fewer groups than events.
+    let body = http_get(&s.metrics, "/metrics")?;
+    let metric = |name: &str| {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let groups = metric("lily_inbound_group_events_count{kind=\"incidents\"}");
+    let events = metric("lily_inbound_group_events_sum{kind=\"incidents\"}");
+    assert!(
+        events >= EVENTS as f64 && groups < events,
+        "{groups} groups of {events} events"
+    );
+    s.lily.stop().await?;
+    Ok(())
 }

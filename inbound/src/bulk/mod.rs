@@ -4,11 +4,13 @@
 //! format and `lily ingest` build plans; this is where they are written.
 
 mod apply;
+pub mod load;
 pub mod loads;
 pub mod ndjson;
 mod plan;
 
 pub use apply::{Applied, apply, checkpoint};
+pub use load::{BULK_SOURCE, LakeLane, Loader};
 pub use plan::{AssetChange, Edge, MAX_NAME, Plan, Target, Unreadable, asset_type, leaf};
 
 use lily_cdc::sink::dead_letter::{DeadLetters, NewDeadLetter};

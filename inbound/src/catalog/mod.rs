@@ -1,6 +1,6 @@
 //! The catalog API for people and extraction jobs: bulk upserts and
-//! removals of assets, lineage and classifications, reads of assets and
-//! incidents, search, tickets linked to incidents, the tenant's API keys,
+//! removals of assets, lineage and classifications, bulk uploads and their
+//! lag, reads of assets and incidents, search, tickets linked to incidents, the tenant's API keys,
 //! and what the SQL endpoint masks and serves.
 //! Every route checks the caller's role in the tenant of its path, and
 //! writes run in a transaction scoped to that tenant.
@@ -11,6 +11,7 @@ mod enforcement;
 mod incidents;
 mod keys;
 mod lineage;
+mod loads;
 mod search;
 
 use std::collections::HashMap;
@@ -77,6 +78,15 @@ pub fn routes() -> Router<Arc<Inbound>> {
             "/v1/tenants/{tenant}/governed-tables/{table_name}",
             put(enforcement::put_table).delete(enforcement::delete_table),
         )
+        .route("/v1/tenants/{tenant}/bulk/loads", get(loads::list))
+}
+
+/// The bulk upload route, which has no request deadline (see `router`).
+pub fn upload_routes() -> Router<Arc<Inbound>> {
+    Router::new().route(
+        "/v1/tenants/{tenant}/bulk/loads/{load_id}",
+        get(loads::get_one).post(loads::upload),
+    )
 }
 
 /// The guids of the assets named `names` in the transaction's tenant; an
