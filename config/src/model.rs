@@ -233,7 +233,10 @@ pub struct BulkConfig {
     ///
     /// Default `5000000`.
     pub max_backlog_rows: u64,
-    /// Rows `lily run` promotes per transaction. Must be at least 1.
+    /// Rows `lily run` promotes per transaction; `0` turns its promoter
+    /// off (a `lily run` that only serves the API, say: another one
+    /// promotes). Lake rows a tag or a lineage edge of the catalog API
+    /// names are promoted on demand either way.
     ///
     /// Default `5000`.
     pub promote_rows: usize,

@@ -120,7 +120,6 @@ impl LilyConfig {
         )?;
         at_least("api.pool_size", self.api.pool_size as u64, 1)?;
         at_least("bulk.max_backlog_rows", self.bulk.max_backlog_rows, 1)?;
-        at_least("bulk.promote_rows", self.bulk.promote_rows as u64, 1)?;
         at_least("sql.max_connections", self.sql.max_connections as u64, 1)?;
         at_least(
             "sql.tenant_connections",

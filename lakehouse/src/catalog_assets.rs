@@ -193,6 +193,40 @@ impl CatalogAssets {
         Ok(out)
     }
 
+    /// The newest lake row of each of `names` in `tenant` (whatever load
+    /// put it there).
+    pub async fn find(
+        &mut self,
+        tenant: &str,
+        names: &[&str],
+    ) -> Result<Vec<LakeAsset>, LakeError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = names
+            .iter()
+            .map(|n| format!("'{}'", quote(n)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = self
+            .query(&format!(
+                "SELECT * FROM assets WHERE tenant_id = '{}' AND qualified_name IN ({list})
+                  ORDER BY load_id, seq",
+                quote(tenant)
+            ))
+            .await?;
+        let mut all = Vec::new();
+        for b in &rows {
+            from_batch(b, &mut all)?;
+        }
+        // The last row of a name wins.
+        let mut newest: std::collections::BTreeMap<String, LakeAsset> = Default::default();
+        for r in all {
+            newest.insert(r.qualified_name.clone(), r);
+        }
+        Ok(newest.into_values().collect())
+    }
+
     /// The last position of `load_id` the lake holds (0 when none).
     pub async fn last_seq(&mut self, tenant: &str, load_id: &str) -> Result<i64, LakeError> {
         let rows = self

@@ -8,10 +8,9 @@
 use std::time::Duration;
 
 use lily_config::LilyConfig;
-use lily_inbound::bulk::{self, AssetChange, Plan, Target, asset_type, leaf, loads};
+use lily_inbound::bulk::{self, loads};
 use lily_inbound::db::Metastore;
-use lily_lakehouse::{CatalogAssets, LakeAsset, LakeLocation};
-use serde_json::{Map, Value};
+use lily_lakehouse::{CatalogAssets, LakeLocation};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -20,6 +19,10 @@ pub fn start(config: &LilyConfig, mut shutdown: watch::Receiver<bool>) -> anyhow
     let db = crate::dlq::own_metastore(config, 2)?;
     let location = lily_sinks::builtin::lake_location(config)?;
     let rows = config.bulk.promote_rows;
+    if rows == 0 {
+        info!("bulk.promote_rows = 0: this lily run does not promote bulk-loaded rows");
+        return Ok(());
+    }
     let every = Duration::from_millis(config.bulk.promote_interval_ms);
     tokio::spawn(async move {
         let mut lake: Option<CatalogAssets> = None;
@@ -72,7 +75,7 @@ async fn pass(
             continue;
         };
         let n = batch.len() as i64;
-        let plan = plan_of(batch);
+        let plan = bulk::load::plan_of(batch);
         let mut conn = db.connection().await?;
         let tx = db.tenant_transaction(&mut conn, &load.tenant_id).await?;
         let applied = bulk::apply(&tx, plan).await?;
@@ -88,24 +91,4 @@ async fn pass(
               watermark = last, "promoted bulk-loaded assets");
     }
     Ok(moved)
-}
-
-/// The assets of lake rows, as the load stated them.
-fn plan_of(rows: Vec<LakeAsset>) -> Plan {
-    let mut plan = Plan::default();
-    for r in rows {
-        let type_name = asset_type(&r.type_name).unwrap_or("column");
-        let mut change = AssetChange::new(type_name, leaf(&r.qualified_name));
-        change.type_name = Some(type_name);
-        change.name = r.name;
-        change.parent = r.parent;
-        change.description = r.description;
-        change.attributes =
-            serde_json::from_str::<Map<String, Value>>(&r.attributes).unwrap_or_default();
-        change.owners = r
-            .owners
-            .and_then(|o| serde_json::from_str::<Vec<String>>(&o).ok());
-        plan.assets.insert(Target::Named(r.qualified_name), change);
-    }
-    plan
 }

@@ -386,12 +386,65 @@ async fn parquet_files_and_http_uploads_load_in_the_same_two_lanes() -> anyhow::
         "the tagged columns, with their attributes from the struct column"
     );
 
+    // A tag and an edge on columns that are only in the lake (this lily
+    // run does not promote) promote them at once.
+    let pq_steward = env.create_api_key("pq", "steward", "tagger")?;
+    let quiet = env.spawn_lily_with(&["run"], &[("LILY_BULK__PROMOTE_ROWS".into(), "0".into())])?;
+    let api = lily_tests::api::ApiClient::new(&base);
+    api.wait_ready().await?;
+    let auth = format!("Bearer {pq_steward}");
+    let a = [("authorization", auth.as_str())];
+    let r = api
+        .post(
+            "/v1/tenants/pq/classifications",
+            &json!({"classifications": [{"qualified_name": "shop.s3.t5.c7", "tag": "PII"}]}),
+            &a,
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = api
+        .post(
+            "/v1/tenants/pq/lineage",
+            &json!({"edges": [{"upstream": "shop.s3.t5.c8", "downstream": "shop.s3.t6.c8"}]}),
+            &a,
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = api
+        .post(
+            "/v1/tenants/pq/classifications",
+            &json!({"classifications": [{"qualified_name": "shop.s3.t5.nowhere", "tag": "PII"}]}),
+            &a,
+        )
+        .await?;
+    assert_eq!((r.status, r.error()), (422, "unprocessable"), "{r:?}");
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT count(*) FROM metastore.assets WHERE tenant_id = 'pq'"
+        )
+        .await?,
+        expected_assets() - lake_columns + 3,
+        "the three named columns are in the metastore, no other"
+    );
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT count(*) FROM metastore.classifications c JOIN metastore.assets a ON a.guid = c.asset_guid
+              WHERE a.qualified_name = 'shop.s3.t5.c7' AND a.parent_guid IS NOT NULL
+                AND a.attributes->>'data_type' = 'text' AND c.tag = 'PII'"
+        )
+        .await?,
+        1,
+        "tagged, under its table, with the attributes of its lake row"
+    );
+    quiet.stop().await?;
+
     // Over HTTP: the same estate streamed into a named load.
     let steward = env.create_api_key("up", "steward", "loader")?;
     let ingest_only = env.create_api_key("up", "ingest", "robot")?;
     let other = env.create_api_key("other", "steward", "other")?;
     let lily = env.spawn_lily(&["run"])?;
-    let api = lily_tests::api::ApiClient::new(&base);
     api.wait_ready().await?;
     let upload = |key: &str, load: &str, body: Vec<u8>, media: &str| {
         let auth = format!("Bearer {key}");
@@ -445,7 +498,11 @@ async fn parquet_files_and_http_uploads_load_in_the_same_two_lanes() -> anyhow::
     c.execute("DELETE FROM lily.bulk_loads WHERE load_id = 'stuck'", &[])
         .await?;
     assert_eq!(
-        scalar(&c, "SELECT count(*) FROM lily.bulk_loads WHERE tenant_id = 'up'").await?,
+        scalar(
+            &c,
+            "SELECT count(*) FROM lily.bulk_loads WHERE tenant_id = 'up'"
+        )
+        .await?,
         0,
         "a refused upload starts no load"
     );

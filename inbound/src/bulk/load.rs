@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use lily_lakehouse::{CatalogAssets, LakeAsset, LakeLocation};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use super::{Outcome, Unreadable, loads, ndjson, write};
+use super::{
+    AssetChange, Outcome, Plan, Target, Unreadable, asset_type, leaf, loads, ndjson, write,
+};
 use crate::db::Metastore;
 use crate::error::{InboundError, Result};
 use crate::schemas::Schemas;
@@ -189,4 +191,49 @@ fn lake_asset(tenant: &str, load_id: &str, seq: i64, v: &Value) -> LakeAsset {
             .unwrap_or_else(|| "{}".to_owned()),
         owners: v.get("owners").map(Value::to_string),
     }
+}
+
+/// The assets of lake rows, as the load stated them: what promotion
+/// writes to the metastore.
+pub fn plan_of(rows: Vec<LakeAsset>) -> Plan {
+    let mut plan = Plan::default();
+    for r in rows {
+        let type_name = asset_type(&r.type_name).unwrap_or("column");
+        let mut change = AssetChange::new(type_name, leaf(&r.qualified_name));
+        change.type_name = Some(type_name);
+        change.name = r.name;
+        change.parent = r.parent;
+        change.description = r.description;
+        change.attributes =
+            serde_json::from_str::<Map<String, Value>>(&r.attributes).unwrap_or_default();
+        change.owners = r
+            .owners
+            .and_then(|o| serde_json::from_str::<Vec<String>>(&o).ok());
+        plan.assets.insert(Target::Named(r.qualified_name), change);
+    }
+    plan
+}
+
+/// Promotes the columns named `names` that wait in the lake (bulk-loaded,
+/// not promoted yet) into the metastore, in `tx` (the tenant's): a tag,
+/// an edge or a lookup on such a column works at once instead of after
+/// the promoter gets to it. The number promoted.
+pub async fn promote_named(
+    tx: &deadpool_postgres::Transaction<'_>,
+    location: &LakeLocation,
+    tenant: &str,
+    names: &[&str],
+) -> Result<u64> {
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let mut lake = CatalogAssets::open(location).await.map_err(lake_error)?;
+    let rows = lake.find(tenant, names).await.map_err(lake_error)?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let n = rows.len() as u64;
+    super::apply(tx, plan_of(rows)).await?;
+    metrics::counter!("lily_bulk_promoted_on_demand_total").increment(n);
+    Ok(n)
 }

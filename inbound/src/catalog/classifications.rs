@@ -40,7 +40,7 @@ pub async fn upsert(
         .iter()
         .map(|c| c.qualified_name.as_str())
         .collect();
-    let guids = resolve(&tx, &names).await?;
+    let guids = resolve(&inbound, &tx, &tenant, &names).await?;
     let stmt = tx
         .prepare(
             "INSERT INTO metastore.classifications AS c (tenant_id, asset_guid, tag, propagate)
@@ -81,7 +81,7 @@ pub async fn remove(
         .iter()
         .map(|c| c.qualified_name.as_str())
         .collect();
-    let guids = resolve(&tx, &names).await?;
+    let guids = resolve(&inbound, &tx, &tenant, &names).await?;
     let mut removed = 0;
     for c in &classifications {
         removed += tx

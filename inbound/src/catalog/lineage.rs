@@ -52,7 +52,7 @@ pub async fn upsert(
     let Edges { edges } = decode(inbound.json("lineage.v1", &body)?)?;
     let mut conn = inbound.db.connection().await?;
     let tx = inbound.db.tenant_transaction(&mut conn, &tenant).await?;
-    let guids = resolve(&tx, &names(&edges)).await?;
+    let guids = resolve(&inbound, &tx, &tenant, &names(&edges)).await?;
     // Blocked tags stop PII from propagating: an ingest caller may add
     // edges but not change what they block.
     if !caller.may(&tenant, Action::Curate) {
@@ -124,7 +124,7 @@ pub async fn remove(
     let Edges { edges } = decode(inbound.json("lineage.v1", &body)?)?;
     let mut conn = inbound.db.connection().await?;
     let tx = inbound.db.tenant_transaction(&mut conn, &tenant).await?;
-    let guids = resolve(&tx, &names(&edges)).await?;
+    let guids = resolve(&inbound, &tx, &tenant, &names(&edges)).await?;
     let mut removed = 0;
     for e in &edges {
         let process: Option<Uuid> = e.process.as_ref().map(|p| guids[p]);

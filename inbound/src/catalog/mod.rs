@@ -89,9 +89,12 @@ pub fn upload_routes() -> Router<Arc<Inbound>> {
     )
 }
 
-/// The guids of the assets named `names` in the transaction's tenant; an
-/// error lists the names that are not in the catalog.
-async fn resolve(tx: &Transaction<'_>, names: &[&str]) -> Result<HashMap<String, Uuid>> {
+/// The guids of the assets named `names` in the transaction's tenant,
+/// and the names that are not in the metastore.
+async fn lookup<'a>(
+    tx: &Transaction<'_>,
+    names: &[&'a str],
+) -> Result<(HashMap<String, Uuid>, Vec<&'a str>)> {
     let mut unique: Vec<&str> = names.to_vec();
     unique.sort_unstable();
     unique.dedup();
@@ -108,6 +111,26 @@ async fn resolve(tx: &Transaction<'_>, names: &[&str]) -> Result<HashMap<String,
         .copied()
         .filter(|n| !found.contains_key(*n))
         .collect();
+    Ok((found, missing))
+}
+
+/// The guids of the assets named `names` in `tenant` (the transaction's).
+/// A name that is not in the metastore but waits in the lake (a column of
+/// a bulk load not promoted yet) is promoted first, in `tx`; an error
+/// lists the names that are in neither.
+async fn resolve(
+    inbound: &Inbound,
+    tx: &Transaction<'_>,
+    tenant: &str,
+    names: &[&str],
+) -> Result<HashMap<String, Uuid>> {
+    let (mut found, mut missing) = lookup(tx, names).await?;
+    if !missing.is_empty()
+        && let Some(location) = &inbound.bulk.location
+        && crate::bulk::load::promote_named(tx, location, tenant, &missing).await? > 0
+    {
+        (found, missing) = lookup(tx, names).await?;
+    }
     if !missing.is_empty() {
         return Err(InboundError::Unprocessable(format!(
             "not in the catalog: {}",
