@@ -71,7 +71,7 @@ pub async fn run(
         let outcome = load(&db, &schemas, tenant, path, chunk.max(1), &lane)
             .await
             .with_context(|| format!("loading {}", path.display()))?;
-        add(&mut total, &outcome);
+        total += &outcome;
     }
     let a = &total.applied;
     println!(
@@ -158,20 +158,6 @@ pub async fn status(
         println!("{table:<60} {total:>10} {promoted:>10}  {state}");
     }
     Ok(())
-}
-
-fn add(total: &mut Outcome, o: &Outcome) {
-    total.records += o.records;
-    total.skipped += o.skipped;
-    total.dead_letters += o.dead_letters;
-    let (t, a) = (&mut total.applied, &o.applied);
-    t.created += a.created;
-    t.updated += a.updated;
-    t.edges_added += a.edges_added;
-    t.edges_removed += a.edges_removed;
-    t.tags_added += a.tags_added;
-    t.removed += a.removed;
-    t.unresolved += a.unresolved;
 }
 
 /// Whether the file is Parquet, a JSON array (DataHub's) or NDJSON.
@@ -271,7 +257,7 @@ async fn load(
                     .await?
             }
         };
-        add(&mut total, &outcome);
+        total += &outcome;
         progress.advance(n);
     }
     let (rows_metastore, rows_lake) = loader.rows();

@@ -33,6 +33,22 @@ pub struct Outcome {
     pub dead_letters: u64,
 }
 
+impl std::ops::AddAssign<&Outcome> for Outcome {
+    fn add_assign(&mut self, o: &Outcome) {
+        self.records += o.records;
+        self.skipped += o.skipped;
+        self.dead_letters += o.dead_letters;
+        let (t, a) = (&mut self.applied, &o.applied);
+        t.created += a.created;
+        t.updated += a.updated;
+        t.edges_added += a.edges_added;
+        t.edges_removed += a.edges_removed;
+        t.tags_added += a.tags_added;
+        t.removed += a.removed;
+        t.unresolved += a.unresolved;
+    }
+}
+
 /// Writes `plan` for `tenant` in one transaction, then keeps each of
 /// `unreadable` as a dead letter of `source` with its record from `raw`
 /// (by position), for `lily dlq`. The caller has checked the roles.

@@ -207,26 +207,20 @@ pub async fn upload(
         }
         if lines.len() >= chunk {
             let (records, unreadable) = lines.take();
-            add(
-                &mut total,
-                loader
-                    .write(&inbound.schemas, records, unreadable, |backlog| {
-                        info!(backlog, "upload paused: the backlog is full");
-                    })
-                    .await?,
-            );
+            total += &loader
+                .write(&inbound.schemas, records, unreadable, |backlog| {
+                    info!(backlog, "upload paused: the backlog is full");
+                })
+                .await?;
         }
     }
     if !pending.is_empty() {
         lines.push(&pending);
     }
     let (records, unreadable) = lines.take();
-    add(
-        &mut total,
-        loader
-            .write(&inbound.schemas, records, unreadable, |_| {})
-            .await?,
-    );
+    total += &loader
+        .write(&inbound.schemas, records, unreadable, |_| {})
+        .await?;
     let (metastore, lake) = loader.rows();
     loader.finish().await?;
     metrics::counter!("lily_inbound_bulk_records_total", "lane" => "metastore")
@@ -244,18 +238,6 @@ pub async fn upload(
         "classifications_added": total.applied.tags_added,
         "dead_letters": total.dead_letters,
     })))
-}
-
-fn add(total: &mut Outcome, o: Outcome) {
-    total.records += o.records;
-    total.skipped += o.skipped;
-    total.dead_letters += o.dead_letters;
-    let (t, a) = (&mut total.applied, &o.applied);
-    t.created += a.created;
-    t.updated += a.updated;
-    t.edges_added += a.edges_added;
-    t.tags_added += a.tags_added;
-    t.removed += a.removed;
 }
 
 /// The lines of an upload, read into records for the next chunk.
