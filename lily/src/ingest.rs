@@ -148,13 +148,7 @@ pub async fn status(
         "table", "in lake", "promoted"
     );
     for (table, total, promoted) in lake.parents(&l.tenant_id, load, l.promoted_seq).await? {
-        let state = if promoted >= total {
-            "complete"
-        } else if promoted > 0 {
-            "partial"
-        } else {
-            "pending"
-        };
+        let state = loads::table_state(total, promoted);
         println!("{table:<60} {total:>10} {promoted:>10}  {state}");
     }
     Ok(())

@@ -52,6 +52,18 @@ impl LoadStatus {
     }
 }
 
+/// A table of a load: `complete` when every lake row of it is promoted,
+/// `partial` when some are, `pending` before.
+pub fn table_state(rows_lake: i64, promoted: i64) -> &'static str {
+    if promoted >= rows_lake {
+        "complete"
+    } else if promoted > 0 {
+        "partial"
+    } else {
+        "pending"
+    }
+}
+
 const COLUMNS: &str = "tenant_id, load_id, source, state, rows_metastore, rows_lake, promoted_rows,
     promoted_seq, extract(epoch FROM now() - updated_at)::bigint";
 

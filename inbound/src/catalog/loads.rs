@@ -100,13 +100,7 @@ pub async fn get_one(
             .await
             .map_err(|e| InboundError::Unavailable(format!("the lake: {e}")))?;
         for (table, total, promoted) in parents {
-            let state = if promoted >= total {
-                "complete"
-            } else if promoted > 0 {
-                "partial"
-            } else {
-                "pending"
-            };
+            let state = loads::table_state(total, promoted);
             tables.push(json!({"table": table, "rows_lake": total, "promoted_rows": promoted, "state": state}));
         }
     }
