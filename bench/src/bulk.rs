@@ -294,7 +294,7 @@ pub async fn run(cluster: &PgCluster, dir: &Path, assets: i64, chunk: usize) -> 
         peak_kib >> 10
     );
     println!(
-        "    then: {} containers consistent, {in_lake} columns in the lake ({at_once} assets in the metastore)",
+        "    then: {} assets consistent (the containers, and the columns with lineage), {in_lake} columns in the lake ({at_once} assets in the metastore, promotion included)",
         rows - in_lake
     );
     println!(
