@@ -441,7 +441,7 @@ pub fn print_search_stages(metrics: &str) {
 
 /// The `_sum` and `_count` of a histogram in Prometheus text, over the
 /// series whose labels contain `filter`.
-fn histogram_totals(text: &str, metric: &str, filter: &str) -> (f64, f64) {
+pub(crate) fn histogram_totals(text: &str, metric: &str, filter: &str) -> (f64, f64) {
     let value = |suffix: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(&format!("{metric}_{suffix}")) && l.contains(filter))

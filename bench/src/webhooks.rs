@@ -88,6 +88,40 @@ async fn probe(
     }
 }
 
+/// Where a webhook's time went inside `lily run`: the groups, the
+/// transform's runs and the write transactions.
+fn print_inbound_stages(metrics: &str) {
+    println!("  where the webhooks' time went (means over the run):");
+    for (label, metric, filter) in [
+        (
+            "events per group",
+            "lily_inbound_group_events",
+            "kind=\"incidents\"",
+        ),
+        ("mapping (one run)", "lily_transform_seconds", "monte_carlo"),
+        (
+            "write transaction",
+            "lily_inbound_write_seconds",
+            "kind=\"incidents\"",
+        ),
+        (
+            "request",
+            "lily_inbound_request_duration_seconds",
+            "monte-carlo",
+        ),
+    ] {
+        let (sum, count) = crate::outbound::histogram_totals(metrics, metric, filter);
+        if count > 0.0 && label == "events per group" {
+            println!("    {label:<22} {:>7.1} x {count:.0}", sum / count);
+        } else if count > 0.0 {
+            println!(
+                "    {label:<22} {:>7.1} ms x {count:.0}",
+                sum / count * 1000.0
+            );
+        }
+    }
+}
+
 fn report(label: &str, mut lat: Vec<Duration>, elapsed: Duration) -> f64 {
     lat.sort_unstable();
     let rate = lat.len() as f64 / elapsed.as_secs_f64();
@@ -140,6 +174,9 @@ pub async fn run(
         .env("LILY_TRANSFORMS__DIR", &transforms)
         .env("LILY_API__LISTEN", format!("127.0.0.1:{port}"))
         .env("LILY_API__POOL_SIZE", concurrency.to_string())
+        // One tenant sends from every sender: let all of them in at once,
+        // so the events that arrive together can be written together.
+        .env("LILY_API__TENANT_CONCURRENCY", concurrency.to_string())
         .env("LILY_MONTE_CARLO__SECRETS__BENCH", SECRET)
         .env("LILY_SINKS__SEARCH__TYPE", "elasticsearch")
         .env("LILY_SINKS__SEARCH__URLS", search.url())
@@ -248,6 +285,7 @@ pub async fn run(
         && let Ok(text) = r.text().await
     {
         crate::outbound::print_search_stages(&text);
+        print_inbound_stages(&text);
     }
     let _ = child.kill();
     let _ = child.wait();

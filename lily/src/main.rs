@@ -206,7 +206,21 @@ enum LakeCommand {
     },
 }
 
+/// Caps glibc's malloc arenas, before any thread starts. With one arena
+/// per thread, records parsed on a reader thread and freed on a writer
+/// fragment memory that is never returned: `lily ingest` of 2M assets
+/// peaked at 251 MiB with the default and 169 MiB with two arenas, at
+/// the same speed (`lily-bench --bulk --assets 2000000`).
+fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt(3) only sets a tunable; no thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    cap_malloc_arenas();
     let cli = Cli::parse();
     let config = match load_config(&cli) {
         Ok(c) => c,

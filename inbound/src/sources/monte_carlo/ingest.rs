@@ -367,11 +367,11 @@ impl Core {
         let opened = IncidentFields::opened(row);
         let inserted = tx
             .query_opt(
-                "INSERT INTO metastore.incidents
+                &tx.prepare_cached("INSERT INTO metastore.incidents
                      (tenant_id, source_system, external_id, incident_type, title, state, severity, url, owner, source_status, payload)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                  ON CONFLICT (tenant_id, source_system, external_id) DO NOTHING
-                 RETURNING incident_id",
+                 RETURNING incident_id").await?,
                 &[
                     &tenant, &row.source_system, &row.external_id, &opened.incident_type, &opened.title,
                     &opened.state, &opened.severity, &opened.url, &opened.owner, &opened.source_status, event,
@@ -383,10 +383,10 @@ impl Core {
             None => {
                 let r = tx
                     .query_one(
-                        &format!(
+                        &tx.prepare_cached(&format!(
                             "SELECT incident_id, {COLUMNS} FROM metastore.incidents
                               WHERE tenant_id = $1 AND source_system = $2 AND external_id = $3 FOR UPDATE"
-                        ),
+                        )).await?,
                         &[&tenant, &row.source_system, &row.external_id],
                     )
                     .await?;
@@ -396,8 +396,8 @@ impl Core {
         let created = current.is_none();
         let first_time = tx
             .execute(
-                "INSERT INTO lily.incident_events (tenant_id, incident_id, digest, notification, payload)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &tx.prepare_cached("INSERT INTO lily.incident_events (tenant_id, incident_id, digest, notification, payload)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING").await?,
                 &[&tenant, &incident_id, &digest, &notification, event],
             )
             .await?
@@ -417,9 +417,12 @@ impl Core {
             // version: `payload` is the last event that changed it.
             if next != current {
                 tx.execute(
-                    "UPDATE metastore.incidents SET incident_type = $2, title = $3, state = $4,
+                    &tx.prepare_cached(
+                        "UPDATE metastore.incidents SET incident_type = $2, title = $3, state = $4,
                             severity = $5, url = $6, owner = $7, source_status = $8, payload = $9
                       WHERE incident_id = $1",
+                    )
+                    .await?,
                     &[
                         &incident_id,
                         &next.incident_type,

@@ -48,7 +48,7 @@ pub(crate) async fn write(
         let guid: Option<Uuid> = None;
         new += tx
             .execute(
-                INSERT,
+                &tx.prepare_cached(INSERT).await?,
                 &[&tenant, &incident, name, &"qualified_name", &none, &guid],
             )
             .await?;
@@ -63,7 +63,7 @@ pub(crate) async fn write(
         let guid: Option<Uuid> = None;
         new += tx
             .execute(
-                INSERT,
+                &tx.prepare_cached(INSERT).await?,
                 &[&tenant, &incident, &name, &"full_table_id", id, &guid],
             )
             .await?;
@@ -71,7 +71,10 @@ pub(crate) async fn write(
     for bare in table_names {
         let candidates = tx
             .query(
-                "SELECT guid, qualified_name FROM lily.tables_ending_with($1, $2) LIMIT 2",
+                &tx.prepare_cached(
+                    "SELECT guid, qualified_name FROM lily.tables_ending_with($1, $2) LIMIT 2",
+                )
+                .await?,
                 &[&tenant, &bare],
             )
             .await?;
@@ -80,14 +83,14 @@ pub(crate) async fn write(
                 let (guid, name) = (one.get::<_, Uuid>(0), one.get::<_, String>(1));
                 // Pending before (none or several matched then): linked now.
                 tx.execute(
-                    "DELETE FROM metastore.incident_assets WHERE incident_id = $1
-                        AND match_rule = 'table_name' AND asset_guid IS NULL AND qualified_name = $2",
+                    &tx.prepare_cached("DELETE FROM metastore.incident_assets WHERE incident_id = $1
+                        AND match_rule = 'table_name' AND asset_guid IS NULL AND qualified_name = $2").await?,
                     &[&incident, &bare],
                 )
                 .await?;
                 new += tx
                     .execute(
-                        INSERT,
+                        &tx.prepare_cached(INSERT).await?,
                         &[&tenant, &incident, &name, &"table_name", &bare, &Some(guid)],
                     )
                     .await?;
@@ -97,12 +100,12 @@ pub(crate) async fn write(
                 // Pending, unless an earlier event linked the name already.
                 new += tx
                     .execute(
-                        "INSERT INTO metastore.incident_assets (tenant_id, incident_id, qualified_name, match_rule, reference)
+                        &tx.prepare_cached("INSERT INTO metastore.incident_assets (tenant_id, incident_id, qualified_name, match_rule, reference)
                          SELECT $1::text, $2::uuid, $3::text, 'table_name', $3::text
                           WHERE NOT EXISTS (SELECT 1 FROM metastore.incident_assets
                                              WHERE incident_id = $2 AND match_rule = 'table_name'
                                                AND reference = $3 AND asset_guid IS NOT NULL)
-                         ON CONFLICT DO NOTHING",
+                         ON CONFLICT DO NOTHING").await?,
                         &[&tenant, &incident, &bare],
                     )
                     .await?;
@@ -119,7 +122,7 @@ pub(crate) async fn write(
 pub async fn read(tx: &Transaction<'_>, tenant: &str, incident: Uuid) -> Result<Vec<IncidentLink>> {
     let rows = tx
         .query(
-            "SELECT ia.qualified_name, ia.asset_guid, ia.match_rule, ia.reference,
+            &tx.prepare_cached("SELECT ia.qualified_name, ia.asset_guid, ia.match_rule, ia.reference,
                     CASE
                         WHEN ia.asset_guid IS NOT NULL THEN NULL
                         WHEN ia.match_rule <> 'table_name' THEN
@@ -137,7 +140,7 @@ pub async fn read(tx: &Transaction<'_>, tenant: &str, incident: Uuid) -> Result<
                      WHERE ia.asset_guid IS NULL AND ia.match_rule = 'table_name'
                ) c ON true
               WHERE ia.tenant_id = $1 AND ia.incident_id = $2
-              ORDER BY ia.qualified_name",
+              ORDER BY ia.qualified_name").await?,
             &[&tenant, &incident],
         )
         .await?;
