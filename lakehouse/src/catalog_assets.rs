@@ -193,14 +193,16 @@ impl CatalogAssets {
         Ok(out)
     }
 
-    /// The newest lake row of each of `names` in `tenant` (whatever load
-    /// put it there).
+    /// The lake rows of `names` in `tenant` that wait for promotion: rows
+    /// of `pending` loads (id and watermark, oldest load first) after the
+    /// load's watermark. Of a name in several, the newest load's last row.
     pub async fn find(
         &mut self,
         tenant: &str,
         names: &[&str],
+        pending: &[(String, i64)],
     ) -> Result<Vec<LakeAsset>, LakeError> {
-        if names.is_empty() {
+        if names.is_empty() || pending.is_empty() {
             return Ok(Vec::new());
         }
         let list = names
@@ -208,10 +210,14 @@ impl CatalogAssets {
             .map(|n| format!("'{}'", quote(n)))
             .collect::<Vec<_>>()
             .join(", ");
+        let after = pending
+            .iter()
+            .map(|(load, seq)| format!("(load_id = '{}' AND seq > {seq})", quote(load)))
+            .collect::<Vec<_>>()
+            .join(" OR ");
         let rows = self
             .query(&format!(
-                "SELECT * FROM assets WHERE tenant_id = '{}' AND qualified_name IN ({list})
-                  ORDER BY load_id, seq",
+                "SELECT * FROM assets WHERE tenant_id = '{}' AND qualified_name IN ({list}) AND ({after})",
                 quote(tenant)
             ))
             .await?;
@@ -219,6 +225,11 @@ impl CatalogAssets {
         for b in &rows {
             from_batch(b, &mut all)?;
         }
+        let rank = |r: &LakeAsset| {
+            let load = pending.iter().position(|(l, _)| *l == r.load_id);
+            (load, r.seq)
+        };
+        all.sort_by_key(rank);
         // The last row of a name wins.
         let mut newest: std::collections::BTreeMap<String, LakeAsset> = Default::default();
         for r in all {

@@ -321,13 +321,25 @@ async fn run_once(
         async move {
             let result = async {
                 let missing = state.unresolved(&batch)?;
-                if !missing.is_empty() {
-                    let conn = resolver.connection().await.map_err(|e| {
-                        lily_transforms::TransformError::State(format!(
+                // A metastore that is briefly away (a failover) is waited
+                // for, not a reason to stop the stream.
+                let mut attempt = 0;
+                while !missing.is_empty() {
+                    attempt += 1;
+                    let fetched = match resolver.connection().await {
+                        Ok(conn) => state.admit(&conn, &missing).await.map(|_| ()),
+                        Err(e) => Err(lily_transforms::TransformError::State(format!(
                             "no metastore connection to fetch assets: {e}"
-                        ))
-                    })?;
-                    state.admit(&conn, &missing).await?;
+                        ))),
+                    };
+                    match fetched {
+                        Ok(()) => break,
+                        Err(e) if attempt < 10 => {
+                            warn!(error = %e, attempt, "fetching assets the catalog state refers to; retrying");
+                            tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 state.apply(&batch)
             }

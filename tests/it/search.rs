@@ -253,6 +253,21 @@ async fn the_index_follows_the_catalog_and_replays_overwrite_nothing() -> anyhow
         held_assets(&metrics)?,
         containers_and_referenced(&env).await?
     );
+    // A column with a description large enough to be stored apart (TOAST)
+    // is renamed: the change does not carry the description, and the
+    // document keeps it (the state fetches the column).
+    db.batch_execute(
+        "INSERT INTO metastore.assets (tenant_id, type_name, qualified_name, name, description)
+           VALUES ('acme', 'column', 'db.crm.customers.notes', 'notes',
+                   (SELECT string_agg(md5(i::text), ' ') FROM generate_series(1, 400) i));",
+    )
+    .await?;
+    converge(&env, &server, "acme", &lily).await?;
+    db.batch_execute(
+        "UPDATE metastore.assets SET name = 'free_text_notes' WHERE qualified_name = 'db.crm.customers.notes'",
+    )
+    .await?;
+    converge(&env, &server, "acme", &lily).await?;
     let docs = server.documents("lily-acme-assets").await?;
     let addresses = docs
         .iter()
@@ -309,7 +324,7 @@ async fn the_index_follows_the_catalog_and_replays_overwrite_nothing() -> anyhow
         .get("/v1/tenants/acme/search?limit=2&offset=2", &va)
         .await?;
     assert_eq!(r.body["hits"].as_array().map(Vec::len), Some(2), "{r:?}");
-    assert_eq!(r.body["total"], 6, "{r:?}");
+    assert_eq!(r.body["total"], 7, "{r:?}");
     let beta = format!(
         "Bearer {}",
         hs256(HS_SECRET, &claims("b", &["beta:admin"], 600))?

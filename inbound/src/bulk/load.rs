@@ -227,8 +227,27 @@ pub async fn promote_named(
     if names.is_empty() {
         return Ok(0);
     }
+    // Only loads with rows still to promote: a name that is nowhere (a
+    // typo) costs one query, not a scan of the lake.
+    let pending: Vec<(String, i64)> = tx
+        .query(
+            "SELECT load_id, promoted_seq FROM lily.bulk_loads
+              WHERE tenant_id = $1 AND state <> 'complete' AND rows_lake > promoted_rows
+              ORDER BY started_at",
+            &[&tenant],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if pending.is_empty() {
+        return Ok(0);
+    }
     let mut lake = CatalogAssets::open(location).await.map_err(lake_error)?;
-    let rows = lake.find(tenant, names).await.map_err(lake_error)?;
+    let rows = lake
+        .find(tenant, names, &pending)
+        .await
+        .map_err(lake_error)?;
     if rows.is_empty() {
         return Ok(0);
     }

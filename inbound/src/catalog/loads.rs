@@ -135,10 +135,7 @@ pub async fn upload(
         .and_then(|v| v.split(';').next())
         .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_default();
-    if !matches!(
-        media.as_str(),
-        "application/x-ndjson" | "application/jsonl" | "application/json-seq"
-    ) {
+    if !matches!(media.as_str(), "application/x-ndjson" | "application/jsonl") {
         return Err(InboundError::UnsupportedMediaType(format!(
             "a bulk upload is NDJSON (application/x-ndjson), not {media:?}"
         )));
@@ -166,12 +163,14 @@ pub async fn upload(
     let mut loader = Loader::begin(&inbound.db, &tenant, &id, &source, &inbound.bulk).await?;
 
     let max_line = inbound.body_limit_bytes;
+    let max_chunk_bytes = inbound.bulk_body_limit_bytes;
     let idle = inbound.body_timeout;
     let mut body = req.into_body().into_data_stream();
     let mut pending: Vec<u8> = Vec::new();
     let mut lines = Lines {
         name: id.clone(),
         seq: 0,
+        bytes: 0,
         may_curate,
         records: Vec::new(),
         unreadable: Vec::new(),
@@ -187,19 +186,26 @@ pub async fn upload(
         let Some(frame) = frame else { break };
         let bytes =
             frame.map_err(|e| InboundError::MalformedJson(format!("reading the upload: {e}")))?;
+        // Only the new bytes are searched for line ends, and the lines
+        // found are taken out at once: linear in the body.
+        let searched = pending.len();
         pending.extend_from_slice(&bytes);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            lines.push(&line[..line.len() - 1]);
+        if let Some(last) = pending[searched..].iter().rposition(|b| *b == b'\n') {
+            let end = searched + last;
+            for line in pending[..end].split(|b| *b == b'\n') {
+                lines.push(line);
+            }
+            pending.drain(..=end);
         }
         if pending.len() > max_line {
             return Err(InboundError::Unprocessable(format!(
                 "line {} of the upload is longer than {max_line} bytes (api.body_limit_bytes); \
-                 the lines before it are written",
+                 the chunks before it are written",
                 lines.seq + 1
             )));
         }
-        if lines.len() >= chunk {
+        // A chunk is bounded by its lines and by its bytes.
+        if lines.len() >= chunk || lines.bytes >= max_chunk_bytes {
             let (records, unreadable) = lines.take();
             total += &loader
                 .write(&inbound.schemas, records, unreadable, |backlog| {
@@ -238,6 +244,8 @@ pub async fn upload(
 struct Lines {
     name: String,
     seq: i64,
+    /// Bytes of the lines held for the next chunk.
+    bytes: usize,
     may_curate: bool,
     records: Vec<Record>,
     unreadable: Vec<UnreadableText>,
@@ -250,6 +258,7 @@ impl Lines {
 
     fn push(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.bytes += line.len();
         if line.iter().all(u8::is_ascii_whitespace) {
             // Blank lines count, so positions are the client's line numbers.
             self.seq += 1;
@@ -280,6 +289,7 @@ impl Lines {
     }
 
     fn take(&mut self) -> (Vec<Record>, Vec<UnreadableText>) {
+        self.bytes = 0;
         (
             std::mem::take(&mut self.records),
             std::mem::take(&mut self.unreadable),

@@ -347,16 +347,19 @@ impl CatalogState {
                 .is_some()
     }
 
-    /// The assets a batch of classifications, propagated values or
-    /// incident links refers to that the state does not hold: columns it
-    /// left out, to fetch (`admit`) before the batch is applied.
+    /// The assets a batch refers to that the state does not hold and must
+    /// fetch (`admit`) before the batch is applied: the columns a batch of
+    /// classifications, propagated values or incident links names, and the
+    /// columns an update of assets sends without their large unchanged
+    /// values (TOAST), which only the metastore still has.
     pub fn unresolved(&self, batch: &ChangeBatch) -> Result<Vec<Guid>> {
-        if batch.table.namespace != lily_metastore::METASTORE_SCHEMA
-            || !matches!(
-                batch.table.name.as_str(),
-                "classifications" | "propagated_attributes" | "incident_assets"
-            )
-        {
+        let table = batch.table.name.as_str();
+        let key = match table {
+            "classifications" | "propagated_attributes" | "incident_assets" => "asset_guid",
+            "assets" => "guid",
+            _ => return Ok(Vec::new()),
+        };
+        if batch.table.namespace != lily_metastore::METASTORE_SCHEMA {
             return Ok(Vec::new());
         }
         let records = &batch.records;
@@ -366,12 +369,17 @@ impl CatalogState {
         else {
             return Ok(Vec::new());
         };
-        let row = columns::Columns::of_batch(&batch.table.name, records);
-        let assets = row.uuid("asset_guid")?;
+        let row = columns::Columns::of_batch(table, records);
+        let assets = row.uuid(key)?;
         let inner = self.lock();
         let mut out = HashSet::new();
         for i in 0..records.num_rows() {
             if matches!(ops.value(i), "d" | "t") {
+                continue;
+            }
+            if key == "guid"
+                && !(row.unchanged_toast(i, "description") || row.unchanged_toast(i, "owners"))
+            {
                 continue;
             }
             if let Some(g) = assets.get(i)

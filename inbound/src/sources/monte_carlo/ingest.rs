@@ -275,7 +275,14 @@ impl Core {
         }
         let mut answers: Vec<Option<Result<Vec<WrittenIncident>>>> =
             (0..group.len()).map(|_| None).collect();
-        for (tenant, members) in tenants {
+        for (tenant, mut members) in tenants {
+            // Incidents in one order whatever the lane, so two groups
+            // cannot lock two incidents in opposite orders; the sort is
+            // stable, so the events of one incident keep their order.
+            members.sort_by(|a, b| {
+                let key = |i: &usize| by_event[*i].first().map(|r| r.external_id.as_str());
+                key(a).cmp(&key(b))
+            });
             let writes = members
                 .iter()
                 .map(|&i| (&events[i], std::mem::take(&mut by_event[i])))
