@@ -205,6 +205,13 @@ impl From<tokio_postgres::Error> for InboundError {
     }
 }
 
+/// The lake (bulk loads' `catalog/assets`) is ours, and retrying may work.
+impl From<lily_lakehouse::LakeError> for InboundError {
+    fn from(e: lily_lakehouse::LakeError) -> Self {
+        Self::Unavailable(format!("the lake: {e}"))
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for InboundError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
+use crate::location::append_batch;
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use deltalake::DeltaTable;
-use deltalake::protocol::SaveMode;
 use tracing::info;
 
 use crate::{LakeError, LakeLocation};
@@ -156,16 +156,7 @@ impl CatalogAssets {
         if rows.is_empty() {
             return Ok(());
         }
-        let batch = to_batch(rows)?;
-        let url = self.table.table_url().to_string();
-        self.table = self
-            .table
-            .clone()
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Append)
-            .with_partition_columns(["tenant_id"])
-            .await
-            .map_err(|source| LakeError::Delta { table: url, source })?;
+        self.table = append_batch(&self.table, to_batch(rows)?, &["tenant_id"]).await?;
         Ok(())
     }
 

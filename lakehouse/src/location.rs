@@ -118,6 +118,23 @@ impl LakeLocation {
     }
 }
 
+/// Appends `batch` to `table` in one Delta commit, partitioned by
+/// `partitions` (the table's own); the table after the commit.
+pub(crate) async fn append_batch(
+    table: &deltalake::DeltaTable,
+    batch: arrow::array::RecordBatch,
+    partitions: &[&str],
+) -> Result<deltalake::DeltaTable, LakeError> {
+    let url = table.table_url().to_string();
+    table
+        .clone()
+        .write(vec![batch])
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .with_partition_columns(partitions.iter().copied())
+        .await
+        .map_err(|source| LakeError::Delta { table: url, source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
+use crate::location::append_batch;
 use arrow::array::{
     ArrayRef, Int64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::DeltaTable;
-use deltalake::protocol::SaveMode;
 use tracing::info;
 
 use crate::error::LakeError;
@@ -172,16 +172,7 @@ impl QueryAuditLog {
         if records.is_empty() {
             return Ok(());
         }
-        let batch = to_batch(records)?;
-        let url = self.table.table_url().to_string();
-        self.table = self
-            .table
-            .clone()
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Append)
-            .with_partition_columns(["tenant_id", "day"])
-            .await
-            .map_err(|source| LakeError::Delta { table: url, source })?;
+        self.table = append_batch(&self.table, to_batch(records)?, &["tenant_id", "day"]).await?;
         Ok(())
     }
 }

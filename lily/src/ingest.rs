@@ -117,7 +117,7 @@ pub async fn status(
         "backlog",
         "watermark"
     );
-    for l in all {
+    for l in &all {
         println!(
             "{:<10} {:<16} {:<10} {:<9} {:>12} {:>12} {:>12} {:>12} {:>10}  {}",
             l.tenant_id,
@@ -135,11 +135,7 @@ pub async fn status(
     let Some(load) = load else {
         return Ok(());
     };
-    let Some(l) = loads::list(&db, tenant)
-        .await?
-        .into_iter()
-        .find(|l| l.load_id == load)
-    else {
+    let Some(l) = all.iter().find(|l| l.load_id == load) else {
         anyhow::bail!("no load {load}");
     };
     let mut lake = CatalogAssets::open(&lily_sinks::builtin::lake_location(config)?).await?;

@@ -13,7 +13,7 @@ use super::{
     AssetChange, Outcome, Plan, Target, Unreadable, asset_type, leaf, loads, ndjson, write,
 };
 use crate::db::Metastore;
-use crate::error::{InboundError, Result};
+use crate::error::Result;
 use crate::schemas::Schemas;
 
 /// The dead-letter source of bulk records.
@@ -49,10 +49,6 @@ pub struct Loader {
     lake_seq: i64,
 }
 
-fn lake_error(e: lily_lakehouse::LakeError) -> InboundError {
-    InboundError::Unavailable(format!("the lake: {e}"))
-}
-
 impl Loader {
     /// Starts (or resumes) load `load_id` of `tenant`, read from `source`.
     pub async fn begin(
@@ -64,13 +60,13 @@ impl Loader {
     ) -> Result<Self> {
         loads::begin(db, tenant, load_id, source).await?;
         let mut lake = match &lane.location {
-            Some(location) => Some(CatalogAssets::open(location).await.map_err(lake_error)?),
+            Some(location) => Some(CatalogAssets::open(location).await?),
             None => None,
         };
         // Every record up to the last the lake holds is written in both
         // lanes already: a chunk's containers commit before its columns.
         let resume = match lake.as_mut() {
-            Some(l) => l.last_seq(tenant, load_id).await.map_err(lake_error)?,
+            Some(l) => l.last_seq(tenant, load_id).await?,
             None => 0,
         };
         Ok(Self {
@@ -84,11 +80,6 @@ impl Loader {
             rows_lake: 0,
             lake_seq: resume,
         })
-    }
-
-    /// The load's id.
-    pub fn id(&self) -> &str {
-        &self.load_id
     }
 
     /// Rows each lane took so far: (metastore, lake).
@@ -151,7 +142,7 @@ impl Loader {
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            lake.append(&lake_rows).await.map_err(lake_error)?;
+            lake.append(&lake_rows).await?;
             self.lake_seq = last;
             outcome.records += lake_rows.len() as u64;
         }
@@ -243,11 +234,8 @@ pub async fn promote_named(
     if pending.is_empty() {
         return Ok(0);
     }
-    let mut lake = CatalogAssets::open(location).await.map_err(lake_error)?;
-    let rows = lake
-        .find(tenant, names, &pending)
-        .await
-        .map_err(lake_error)?;
+    let mut lake = CatalogAssets::open(location).await?;
+    let rows = lake.find(tenant, names, &pending).await?;
     if rows.is_empty() {
         return Ok(0);
     }

@@ -92,13 +92,8 @@ pub async fn get_one(
     };
     let mut tables = Vec::new();
     if let Some(location) = &inbound.bulk.location {
-        let mut lake = lily_lakehouse::CatalogAssets::open(location)
-            .await
-            .map_err(|e| InboundError::Unavailable(format!("the lake: {e}")))?;
-        let parents = lake
-            .parents(&tenant, &id, load.promoted_seq)
-            .await
-            .map_err(|e| InboundError::Unavailable(format!("the lake: {e}")))?;
+        let mut lake = lily_lakehouse::CatalogAssets::open(location).await?;
+        let parents = lake.parents(&tenant, &id, load.promoted_seq).await?;
         for (table, total, promoted) in parents {
             let state = loads::table_state(total, promoted);
             tables.push(json!({"table": table, "rows_lake": total, "promoted_rows": promoted, "state": state}));
