@@ -5,8 +5,11 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::execution::SessionState;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
-use datafusion::physical_plan::collect;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{Spanned, Statement as SqlStatement};
 use lily_cdc::{ChangeBatch, TableSchema};
@@ -31,6 +34,26 @@ pub(crate) struct Compiled {
     pub schema: SchemaRef,
     /// The `payload` table a pre-ingest transform declares.
     pub payload: Option<Arc<SwapTable>>,
+    /// Whether the plan reads nothing but the payload, whose scans read
+    /// their rows when they run: then one physical plan serves every run.
+    pub reusable: bool,
+    /// That physical plan, once made.
+    pub physical: Option<Arc<dyn ExecutionPlan>>,
+}
+
+/// Whether `plan` reads no table other than [`PAYLOAD`].
+fn reads_only_payload(plan: &LogicalPlan) -> bool {
+    let mut only = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && scan.table_name.table() != PAYLOAD
+        {
+            only = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    only
 }
 
 fn statement_at(source: &TransformSource, stmt: &DfStatement, message: String) -> TransformError {
@@ -102,7 +125,7 @@ pub(crate) async fn compile(
                 create.name
             )));
         }
-        let table = Arc::new(SwapTable::new(create.input.schema().inner().clone()));
+        let table = Arc::new(SwapTable::live(create.input.schema().inner().clone()));
         let _ = session.ctx.deregister_table(PAYLOAD);
         session
             .ctx
@@ -132,10 +155,13 @@ pub(crate) async fn compile(
         }
         (e, _) => e,
     })?;
+    let reusable = payload.is_some() && reads_only_payload(&plan);
     Ok(Compiled {
         plan,
         schema,
         payload,
+        reusable,
+        physical: None,
     })
 }
 
@@ -285,16 +311,41 @@ impl TransformRunner {
         }
     }
 
-    async fn execute(&self) -> Result<RecordBatch> {
-        let started = std::time::Instant::now();
-        let state = self.session.ctx.state();
-        // The logical plan was optimized once; only the physical plan is
-        // made per run, over the rows the input tables hold now.
-        let physical = state
+    /// The physical plan of this run: made once for a plan that reads only
+    /// the payload (planning costs more than running it on a few events),
+    /// else per run, over the rows the input tables hold now.
+    async fn physical_plan(&mut self, state: &SessionState) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(plan) = &self.compiled.physical {
+            return reset_plan_states(plan.clone()).map_err(|e| self.run_error(e));
+        }
+        if !self.compiled.reusable {
+            return state
+                .query_planner()
+                .create_physical_plan(&self.compiled.plan, state)
+                .await
+                .map_err(|e| self.run_error(e));
+        }
+        // A plan with dynamic filters cannot be executed twice.
+        let mut state = state.clone();
+        state
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .enable_dynamic_filter_pushdown = false;
+        let plan = state
             .query_planner()
             .create_physical_plan(&self.compiled.plan, &state)
             .await
             .map_err(|e| self.run_error(e))?;
+        self.compiled.physical = Some(plan.clone());
+        Ok(plan)
+    }
+
+    async fn execute(&mut self) -> Result<RecordBatch> {
+        let started = std::time::Instant::now();
+        // The logical plan was optimized once.
+        let state = self.session.ctx.state();
+        let physical = self.physical_plan(&state).await?;
         let batches = collect(physical, state.task_ctx())
             .await
             .map_err(|e| self.run_error(e))?;

@@ -7,11 +7,19 @@ use arrow::compute::cast;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    ReplaceChildrenOptions, SendableRecordBatchStream,
+};
 
 use crate::state::{CatalogState, StateTable};
 
@@ -28,12 +36,18 @@ fn memory_scan(
     )?)
 }
 
+/// The rows of a [`SwapTable`], shared with its live scans.
+type Rows = Arc<RwLock<Arc<Vec<RecordBatch>>>>;
+
 /// A table with a fixed schema whose rows are swapped before each run: the
 /// current change batch, the payload, the propagation origins.
 #[derive(Debug)]
 pub struct SwapTable {
     schema: SchemaRef,
-    rows: RwLock<Arc<Vec<RecordBatch>>>,
+    rows: Rows,
+    /// Whether a scan reads the rows when it runs rather than when it is
+    /// planned, so that one physical plan serves every run.
+    live: bool,
 }
 
 impl SwapTable {
@@ -41,7 +55,17 @@ impl SwapTable {
     pub fn new(schema: SchemaRef) -> Self {
         Self {
             schema,
-            rows: RwLock::new(Arc::new(Vec::new())),
+            rows: Arc::default(),
+            live: false,
+        }
+    }
+
+    /// An empty table of `schema` whose scans read the rows when they run
+    /// (see [`LiveScanExec`]).
+    pub fn live(schema: SchemaRef) -> Self {
+        Self {
+            live: true,
+            ..Self::new(schema)
         }
     }
 
@@ -106,11 +130,108 @@ impl TableProvider for SwapTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if self.live {
+            return Ok(Arc::new(LiveScanExec::new(
+                self.rows.clone(),
+                &self.schema,
+                projection,
+            )?));
+        }
         memory_scan(
             self.rows().as_ref().clone(),
             self.schema.clone(),
             projection,
         )
+    }
+}
+
+/// A scan of a live [`SwapTable`]: it reads the rows the table holds when it
+/// is executed. Its statistics are unknown, so a plan made over it does not
+/// depend on one run's rows and can be executed again.
+#[derive(Debug)]
+pub struct LiveScanExec {
+    rows: Rows,
+    projection: Option<Vec<usize>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl LiveScanExec {
+    fn new(rows: Rows, schema: &SchemaRef, projection: Option<&Vec<usize>>) -> DfResult<Self> {
+        let projected = match projection {
+            Some(p) => Arc::new(schema.project(p)?),
+            None => schema.clone(),
+        };
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(projected),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            rows,
+            projection: projection.cloned(),
+            properties: Arc::new(properties),
+        })
+    }
+}
+
+impl DisplayAs for LiveScanExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "LiveScanExec")
+    }
+}
+
+impl ExecutionPlan for LiveScanExec {
+    fn name(&self) -> &str {
+        "LiveScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+        _: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "LiveScanExec has one partition, not {partition}"
+            )));
+        }
+        let rows = self.rows.read().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(Box::pin(MemoryStream::try_new(
+            rows.as_ref().clone(),
+            self.properties.eq_properties.schema().clone(),
+            self.projection.clone(),
+        )?))
     }
 }
 

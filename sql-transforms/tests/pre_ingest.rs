@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray};
 use lily_transforms::{
     CatalogState, OutputContract, TransformError, TransformRunner, TransformSet, payload_from_json,
+    payload_from_values,
 };
 
 fn dir() -> &'static Path {
@@ -106,4 +107,63 @@ async fn a_pre_ingest_file_must_fit_its_target_table() {
             .any(|e| e.contains("untargeted.sql:1:1") && e.contains("-- target:")),
         "{errors:?}"
     );
+}
+
+/// The events of one Monte Carlo notification per id, numbered by `_event`.
+fn notifications(ids: &[&str]) -> Vec<serde_json::Value> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| {
+            serde_json::json!({
+                "_event": i, "type": "open_anomaly_incident", "action": "incident",
+                "payload": {"incident_id": id, "url": format!("https://getmontecarlo.com/incidents/{id}"),
+                            "event_list": [{"table_name": format!("dw:s.{id}_a")},
+                                           {"full_table_id": format!("dw:s.{id}_b")}]}
+            })
+        })
+        .collect()
+}
+
+/// The output's rows as text, in order.
+fn printed(batch: &arrow::array::RecordBatch) -> String {
+    arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch))
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_pre_ingest_plan_made_once_maps_payload_after_payload() {
+    let (set, _) = TransformSet::load(dir()).await.unwrap();
+    let runner = || async {
+        TransformRunner::new(
+            &set,
+            "ingest/monte_carlo_incident",
+            Arc::new(CatalogState::new(Vec::new())),
+            Vec::new(),
+            OutputContract::IntoTable("incidents".into()),
+        )
+        .await
+        .unwrap()
+    };
+    let mut reused = runner().await;
+    let schema = reused.payload_schema().unwrap();
+    // Payloads of different sizes, one empty: each run of the one plan must
+    // give what a plan made for that payload alone gives.
+    for ids in [
+        &["a", "b", "c"][..],
+        &["d"],
+        &[],
+        &["e", "f"],
+        &["a", "b", "c"],
+    ] {
+        let payload = || payload_from_values(schema.clone(), &notifications(ids)).unwrap();
+        let again = reused.run_with("payload", vec![payload()]).await.unwrap();
+        let fresh = runner()
+            .await
+            .run_with("payload", vec![payload()])
+            .await
+            .unwrap();
+        assert_eq!(again.num_rows(), ids.len(), "{ids:?}");
+        assert_eq!(printed(&again), printed(&fresh), "{ids:?}");
+    }
 }
