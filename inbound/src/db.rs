@@ -60,18 +60,22 @@ impl Metastore {
         tenant: &str,
     ) -> Result<Transaction<'a>> {
         let tx = conn.transaction().await?;
-        tx.execute("SELECT set_config('lily.tenant_id', $1, true)", &[&tenant])
+        let scope = tx
+            .prepare_cached("SELECT set_config('lily.tenant_id', $1, true)")
+            .await?;
+        let known = tx
+            .prepare_cached("SELECT 1 FROM metastore.tenants WHERE tenant_id = $1")
             .await?;
         // The role name was validated as an identifier by the config.
-        tx.batch_execute(&format!("SET LOCAL ROLE \"{}\"", self.tenant_role))
-            .await?;
-        let exists = tx
-            .query_opt(
-                "SELECT 1 FROM metastore.tenants WHERE tenant_id = $1",
-                &[&tenant],
-            )
-            .await?
-            .is_some();
+        let role = format!("SET LOCAL ROLE \"{}\"", self.tenant_role);
+        // Sent together and answered in order: one round trip, not three.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant];
+        let (_, _, found) = tokio::try_join!(
+            tx.execute(&scope, &params),
+            tx.batch_execute(&role),
+            tx.query_opt(&known, &params),
+        )?;
+        let exists = found.is_some();
         if !exists {
             return Err(InboundError::UnknownTenant(tenant.to_owned()));
         }

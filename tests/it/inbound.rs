@@ -1309,6 +1309,39 @@ async fn concurrent_webhooks_are_written_in_groups_each_answered_for_itself() ->
         events >= EVENTS as f64 && groups < events,
         "{groups} groups of {events} events"
     );
+
+    // One notification delivered six times at once (a sender's retries),
+    // whether the copies share a group or not: one creates the incident,
+    // the others change nothing, and the event is recorded once.
+    let body = mc_event(
+        "open_anomaly_incident",
+        "retried",
+        json!({"event_list": [{"table_name": "analytics:sales.orders"}]}),
+    );
+    let sig = monte_carlo_signature(MC_ACME, &body)?;
+    let copies = (0..6).map(|_| post_mc(&s.api, "acme", &body, Some(&sig)));
+    let mut created = 0;
+    for r in futures::future::join_all(copies).await {
+        let r = r?;
+        assert_eq!(r.status, 200, "{r:?}");
+        let written = &r.body["incidents"][0];
+        if written["created"] == true {
+            created += 1;
+        } else {
+            assert_eq!(written["changed"], false, "{r:?}");
+        }
+        assert_eq!(written["linked_assets"], 1, "{r:?}");
+    }
+    assert_eq!(created, 1);
+    assert_eq!(
+        scalar(
+            &s.env,
+            "SELECT count(*) FROM lily.incident_events e JOIN metastore.incidents i USING (incident_id)
+              WHERE i.external_id = 'retried'"
+        )
+        .await?,
+        1
+    );
     s.lily.stop().await?;
     Ok(())
 }

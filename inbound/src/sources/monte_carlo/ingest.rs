@@ -15,14 +15,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use deadpool_postgres::Transaction;
 use lily_config::{MonteCarloConfig, TableNaming};
 use lily_transforms::{
     CatalogState, OutputContract, TransformRunner, TransformSet, payload_from_values,
 };
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{debug, instrument};
 use uuid::Uuid;
@@ -30,7 +28,6 @@ use uuid::Uuid;
 pub use super::links::{IncidentLink, read as read_links};
 
 use super::rows::{IncidentRow, rows};
-use super::update::IncidentFields;
 use crate::db::Metastore;
 use crate::error::{InboundError, Result};
 
@@ -80,21 +77,6 @@ struct Core {
     /// per run), so concurrent requests take different ones.
     runners: Vec<Mutex<TransformRunner>>,
     next: std::sync::atomic::AtomicUsize,
-}
-
-const COLUMNS: &str = "incident_type, title, state, severity, url, owner, source_status";
-
-/// The [`COLUMNS`] of `r`, starting at column `at`.
-fn fields(r: &tokio_postgres::Row, at: usize) -> IncidentFields {
-    IncidentFields {
-        incident_type: r.get(at),
-        title: r.get(at + 1),
-        state: r.get(at + 2),
-        severity: r.get(at + 3),
-        url: r.get(at + 4),
-        owner: r.get(at + 5),
-        source_status: r.get(at + 6),
-    }
 }
 
 impl IncidentIngest {
@@ -319,30 +301,7 @@ impl Core {
         let started = Instant::now();
         let mut conn = self.db.connection().await?;
         let tx = self.db.tenant_transaction(&mut conn, tenant).await?;
-        let mut out = Vec::with_capacity(events.len());
-        for (event, rows) in events {
-            let digest = Sha256::digest(serde_json::to_vec(event).unwrap_or_default()).to_vec();
-            let notification = event.get("type").and_then(Value::as_str);
-            let mut written = Vec::with_capacity(rows.len());
-            for row in rows {
-                let applied = self
-                    .apply(&tx, tenant, &row, event, &digest, notification)
-                    .await?;
-                let links = read_links(&tx, tenant, applied.incident_id).await?;
-                let (linked, pending): (Vec<_>, Vec<_>) =
-                    links.into_iter().partition(|l| l.asset_guid.is_some());
-                written.push(WrittenIncident {
-                    external_id: row.external_id,
-                    incident_id: applied.incident_id,
-                    created: applied.created,
-                    changed: applied.changed,
-                    linked_assets: linked.len(),
-                    pending_assets: pending.len(),
-                    pending,
-                });
-            }
-            out.push(written);
-        }
+        let out = super::write::write(&tx, tenant, self.naming.get(tenant), events).await?;
         tx.commit().await?;
         for w in out.iter().flatten() {
             let outcome = match (w.created, w.changed) {
@@ -357,108 +316,4 @@ impl Core {
             .record(started.elapsed().as_secs_f64());
         Ok(out)
     }
-
-    /// Applies one row of the transform's output: creates the incident or
-    /// updates it by the rules of [`IncidentFields::apply`], records the
-    /// event, and links what it names. An event recorded before changes
-    /// nothing.
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        tenant: &str,
-        row: &IncidentRow,
-        event: &Value,
-        digest: &[u8],
-        notification: Option<&str>,
-    ) -> Result<Applied> {
-        let opened = IncidentFields::opened(row);
-        let inserted = tx
-            .query_opt(
-                &tx.prepare_cached("INSERT INTO metastore.incidents
-                     (tenant_id, source_system, external_id, incident_type, title, state, severity, url, owner, source_status, payload)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (tenant_id, source_system, external_id) DO NOTHING
-                 RETURNING incident_id").await?,
-                &[
-                    &tenant, &row.source_system, &row.external_id, &opened.incident_type, &opened.title,
-                    &opened.state, &opened.severity, &opened.url, &opened.owner, &opened.source_status, event,
-                ],
-            )
-            .await?;
-        let (incident_id, current) = match inserted {
-            Some(r) => (r.get::<_, Uuid>(0), None),
-            None => {
-                let r = tx
-                    .query_one(
-                        &tx.prepare_cached(&format!(
-                            "SELECT incident_id, {COLUMNS} FROM metastore.incidents
-                              WHERE tenant_id = $1 AND source_system = $2 AND external_id = $3 FOR UPDATE"
-                        )).await?,
-                        &[&tenant, &row.source_system, &row.external_id],
-                    )
-                    .await?;
-                (r.get::<_, Uuid>(0), Some(fields(&r, 1)))
-            }
-        };
-        let created = current.is_none();
-        let first_time = tx
-            .execute(
-                &tx.prepare_cached("INSERT INTO lily.incident_events (tenant_id, incident_id, digest, notification, payload)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING").await?,
-                &[&tenant, &incident_id, &digest, &notification, event],
-            )
-            .await?
-            == 1;
-        if !first_time {
-            return Ok(Applied {
-                incident_id,
-                created,
-                changed: false,
-            });
-        }
-        let mut changed = created;
-        if let Some(current) = current {
-            let next = current.apply(row);
-            // An event that changes no field (an external ticket attached, a
-            // late acknowledgement) is in the incident's events, not a new
-            // version: `payload` is the last event that changed it.
-            if next != current {
-                tx.execute(
-                    &tx.prepare_cached(
-                        "UPDATE metastore.incidents SET incident_type = $2, title = $3, state = $4,
-                            severity = $5, url = $6, owner = $7, source_status = $8, payload = $9
-                      WHERE incident_id = $1",
-                    )
-                    .await?,
-                    &[
-                        &incident_id,
-                        &next.incident_type,
-                        &next.title,
-                        &next.state,
-                        &next.severity,
-                        &next.url,
-                        &next.owner,
-                        &next.source_status,
-                        event,
-                    ],
-                )
-                .await?;
-                changed = true;
-            }
-        }
-        let naming = self.naming.get(tenant);
-        changed |= super::links::write(tx, tenant, incident_id, row, naming).await? > 0;
-        Ok(Applied {
-            incident_id,
-            created,
-            changed,
-        })
-    }
-}
-
-/// What applying one row did.
-struct Applied {
-    incident_id: Uuid,
-    created: bool,
-    changed: bool,
 }

@@ -2,6 +2,8 @@
 //! (qualified names, warehouse table ids through the tenant's naming rule,
 //! bare table names), and read back with why a pending one is pending.
 
+use std::collections::{HashMap, HashSet};
+
 use deadpool_postgres::Transaction;
 use lily_config::TableNaming;
 use serde::Serialize;
@@ -27,55 +29,101 @@ pub struct IncidentLink {
     pub pending_reason: Option<String>,
 }
 
-const INSERT: &str = "
-INSERT INTO metastore.incident_assets (tenant_id, incident_id, qualified_name, match_rule, reference, asset_guid)
-VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT DO NOTHING";
+/// A link an event names without a lookup: a qualified name, or a full
+/// table id the tenant's naming rule maps to one.
+#[derive(Debug, Clone)]
+pub(crate) struct NamedLink {
+    pub incident: Uuid,
+    pub qualified_name: String,
+    pub match_rule: &'static str,
+    pub reference: Option<String>,
+}
 
-/// Writes the links `row` names; returns how many are new.
-pub(crate) async fn write(
-    tx: &Transaction<'_>,
-    tenant: &str,
+/// The links `row` names for `incident`: the ones that need no lookup, and
+/// the bare table names.
+pub(crate) fn named(
     incident: Uuid,
     row: &IncidentRow,
     naming: Option<&TableNaming>,
-) -> Result<u64> {
+) -> (Vec<NamedLink>, Vec<String>) {
     let default = TableNaming::default();
     let naming = naming.unwrap_or(&default);
-    let mut new = 0;
-    for name in &row.qualified_names {
-        let none: Option<&str> = None;
-        let guid: Option<Uuid> = None;
-        new += tx
-            .execute(
-                &tx.prepare_cached(INSERT).await?,
-                &[&tenant, &incident, name, &"qualified_name", &none, &guid],
-            )
-            .await?;
-    }
-    let mut table_names: Vec<&str> = row.table_names.iter().map(String::as_str).collect();
+    let mut links: Vec<NamedLink> = row
+        .qualified_names
+        .iter()
+        .map(|name| NamedLink {
+            incident,
+            qualified_name: name.clone(),
+            match_rule: "qualified_name",
+            reference: None,
+        })
+        .collect();
+    let mut bare = row.table_names.clone();
     for id in &row.full_table_ids {
-        let Some(name) = naming.qualified_name(id) else {
+        match naming.qualified_name(id) {
+            Some(name) => links.push(NamedLink {
+                incident,
+                qualified_name: name,
+                match_rule: "full_table_id",
+                reference: Some(id.clone()),
+            }),
             // Not `<database>:<rest>`: all that is known is a table name.
-            table_names.push(id);
-            continue;
-        };
-        let guid: Option<Uuid> = None;
-        new += tx
-            .execute(
-                &tx.prepare_cached(INSERT).await?,
-                &[&tenant, &incident, &name, &"full_table_id", id, &guid],
-            )
-            .await?;
+            None => bare.push(id.clone()),
+        }
     }
-    for bare in table_names {
+    (links, bare)
+}
+
+/// Writes `links` in one statement; which of them are new, by position (a
+/// link named twice is new once).
+pub(crate) async fn write_named(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    links: &[NamedLink],
+) -> Result<Vec<bool>> {
+    if links.is_empty() {
+        return Ok(Vec::new());
+    }
+    let incidents: Vec<Uuid> = links.iter().map(|l| l.incident).collect();
+    let names: Vec<&str> = links.iter().map(|l| l.qualified_name.as_str()).collect();
+    let rules: Vec<&str> = links.iter().map(|l| l.match_rule).collect();
+    let references: Vec<Option<&str>> = links.iter().map(|l| l.reference.as_deref()).collect();
+    let inserted = tx
+        .query(
+            &tx.prepare_cached(
+                "INSERT INTO metastore.incident_assets (tenant_id, incident_id, qualified_name, match_rule, reference)
+                 SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[])
+                 ON CONFLICT DO NOTHING
+                 RETURNING incident_id, qualified_name",
+            )
+            .await?,
+            &[&tenant, &incidents, &names, &rules, &references],
+        )
+        .await?;
+    let mut new: HashSet<(Uuid, String)> = inserted.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(links
+        .iter()
+        .map(|l| new.remove(&(l.incident, l.qualified_name.clone())))
+        .collect())
+}
+
+/// Links `incident` to the one table or view each of `names` ends with, or
+/// leaves the name pending; returns how many links are new.
+pub(crate) async fn write_bare(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    incident: Uuid,
+    names: &[String],
+) -> Result<u64> {
+    let mut new = 0;
+    for bare in names {
         let candidates = tx
             .query(
                 &tx.prepare_cached(
                     "SELECT guid, qualified_name FROM lily.tables_ending_with($1, $2) LIMIT 2",
                 )
                 .await?,
-                &[&tenant, &bare],
+                &[&tenant, bare],
             )
             .await?;
         let outcome = match candidates.as_slice() {
@@ -85,13 +133,18 @@ pub(crate) async fn write(
                 tx.execute(
                     &tx.prepare_cached("DELETE FROM metastore.incident_assets WHERE incident_id = $1
                         AND match_rule = 'table_name' AND asset_guid IS NULL AND qualified_name = $2").await?,
-                    &[&incident, &bare],
+                    &[&incident, bare],
                 )
                 .await?;
                 new += tx
                     .execute(
-                        &tx.prepare_cached(INSERT).await?,
-                        &[&tenant, &incident, &name, &"table_name", &bare, &Some(guid)],
+                        &tx.prepare_cached(
+                            "INSERT INTO metastore.incident_assets (tenant_id, incident_id, qualified_name, match_rule, reference, asset_guid)
+                             VALUES ($1, $2, $3, 'table_name', $4, $5)
+                             ON CONFLICT DO NOTHING",
+                        )
+                        .await?,
+                        &[&tenant, &incident, &name, bare, &guid],
                     )
                     .await?;
                 "linked"
@@ -106,7 +159,7 @@ pub(crate) async fn write(
                                              WHERE incident_id = $2 AND match_rule = 'table_name'
                                                AND reference = $3 AND asset_guid IS NOT NULL)
                          ON CONFLICT DO NOTHING").await?,
-                        &[&tenant, &incident, &bare],
+                        &[&tenant, &incident, bare],
                     )
                     .await?;
                 "pending"
@@ -120,9 +173,21 @@ pub(crate) async fn write(
 
 /// The links of `incident`, with the reason of each pending one.
 pub async fn read(tx: &Transaction<'_>, tenant: &str, incident: Uuid) -> Result<Vec<IncidentLink>> {
+    Ok(read_many(tx, tenant, &[incident])
+        .await?
+        .remove(&incident)
+        .unwrap_or_default())
+}
+
+/// The links of each of `incidents`, with the reason of each pending one.
+pub(crate) async fn read_many(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    incidents: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<IncidentLink>>> {
     let rows = tx
         .query(
-            &tx.prepare_cached("SELECT ia.qualified_name, ia.asset_guid, ia.match_rule, ia.reference,
+            &tx.prepare_cached("SELECT ia.incident_id, ia.qualified_name, ia.asset_guid, ia.match_rule, ia.reference,
                     CASE
                         WHEN ia.asset_guid IS NOT NULL THEN NULL
                         WHEN ia.match_rule <> 'table_name' THEN
@@ -139,19 +204,20 @@ pub async fn read(tx: &Transaction<'_>, tenant: &str, incident: Uuid) -> Result<
                       FROM lily.tables_ending_with(ia.tenant_id, ia.qualified_name) t
                      WHERE ia.asset_guid IS NULL AND ia.match_rule = 'table_name'
                ) c ON true
-              WHERE ia.tenant_id = $1 AND ia.incident_id = $2
-              ORDER BY ia.qualified_name").await?,
-            &[&tenant, &incident],
+              WHERE ia.tenant_id = $1 AND ia.incident_id = ANY($2)
+              ORDER BY ia.incident_id, ia.qualified_name").await?,
+            &[&tenant, &incidents],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| IncidentLink {
-            qualified_name: r.get(0),
-            asset_guid: r.get(1),
-            match_rule: r.get(2),
-            reference: r.get(3),
-            pending_reason: r.get(4),
-        })
-        .collect())
+    let mut links: HashMap<Uuid, Vec<IncidentLink>> = HashMap::new();
+    for r in &rows {
+        links.entry(r.get(0)).or_default().push(IncidentLink {
+            qualified_name: r.get(1),
+            asset_guid: r.get(2),
+            match_rule: r.get(3),
+            reference: r.get(4),
+            pending_reason: r.get(5),
+        });
+    }
+    Ok(links)
 }

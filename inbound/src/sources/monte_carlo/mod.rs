@@ -8,6 +8,7 @@ pub mod ingest;
 mod links;
 mod rows;
 mod update;
+mod write;
 
 pub use ingest::{IncidentIngest, IncidentLink, read_links};
 
