@@ -83,6 +83,11 @@ struct Args {
     /// Webhooks: concurrent senders.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Webhooks: run `lily run` without its search sink. Its Elasticsearch
+    /// stand-in is a Python server on the same cores, which a production
+    /// search cluster is not; this shows what the inbound path itself takes.
+    #[arg(long)]
+    without_search: bool,
     /// Run only the search and Kafka sink benchmark (backlog of --docs
     /// assets, then --rate changes/s for --seconds).
     #[arg(long)]
@@ -157,7 +162,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return outbound::run(&cluster, dir.path(), args.docs, args.rate, args.seconds).await;
     }
     if args.webhooks {
-        return webhooks::run(&cluster, dir.path(), args.seconds, args.concurrency).await;
+        return webhooks::run(
+            &cluster,
+            dir.path(),
+            args.seconds,
+            args.concurrency,
+            !args.without_search,
+        )
+        .await;
     }
     if args.propagation {
         return propagation::run(

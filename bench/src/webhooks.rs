@@ -142,8 +142,16 @@ pub async fn run(
     dir: &Path,
     seconds: u64,
     concurrency: usize,
+    search: bool,
 ) -> anyhow::Result<()> {
-    println!("\n== Monte Carlo webhooks: {concurrency} senders, {seconds} s each ==");
+    println!(
+        "\n== Monte Carlo webhooks: {concurrency} senders, {seconds} s each{} ==",
+        if search {
+            ""
+        } else {
+            ", without the search sink"
+        }
+    );
     let client = cluster.connect(DB).await?;
     client
         .execute(
@@ -162,11 +170,20 @@ pub async fn run(
         .port();
     let transforms = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql-transforms");
     let log = dir.join("lily-webhooks.log");
-    let search = lily_tests::search_server::SearchServer::start().await?;
+    let search = match search {
+        true => Some(lily_tests::search_server::SearchServer::start().await?),
+        false => None,
+    };
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut child = std::process::Command::new(&lily)
+    let mut command = std::process::Command::new(&lily);
+    if let Some(search) = &search {
+        command
+            .env("LILY_SINKS__SEARCH__TYPE", "elasticsearch")
+            .env("LILY_SINKS__SEARCH__URLS", search.url());
+    }
+    let mut child = command
         .arg("run")
         .env("LILY_POSTGRES__URL", cluster.url(DB))
         .env("LILY_LAKE__ROOT", dir.join("lake-webhooks"))
@@ -178,8 +195,6 @@ pub async fn run(
         // so the events that arrive together can be written together.
         .env("LILY_API__TENANT_CONCURRENCY", concurrency.to_string())
         .env("LILY_MONTE_CARLO__SECRETS__BENCH", SECRET)
-        .env("LILY_SINKS__SEARCH__TYPE", "elasticsearch")
-        .env("LILY_SINKS__SEARCH__URLS", search.url())
         .env("LILY_METRICS__LISTEN", format!("127.0.0.1:{metrics_port}"))
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
@@ -206,12 +221,15 @@ pub async fn run(
     let waiting: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let searchable: Arc<Mutex<Vec<Duration>>> = Arc::new(Mutex::new(Vec::new()));
     let (stop_probe, probe_stopped) = tokio::sync::watch::channel(false);
-    let prober = tokio::spawn(probe(
-        format!("{}/lily-bench-assets/_search", search.url()),
-        waiting.clone(),
-        searchable.clone(),
-        probe_stopped,
-    ));
+    let prober = search.as_ref().map(|search| {
+        tokio::spawn(probe(
+            format!("{}/lily-bench-assets/_search", search.url()),
+            waiting.clone(),
+            searchable.clone(),
+            probe_stopped,
+        ))
+    });
+    let follow = search.is_some();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -240,7 +258,7 @@ pub async fn run(
                     resp.text().await?
                 );
                 lat.push(t.elapsed());
-                if id % 20 == 0 {
+                if follow && id % 20 == 0 {
                     let answer: serde_json::Value = resp.json().await?;
                     if let Some(incident) = answer["incidents"][0]["incident_id"].as_str() {
                         waiting
@@ -265,22 +283,26 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stop_probe.send(true);
-    let _ = prober.await;
+    if let Some(prober) = prober {
+        let _ = prober.await;
+    }
     let mut found = searchable.lock().unwrap_or_else(|p| p.into_inner()).clone();
     found.sort_unstable();
     let unseen = waiting.lock().unwrap_or_else(|p| p.into_inner()).len();
-    println!(
-        "  request-to-searchable        p50 {:>6.0} ms   p99 {:>6.0} ms   ({} sampled incidents, probed every {} ms{})",
-        percentile_ms(&found, 0.50),
-        percentile_ms(&found, 0.99),
-        found.len(),
-        PROBE_EVERY.as_millis(),
-        if unseen > 0 {
-            format!(", {unseen} never seen")
-        } else {
-            String::new()
-        }
-    );
+    if follow {
+        println!(
+            "  request-to-searchable        p50 {:>6.0} ms   p99 {:>6.0} ms   ({} sampled incidents, probed every {} ms{})",
+            percentile_ms(&found, 0.50),
+            percentile_ms(&found, 0.99),
+            found.len(),
+            PROBE_EVERY.as_millis(),
+            if unseen > 0 {
+                format!(", {unseen} never seen")
+            } else {
+                String::new()
+            }
+        );
+    }
     if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await
         && let Ok(text) = r.text().await
     {

@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "bulk_writes",
         sql: include_str!("../migrations/0011_bulk_writes.sql"),
     },
+    Migration {
+        version: 12,
+        name: "incident_links_by_incident",
+        sql: include_str!("../migrations/0012_incident_links_by_incident.sql"),
+    },
 ];
 
 /// A stable checksum (FNV-1a) of the migration text as shipped.
