@@ -189,26 +189,14 @@ pub(crate) async fn read_many(
     // reads every link of the tenant and filters them.
     let rows = tx
         .query(
-            &tx.prepare_cached("SELECT ia.incident_id, ia.qualified_name, ia.asset_guid, ia.match_rule, ia.reference,
-                    CASE
-                        WHEN ia.asset_guid IS NOT NULL THEN NULL
-                        WHEN ia.match_rule <> 'table_name' THEN
-                            format('no asset named %s in the catalog yet', ia.qualified_name)
-                        WHEN c.n = 0 THEN
-                            format('no table or view ends with %s yet', ia.qualified_name)
-                        WHEN c.n = 1 THEN
-                            format('only %s ends with %s now; it was not the only one when the link was made', c.names, ia.qualified_name)
-                        ELSE format('%s tables or views end with %s: %s; name it by full table id', c.n, ia.qualified_name, c.names)
-                    END
-               FROM metastore.incident_assets ia
-               LEFT JOIN LATERAL (
-                    SELECT count(*) AS n, left(string_agg(t.qualified_name, ', ' ORDER BY t.qualified_name), 500) AS names
-                      FROM lily.tables_ending_with(ia.tenant_id, ia.qualified_name) t
-                     WHERE ia.asset_guid IS NULL AND ia.match_rule = 'table_name'
-               ) c ON true
-              JOIN unnest($2::uuid[]) AS wanted(incident_id) ON ia.incident_id = wanted.incident_id
-              WHERE ia.tenant_id = $1
-              ORDER BY ia.incident_id, ia.qualified_name").await?,
+            &tx.prepare_cached(
+                "SELECT ia.incident_id, ia.qualified_name, ia.asset_guid, ia.match_rule, ia.reference
+                   FROM metastore.incident_assets ia
+                   JOIN unnest($2::uuid[]) AS wanted(incident_id) ON ia.incident_id = wanted.incident_id
+                  WHERE ia.tenant_id = $1
+                  ORDER BY ia.incident_id, ia.qualified_name",
+            )
+            .await?,
             &[&tenant, &incidents],
         )
         .await?;
@@ -219,8 +207,59 @@ pub(crate) async fn read_many(
             asset_guid: r.get(2),
             match_rule: r.get(3),
             reference: r.get(4),
-            pending_reason: r.get(5),
+            pending_reason: None,
         });
     }
+    // Why each pending link is pending; only a bare table name needs a look
+    // at the catalog, so only those are looked up (a query whose plan is
+    // costly to make, kept out of the common case).
+    let bare: Vec<&str> = links
+        .values()
+        .flatten()
+        .filter(|l| l.asset_guid.is_none() && l.match_rule == "table_name")
+        .map(|l| l.qualified_name.as_str())
+        .collect();
+    let mut candidates: HashMap<String, (i64, String)> = HashMap::new();
+    if !bare.is_empty() {
+        for r in tx
+            .query(
+                &tx.prepare_cached(
+                    "SELECT n.name, count(t.guid), coalesce(left(string_agg(t.qualified_name, ', ' ORDER BY t.qualified_name), 500), '')
+                       FROM unnest($2::text[]) AS n(name)
+                       LEFT JOIN LATERAL lily.tables_ending_with($1, n.name) t ON true
+                      GROUP BY n.name",
+                )
+                .await?,
+                &[&tenant, &bare],
+            )
+            .await?
+        {
+            candidates.insert(r.get(0), (r.get(1), r.get(2)));
+        }
+    }
+    for link in links.values_mut().flatten() {
+        link.pending_reason = pending_reason(link, candidates.get(&link.qualified_name));
+    }
     Ok(links)
+}
+
+/// Why `link` is not linked yet (None once it is); `candidates` are how
+/// many tables or views end with a bare name, and which.
+fn pending_reason(link: &IncidentLink, candidates: Option<&(i64, String)>) -> Option<String> {
+    let name = &link.qualified_name;
+    if link.asset_guid.is_some() {
+        return None;
+    }
+    if link.match_rule != "table_name" {
+        return Some(format!("no asset named {name} in the catalog yet"));
+    }
+    Some(match candidates {
+        None | Some((0, _)) => format!("no table or view ends with {name} yet"),
+        Some((1, names)) => format!(
+            "only {names} ends with {name} now; it was not the only one when the link was made"
+        ),
+        Some((n, names)) => {
+            format!("{n} tables or views end with {name}: {names}; name it by full table id")
+        }
+    })
 }
