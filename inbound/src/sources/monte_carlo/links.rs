@@ -74,6 +74,23 @@ pub(crate) fn named(
     (links, bare)
 }
 
+/// Writes named links (see [`write_named`]).
+pub(crate) const WRITE_NAMED: &str =
+    "INSERT INTO metastore.incident_assets (tenant_id, incident_id, qualified_name, match_rule, reference)
+     SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[])
+     ON CONFLICT DO NOTHING
+     RETURNING incident_id, qualified_name";
+
+/// Reads the links of incidents (see [`read_many`]): a join with the ids,
+/// not `= ANY($2)`, whose generic plan reads every link of the tenant and
+/// filters them.
+pub(crate) const READ: &str =
+    "SELECT ia.incident_id, ia.qualified_name, ia.asset_guid, ia.match_rule, ia.reference
+       FROM metastore.incident_assets ia
+       JOIN unnest($2::uuid[]) AS wanted(incident_id) ON ia.incident_id = wanted.incident_id
+      WHERE ia.tenant_id = $1
+      ORDER BY ia.incident_id, ia.qualified_name";
+
 /// Writes `links` in one statement; which of them are new, by position (a
 /// link named twice is new once).
 pub(crate) async fn write_named(
@@ -90,13 +107,7 @@ pub(crate) async fn write_named(
     let references: Vec<Option<&str>> = links.iter().map(|l| l.reference.as_deref()).collect();
     let inserted = tx
         .query(
-            &tx.prepare_cached(
-                "INSERT INTO metastore.incident_assets (tenant_id, incident_id, qualified_name, match_rule, reference)
-                 SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[])
-                 ON CONFLICT DO NOTHING
-                 RETURNING incident_id, qualified_name",
-            )
-            .await?,
+            &tx.prepare_cached(WRITE_NAMED).await?,
             &[&tenant, &incidents, &names, &rules, &references],
         )
         .await?;
@@ -185,20 +196,8 @@ pub(crate) async fn read_many(
     tenant: &str,
     incidents: &[Uuid],
 ) -> Result<HashMap<Uuid, Vec<IncidentLink>>> {
-    // A join with the ids, not `= ANY($2)`: the generic plan of the latter
-    // reads every link of the tenant and filters them.
     let rows = tx
-        .query(
-            &tx.prepare_cached(
-                "SELECT ia.incident_id, ia.qualified_name, ia.asset_guid, ia.match_rule, ia.reference
-                   FROM metastore.incident_assets ia
-                   JOIN unnest($2::uuid[]) AS wanted(incident_id) ON ia.incident_id = wanted.incident_id
-                  WHERE ia.tenant_id = $1
-                  ORDER BY ia.incident_id, ia.qualified_name",
-            )
-            .await?,
-            &[&tenant, &incidents],
-        )
+        .query(&tx.prepare_cached(READ).await?, &[&tenant, &incidents])
         .await?;
     let mut links: HashMap<Uuid, Vec<IncidentLink>> = HashMap::new();
     for r in &rows {

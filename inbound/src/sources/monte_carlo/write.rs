@@ -105,7 +105,6 @@ pub(crate) async fn write(
             changed[r] = true;
         }
     }
-    update(tx, &touched, &payloads).await?;
 
     // The links of the rows whose events are new.
     let mut named = Vec::new();
@@ -122,16 +121,37 @@ pub(crate) async fn write(
         }
     }
     let links: Vec<_> = named.iter().map(|(_, l)| l.clone()).collect();
-    let new = links::write_named(tx, tenant, &links).await?;
+    let ids: Vec<Uuid> = touched.values().map(|t| t.incident_id).collect();
+    // The changed fields, the links and the read of every link go in one
+    // round trip: prepared first (cached after the first group), then sent
+    // together; the server runs them in order, so the read sees the links.
+    // A bare table name needs a lookup first, so its links go before.
+    for sql in [UPDATE, links::WRITE_NAMED, links::READ] {
+        tx.prepare_cached(sql).await?;
+    }
+    let mut bare_new = Vec::with_capacity(bare.len());
+    if !bare.is_empty() {
+        update(tx, &touched, &payloads).await?;
+        for (r, id, names) in &bare {
+            bare_new.push((*r, links::write_bare(tx, tenant, *id, names).await? > 0));
+        }
+    }
+    let (_, new, mut read) = tokio::try_join!(
+        async {
+            match bare.is_empty() {
+                true => update(tx, &touched, &payloads).await,
+                false => Ok(()),
+            }
+        },
+        links::write_named(tx, tenant, &links),
+        links::read_many(tx, tenant, &ids),
+    )?;
     for ((r, _), new) in named.iter().zip(new) {
         changed[*r] |= new;
     }
-    for (r, id, names) in bare {
-        changed[r] |= links::write_bare(tx, tenant, id, &names).await? > 0;
+    for (r, new) in bare_new {
+        changed[r] |= new;
     }
-
-    let ids: Vec<Uuid> = touched.values().map(|t| t.incident_id).collect();
-    let mut read = links::read_many(tx, tenant, &ids).await?;
     let mut out: Vec<Vec<WrittenIncident>> = vec![Vec::new(); payloads.len()];
     for (r, (event, row)) in rows.into_iter().enumerate() {
         let t = incident_of(&touched, &row)?;
@@ -323,6 +343,16 @@ async fn record_events(
         .collect())
 }
 
+/// Writes the fields of changed incidents (see [`update`]).
+const UPDATE: &str = "UPDATE metastore.incidents i
+        SET incident_type = u.incident_type, title = u.title, state = u.state,
+            severity = u.severity, url = u.url, owner = u.owner,
+            source_status = u.source_status, payload = u.payload
+       FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                   $6::text[], $7::text[], $8::text[], $9::jsonb[])
+            AS u(incident_id, incident_type, title, state, severity, url, owner, source_status, payload)
+      WHERE i.incident_id = u.incident_id";
+
 /// Writes the fields of the incidents whose fields an event changed.
 async fn update(
     tx: &Transaction<'_>,
@@ -346,17 +376,7 @@ async fn update(
         .collect();
     let events: Vec<&Value> = changed.iter().map(|(_, e)| payloads[*e]).collect();
     tx.execute(
-        &tx.prepare_cached(
-            "UPDATE metastore.incidents i
-                SET incident_type = u.incident_type, title = u.title, state = u.state,
-                    severity = u.severity, url = u.url, owner = u.owner,
-                    source_status = u.source_status, payload = u.payload
-               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                           $6::text[], $7::text[], $8::text[], $9::jsonb[])
-                    AS u(incident_id, incident_type, title, state, severity, url, owner, source_status, payload)
-              WHERE i.incident_id = u.incident_id",
-        )
-        .await?,
+        &tx.prepare_cached(UPDATE).await?,
         &[
             &ids,
             &text(|f| f.incident_type.as_deref()),
