@@ -306,7 +306,9 @@ pub async fn run(
     if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await
         && let Ok(text) = r.text().await
     {
-        crate::outbound::print_search_stages(&text);
+        if follow {
+            crate::outbound::print_search_stages(&text);
+        }
         print_inbound_stages(&text);
     }
     let _ = child.kill();
