@@ -71,6 +71,7 @@ impl Metastore {
         // Sent together and answered in order: one round trip, not three.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant];
         let (_, _, found) = tokio::try_join!(
+            biased;
             tx.execute(&scope, &params),
             tx.batch_execute(&role),
             tx.query_opt(&known, &params),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
+use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
@@ -41,19 +42,21 @@ pub(crate) struct Compiled {
     pub physical: Option<Arc<dyn ExecutionPlan>>,
 }
 
-/// Whether `plan` reads no table other than [`PAYLOAD`].
+/// Whether `plan` reads no table other than the declared [`PAYLOAD`] (named
+/// bare, as the file declares it: `changes.payload` would be another table).
 fn reads_only_payload(plan: &LogicalPlan) -> bool {
+    let payload = TableReference::bare(PAYLOAD);
     let mut only = true;
-    let _ = plan.apply_with_subqueries(|node| {
+    let walked = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node
-            && scan.table_name.table() != PAYLOAD
+            && scan.table_name != payload
         {
             only = false;
             return Ok(TreeNodeRecursion::Stop);
         }
         Ok(TreeNodeRecursion::Continue)
     });
-    only
+    only && walked.is_ok()
 }
 
 fn statement_at(source: &TransformSource, stmt: &DfStatement, message: String) -> TransformError {
@@ -330,8 +333,11 @@ impl TransformRunner {
         state
             .config_mut()
             .options_mut()
-            .optimizer
-            .enable_dynamic_filter_pushdown = false;
+            .set(
+                "datafusion.optimizer.enable_dynamic_filter_pushdown",
+                "false",
+            )
+            .map_err(|e| self.run_error(e))?;
         let plan = state
             .query_planner()
             .create_physical_plan(&self.compiled.plan, &state)

@@ -167,3 +167,54 @@ async fn a_pre_ingest_plan_made_once_maps_payload_after_payload() {
         assert_eq!(printed(&again), printed(&fresh), "{ids:?}");
     }
 }
+
+#[tokio::test]
+async fn a_reused_plan_with_a_join_and_a_top_k_answers_each_payload() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("ingest")).unwrap();
+    // A self-join and ORDER BY ... LIMIT: the operators that keep state
+    // (a hash table, a heap) or take dynamic filters.
+    std::fs::write(
+        tmp.path().join("ingest/top.sql"),
+        "-- target: incidents\nCREATE TABLE payload (id VARCHAR, n BIGINT);\n\
+         SELECT 'test' AS source_system, a.id AS external_id\n\
+         FROM payload a JOIN payload b ON a.id = b.id\n\
+         ORDER BY a.n DESC LIMIT 2\n",
+    )
+    .unwrap();
+    let (set, report) = TransformSet::load(tmp.path()).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let runner = || async {
+        TransformRunner::new(
+            &set,
+            "ingest/top",
+            Arc::new(CatalogState::new(Vec::new())),
+            Vec::new(),
+            OutputContract::IntoTable("incidents".into()),
+        )
+        .await
+        .unwrap()
+    };
+    let mut reused = runner().await;
+    let schema = reused.payload_schema().unwrap();
+    for rows in [
+        vec![("a", 1), ("b", 5), ("c", 3)],
+        vec![("d", 9)],
+        vec![],
+        vec![("e", 2), ("f", 7), ("g", 4), ("h", 8)],
+    ] {
+        let values: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(id, n)| serde_json::json!({"id": id, "n": n}))
+            .collect();
+        let payload = || payload_from_values(schema.clone(), &values).unwrap();
+        let again = reused.run_with("payload", vec![payload()]).await.unwrap();
+        let fresh = runner()
+            .await
+            .run_with("payload", vec![payload()])
+            .await
+            .unwrap();
+        assert_eq!(again.num_rows(), rows.len().min(2), "{rows:?}");
+        assert_eq!(printed(&again), printed(&fresh), "{rows:?}");
+    }
+}

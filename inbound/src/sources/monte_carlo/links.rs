@@ -217,6 +217,8 @@ pub(crate) async fn read_many(
         .flatten()
         .filter(|l| l.asset_guid.is_none() && l.match_rule == "table_name")
         .map(|l| l.qualified_name.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
     let mut candidates: HashMap<String, (i64, String)> = HashMap::new();
     if !bare.is_empty() {

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::ingest::WrittenIncident;
-use super::links;
+use super::links::{self, NamedLink};
 use super::rows::IncidentRow;
 use super::update::IncidentFields;
 use crate::error::{InboundError, Result};
@@ -65,6 +65,9 @@ pub(crate) async fn write(
         }
     }
 
+    // Created in one order whatever the group: two groups inserting the
+    // same new incidents wait on each other's inserts in the same order.
+    keys.sort();
     let mut touched = create(tx, tenant, &keys, &first_row, &rows, &payloads).await?;
     let existing: Vec<&Key> = keys.iter().filter(|k| !touched.contains_key(*k)).collect();
     touched.extend(lock(tx, tenant, &existing).await?);
@@ -106,9 +109,10 @@ pub(crate) async fn write(
         }
     }
 
-    // The links of the rows whose events are new.
-    let mut named = Vec::new();
-    let mut bare = Vec::new();
+    // The links of the rows whose events are new, each row's named links
+    // before its bare names, as the rows come.
+    let mut named: Vec<(usize, NamedLink)> = Vec::new();
+    let mut bare: Vec<(usize, Uuid, Vec<String>)> = Vec::new();
     for (r, (_, row)) in rows.iter().enumerate() {
         if !recorded_rows.contains(&r) {
             continue;
@@ -120,38 +124,46 @@ pub(crate) async fn write(
             bare.push((r, id, names));
         }
     }
-    let links: Vec<_> = named.iter().map(|(_, l)| l.clone()).collect();
     let ids: Vec<Uuid> = touched.values().map(|t| t.incident_id).collect();
-    // The changed fields, the links and the read of every link go in one
-    // round trip: prepared first (cached after the first group), then sent
-    // together; the server runs them in order, so the read sees the links.
-    // A bare table name needs a lookup first, so its links go before.
-    for sql in [UPDATE, links::WRITE_NAMED, links::READ] {
-        tx.prepare_cached(sql).await?;
-    }
-    let mut bare_new = Vec::with_capacity(bare.len());
-    if !bare.is_empty() {
-        update(tx, &touched, &payloads).await?;
-        for (r, id, names) in &bare {
-            bare_new.push((*r, links::write_bare(tx, tenant, *id, names).await? > 0));
+    let mut read = if bare.is_empty() {
+        // The changed fields, the links and the read of every link in one
+        // round trip: prepared first (cached after the first group), then
+        // sent together in this order (`biased`); the server runs them in
+        // order, so the read sees the links.
+        for sql in [UPDATE, links::WRITE_NAMED, links::READ] {
+            tx.prepare_cached(sql).await?;
         }
-    }
-    let (_, new, mut read) = tokio::try_join!(
-        async {
-            match bare.is_empty() {
-                true => update(tx, &touched, &payloads).await,
-                false => Ok(()),
+        let links: Vec<NamedLink> = named.iter().map(|(_, l)| l.clone()).collect();
+        let (_, new, read) = tokio::try_join!(
+            biased;
+            update(tx, &touched, &payloads),
+            links::write_named(tx, tenant, &links),
+            links::read_many(tx, tenant, &ids),
+        )?;
+        for ((r, _), new) in named.iter().zip(new) {
+            changed[*r] |= new;
+        }
+        read
+    } else {
+        // A bare name is looked up in the catalog, and may resolve to a
+        // table another row names exactly: row by row, in order.
+        update(tx, &touched, &payloads).await?;
+        for (r, changed) in changed.iter_mut().enumerate() {
+            let links: Vec<NamedLink> = named
+                .iter()
+                .filter(|(n, _)| *n == r)
+                .map(|(_, l)| l.clone())
+                .collect();
+            *changed |= links::write_named(tx, tenant, &links)
+                .await?
+                .into_iter()
+                .any(|new| new);
+            if let Some((_, id, names)) = bare.iter().find(|(n, _, _)| *n == r) {
+                *changed |= links::write_bare(tx, tenant, *id, names).await? > 0;
             }
-        },
-        links::write_named(tx, tenant, &links),
-        links::read_many(tx, tenant, &ids),
-    )?;
-    for ((r, _), new) in named.iter().zip(new) {
-        changed[*r] |= new;
-    }
-    for (r, new) in bare_new {
-        changed[r] |= new;
-    }
+        }
+        links::read_many(tx, tenant, &ids).await?
+    };
     let mut out: Vec<Vec<WrittenIncident>> = vec![Vec::new(); payloads.len()];
     for (r, (event, row)) in rows.into_iter().enumerate() {
         let t = incident_of(&touched, &row)?;
