@@ -10,6 +10,7 @@ use deadpool_postgres::Transaction;
 use lily_config::TableNaming;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::ingest::WrittenIncident;
@@ -207,12 +208,12 @@ async fn create(
         opened.push(IncidentFields::opened(row));
         events.push(payloads[*event]);
     }
-    let text = |f: fn(&IncidentFields) -> Option<&str>| -> Vec<Option<&str>> {
-        opened.iter().map(f).collect()
-    };
     let sources: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
     let ids: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-    let states: Vec<&str> = opened.iter().map(|f| f.state.as_str()).collect();
+    let fields = FieldColumns::of(opened.iter());
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tenant, &sources, &ids];
+    params.extend(fields.params());
+    params.push(&events);
     let created = tx
         .query(
             &tx.prepare_cached(
@@ -224,19 +225,7 @@ async fn create(
                  RETURNING source_system, external_id, incident_id",
             )
             .await?,
-            &[
-                &tenant,
-                &sources,
-                &ids,
-                &text(|f| f.incident_type.as_deref()),
-                &text(|f| f.title.as_deref()),
-                &states,
-                &text(|f| f.severity.as_deref()),
-                &text(|f| f.url.as_deref()),
-                &text(|f| f.owner.as_deref()),
-                &text(|f| f.source_status.as_deref()),
-                &events,
-            ],
+            &params,
         )
         .await?;
     let by_key: HashMap<&Key, &IncidentFields> = keys.iter().zip(&opened).collect();
@@ -259,6 +248,46 @@ async fn create(
             ))
         })
         .collect()
+}
+
+/// The fields of several incidents as one array per column, in the order
+/// of [`IncidentFields`], for `unnest`.
+struct FieldColumns<'a> {
+    incident_type: Vec<Option<&'a str>>,
+    title: Vec<Option<&'a str>>,
+    state: Vec<&'a str>,
+    severity: Vec<Option<&'a str>>,
+    url: Vec<Option<&'a str>>,
+    owner: Vec<Option<&'a str>>,
+    source_status: Vec<Option<&'a str>>,
+}
+
+impl<'a> FieldColumns<'a> {
+    fn of(fields: impl Iterator<Item = &'a IncidentFields> + Clone) -> Self {
+        let text = |f: fn(&'a IncidentFields) -> Option<&'a str>| fields.clone().map(f).collect();
+        Self {
+            incident_type: text(|f| f.incident_type.as_deref()),
+            title: text(|f| f.title.as_deref()),
+            state: fields.clone().map(|f| f.state.as_str()).collect(),
+            severity: text(|f| f.severity.as_deref()),
+            url: text(|f| f.url.as_deref()),
+            owner: text(|f| f.owner.as_deref()),
+            source_status: text(|f| f.source_status.as_deref()),
+        }
+    }
+
+    /// The arrays, as statement parameters.
+    fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.incident_type,
+            &self.title,
+            &self.state,
+            &self.severity,
+            &self.url,
+            &self.owner,
+            &self.source_status,
+        ]
+    }
 }
 
 /// Locks and reads the incidents of `keys`, in one order whatever the
@@ -378,29 +407,13 @@ async fn update(
     if changed.is_empty() {
         return Ok(());
     }
-    let text = |f: fn(&IncidentFields) -> Option<&str>| -> Vec<Option<&str>> {
-        changed.iter().map(|(t, _)| f(&t.fields)).collect()
-    };
     let ids: Vec<Uuid> = changed.iter().map(|(t, _)| t.incident_id).collect();
-    let states: Vec<&str> = changed
-        .iter()
-        .map(|(t, _)| t.fields.state.as_str())
-        .collect();
+    let fields = FieldColumns::of(changed.iter().map(|(t, _)| &t.fields));
     let events: Vec<&Value> = changed.iter().map(|(_, e)| payloads[*e]).collect();
-    tx.execute(
-        &tx.prepare_cached(UPDATE).await?,
-        &[
-            &ids,
-            &text(|f| f.incident_type.as_deref()),
-            &text(|f| f.title.as_deref()),
-            &states,
-            &text(|f| f.severity.as_deref()),
-            &text(|f| f.url.as_deref()),
-            &text(|f| f.owner.as_deref()),
-            &text(|f| f.source_status.as_deref()),
-            &events,
-        ],
-    )
-    .await?;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ids];
+    params.extend(fields.params());
+    params.push(&events);
+    tx.execute(&tx.prepare_cached(UPDATE).await?, &params)
+        .await?;
     Ok(())
 }
