@@ -57,48 +57,49 @@ pub(crate) async fn write(
         .flat_map(|(i, (_, rows))| rows.into_iter().map(move |r| (i, r)))
         .collect();
     let mut first_row: HashMap<Key, usize> = HashMap::new();
-    let mut keys: Vec<Key> = Vec::new();
     for (r, (_, row)) in rows.iter().enumerate() {
-        let k = key(row);
-        if !first_row.contains_key(&k) {
-            first_row.insert(k.clone(), r);
-            keys.push(k);
-        }
+        first_row.entry(key(row)).or_insert(r);
     }
-
     // Created in one order whatever the group: two groups inserting the
     // same new incidents wait on each other's inserts in the same order.
+    let mut keys: Vec<Key> = first_row.keys().cloned().collect();
     keys.sort();
     let mut touched = create(tx, tenant, &keys, &first_row, &rows, &payloads).await?;
     let existing: Vec<&Key> = keys.iter().filter(|k| !touched.contains_key(*k)).collect();
     touched.extend(lock(tx, tenant, &existing).await?);
 
+    // Each row's incident, and whether the row created it.
+    let mut incident = Vec::with_capacity(rows.len());
+    let mut created = Vec::with_capacity(rows.len());
+    for (r, (_, row)) in rows.iter().enumerate() {
+        let k = key(row);
+        let t = touched
+            .get(&k)
+            .ok_or_else(|| InboundError::Internal(format!("incident {} not read", k.1)))?;
+        incident.push(t.incident_id);
+        created.push(t.created && first_row.get(&k) == Some(&r));
+    }
+
     // Each row's event, recorded once per incident: a row whose event the
     // incident has seen changes nothing.
     let mut pairs: HashSet<(Uuid, &[u8])> = HashSet::new();
     let mut recorded: Vec<(usize, Uuid)> = Vec::new();
-    for (r, (event, row)) in rows.iter().enumerate() {
-        let id = incident_of(&touched, row)?.incident_id;
-        if pairs.insert((id, digests[*event].as_slice())) {
-            recorded.push((r, id));
+    for (r, (event, _)) in rows.iter().enumerate() {
+        if pairs.insert((incident[r], digests[*event].as_slice())) {
+            recorded.push((r, incident[r]));
         }
     }
     let recorded_rows = record_events(tx, tenant, &recorded, &rows, &digests, &payloads).await?;
 
     // The fields, row by row.
-    let mut changed = vec![false; rows.len()];
+    let mut changed = created.clone();
     for (r, (event, row)) in rows.iter().enumerate() {
-        let k = key(row);
-        let t = touched
-            .get_mut(&k)
-            .ok_or_else(|| InboundError::Internal(format!("incident {} not read", k.1)))?;
-        if t.created && first_row.get(&k) == Some(&r) {
-            changed[r] = true;
+        if created[r] || !recorded_rows.contains(&r) {
             continue;
         }
-        if !recorded_rows.contains(&r) {
+        let Some(t) = touched.get_mut(&key(row)) else {
             continue;
-        }
+        };
         let next = t.fields.apply(row);
         // An event that changes no field (an external ticket attached, a
         // late acknowledgement) is in the incident's events, not a new
@@ -110,23 +111,18 @@ pub(crate) async fn write(
         }
     }
 
-    // The links of the rows whose events are new, each row's named links
-    // before its bare names, as the rows come.
-    let mut named: Vec<(usize, NamedLink)> = Vec::new();
-    let mut bare: Vec<(usize, Uuid, Vec<String>)> = Vec::new();
-    for (r, (_, row)) in rows.iter().enumerate() {
-        if !recorded_rows.contains(&r) {
-            continue;
-        }
-        let id = incident_of(&touched, row)?.incident_id;
-        let (exact, names) = links::named(id, row, naming);
-        named.extend(exact.into_iter().map(|l| (r, l)));
-        if !names.is_empty() {
-            bare.push((r, id, names));
-        }
-    }
+    // The links of the rows whose events are new: each row's named links,
+    // then its bare table names.
+    let row_links: Vec<(Vec<NamedLink>, Vec<String>)> = rows
+        .iter()
+        .enumerate()
+        .map(|(r, (_, row))| match recorded_rows.contains(&r) {
+            true => links::named(incident[r], row, naming),
+            false => Default::default(),
+        })
+        .collect();
     let ids: Vec<Uuid> = touched.values().map(|t| t.incident_id).collect();
-    let mut read = if bare.is_empty() {
+    let mut read = if row_links.iter().all(|(_, bare)| bare.is_empty()) {
         // The changed fields, the links and the read of every link in one
         // round trip: prepared first (cached after the first group), then
         // sent together in this order (`biased`); the server runs them in
@@ -134,48 +130,43 @@ pub(crate) async fn write(
         for sql in [UPDATE, links::WRITE_NAMED, links::READ] {
             tx.prepare_cached(sql).await?;
         }
-        let links: Vec<NamedLink> = named.iter().map(|(_, l)| l.clone()).collect();
+        let (of_row, named): (Vec<usize>, Vec<NamedLink>) = row_links
+            .into_iter()
+            .enumerate()
+            .flat_map(|(r, (named, _))| named.into_iter().map(move |l| (r, l)))
+            .unzip();
         let (_, new, read) = tokio::try_join!(
             biased;
             update(tx, &touched, &payloads),
-            links::write_named(tx, tenant, &links),
+            links::write_named(tx, tenant, &named),
             links::read_many(tx, tenant, &ids),
         )?;
-        for ((r, _), new) in named.iter().zip(new) {
-            changed[*r] |= new;
+        for (r, new) in of_row.into_iter().zip(new) {
+            changed[r] |= new;
         }
         read
     } else {
         // A bare name is looked up in the catalog, and may resolve to a
         // table another row names exactly: row by row, in order.
         update(tx, &touched, &payloads).await?;
-        for (r, changed) in changed.iter_mut().enumerate() {
-            let links: Vec<NamedLink> = named
-                .iter()
-                .filter(|(n, _)| *n == r)
-                .map(|(_, l)| l.clone())
-                .collect();
-            *changed |= links::write_named(tx, tenant, &links)
-                .await?
-                .into_iter()
-                .any(|new| new);
-            if let Some((_, id, names)) = bare.iter().find(|(n, _, _)| *n == r) {
-                *changed |= links::write_bare(tx, tenant, *id, names).await? > 0;
+        for (r, (named, bare)) in row_links.iter().enumerate() {
+            let new = links::write_named(tx, tenant, named).await?;
+            changed[r] |= new.into_iter().any(|new| new);
+            if !bare.is_empty() {
+                changed[r] |= links::write_bare(tx, tenant, incident[r], bare).await? > 0;
             }
         }
         links::read_many(tx, tenant, &ids).await?
     };
     let mut out: Vec<Vec<WrittenIncident>> = vec![Vec::new(); payloads.len()];
     for (r, (event, row)) in rows.into_iter().enumerate() {
-        let t = incident_of(&touched, &row)?;
-        let links = read.entry(t.incident_id).or_default().clone();
+        let links = read.entry(incident[r]).or_default().clone();
         let (linked, pending): (Vec<_>, Vec<_>) =
             links.into_iter().partition(|l| l.asset_guid.is_some());
-        let created = t.created && first_row.get(&key(&row)) == Some(&r);
         out[event].push(WrittenIncident {
             external_id: row.external_id,
-            incident_id: t.incident_id,
-            created,
+            incident_id: incident[r],
+            created: created[r],
             changed: changed[r],
             linked_assets: linked.len(),
             pending_assets: pending.len(),
@@ -183,12 +174,6 @@ pub(crate) async fn write(
         });
     }
     Ok(out)
-}
-
-fn incident_of<'a>(touched: &'a HashMap<Key, Touched>, row: &IncidentRow) -> Result<&'a Touched> {
-    touched
-        .get(&key(row))
-        .ok_or_else(|| InboundError::Internal(format!("incident {} not read", row.external_id)))
 }
 
 /// Creates the incidents of `keys` that do not exist, each as its first row
