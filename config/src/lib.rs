@@ -58,7 +58,7 @@ pub use model::{
     ApiConfig, AuthConfig, BulkConfig, DeactivatedOwner, JiraConfig, KafkaSourceConfig, LakeConfig,
     LilyConfig, LogConfig, LogFormat, MetricsConfig, MonteCarloConfig, OktaConfig, PostgresConfig,
     PropagatedAttribute, PropagationConfig, ReplicationConfig, SqlConfig, TableNaming,
-    TransformsConfig,
+    TransformsConfig, TrinoConfig, TrinoRoleGrant,
 };
 pub use validate::{PROPAGATABLE_ATTRIBUTES, at_least, invalid_str, is_index_part, is_sink_name};
 

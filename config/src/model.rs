@@ -27,6 +27,8 @@ pub struct LilyConfig {
     pub auth: AuthConfig,
     /// `[sql]`: the PostgreSQL-wire SQL endpoint that masks governed data.
     pub sql: SqlConfig,
+    /// `[trino]`: Trino clusters whose OPA access control Lily answers.
+    pub trino: TrinoConfig,
     /// `[monte_carlo]`: the Monte Carlo incident webhook.
     pub monte_carlo: MonteCarloConfig,
     /// `[okta]`: Okta Event Hooks.
@@ -522,6 +524,103 @@ impl Default for SqlConfig {
             connections: BTreeMap::new(),
             tenant_sources: BTreeMap::new(),
         }
+    }
+}
+
+/// `[trino]`: Trino clusters whose `opa` access control asks Lily
+/// (`/v1/tenants/{tenant}/trino/...`): how their names and identities map
+/// onto the tenant's catalog and roles.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrinoConfig {
+    /// Deny every operation of a Trino identity that has no role in the
+    /// tenant (by `roles`). Off: Lily answers masks only, and allows what
+    /// Trino asks (its other access control stays Trino's).
+    ///
+    /// Default `false`.
+    pub deny_unmapped: bool,
+    /// `[trino.catalogs]`: per tenant, which Trino catalog is which
+    /// database of the catalog, comma-separated `trino_catalog=database`
+    /// (`acme = "lakehouse=analytics"`): Trino's `lakehouse.sales.customers`
+    /// is then the asset `analytics.sales.customers`. A catalog not listed
+    /// is taken as named.
+    pub catalogs: BTreeMap<String, String>,
+    /// `[trino.roles]`: per tenant, the roles of Trino identities,
+    /// comma-separated `user:NAME=ROLE` and `group:NAME=ROLE`
+    /// (`acme = "user:ana=pii_reader, group:privacy=pii_reader"`).
+    pub roles: BTreeMap<String, String>,
+}
+
+/// One `user:NAME=ROLE` or `group:NAME=ROLE` entry of `trino.roles`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrinoRoleGrant {
+    /// A Trino user has a role.
+    User(String, String),
+    /// Members of a Trino group have a role.
+    Group(String, String),
+}
+
+/// Splits a comma-separated list of `KEY=VALUE` entries.
+fn pairs<'a>(list: &'a str, what: &str) -> Result<Vec<(&'a str, &'a str)>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                .ok_or_else(|| format!("{what} entry {e:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// An error naming the first entry of `list` that is not `KEY=VALUE`.
+pub(crate) fn check_pairs(list: &str, what: &str) -> Result<(), String> {
+    pairs(list, what).map(|_| ())
+}
+
+impl TrinoConfig {
+    /// The catalog database a Trino catalog of `tenant` stands for.
+    pub fn catalog_database<'a>(&'a self, tenant: &str, catalog: &'a str) -> &'a str {
+        self.catalogs
+            .get(tenant)
+            .and_then(|list| pairs(list, "trino.catalogs").ok())
+            .and_then(|p| p.into_iter().find(|(k, _)| k.eq_ignore_ascii_case(catalog)))
+            .map_or(catalog, |(_, v)| v)
+    }
+
+    /// `tenant`'s role grants (an unparsable list: an error naming the entry).
+    pub fn role_grants(&self, tenant: &str) -> Result<Vec<TrinoRoleGrant>, String> {
+        let Some(list) = self.roles.get(tenant) else {
+            return Ok(Vec::new());
+        };
+        pairs(list, "trino.roles")?
+            .into_iter()
+            .map(|(who, role)| match who.split_once(':') {
+                Some(("user", name)) => Ok(TrinoRoleGrant::User(name.into(), role.into())),
+                Some(("group", name)) => Ok(TrinoRoleGrant::Group(name.into(), role.into())),
+                _ => Err(format!(
+                    "trino.roles entry {who:?}={role:?}: say user:NAME=ROLE or group:NAME=ROLE"
+                )),
+            })
+            .collect()
+    }
+
+    /// The roles in `tenant` of the Trino identity `user` with `groups`.
+    pub fn roles_of(&self, tenant: &str, user: &str, groups: &[String]) -> Vec<String> {
+        let mut roles: Vec<String> = self
+            .role_grants(tenant)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|g| match g {
+                TrinoRoleGrant::User(u, r) if u == user => Some(r),
+                TrinoRoleGrant::Group(g, r) if groups.contains(&g) => Some(r),
+                _ => None,
+            })
+            .collect();
+        roles.sort();
+        roles.dedup();
+        roles
     }
 }
 

@@ -135,6 +135,20 @@ impl LilyConfig {
             ));
         }
         at_least("sql.audit_flush_ms", self.sql.audit_flush_ms, 10)?;
+        for tenant in self.trino.roles.keys() {
+            if let Err(e) = self.trino.role_grants(tenant) {
+                return Err(invalid_str(
+                    &format!("trino.roles.{tenant}"),
+                    &self.trino.roles[tenant],
+                    &e,
+                ));
+            }
+        }
+        for (tenant, list) in &self.trino.catalogs {
+            if let Err(e) = crate::model::check_pairs(list, "trino.catalogs") {
+                return Err(invalid_str(&format!("trino.catalogs.{tenant}"), list, &e));
+            }
+        }
         for (name, url) in &self.sql.connections {
             if url.is_empty() {
                 return Err(invalid_str(

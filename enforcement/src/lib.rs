@@ -3,7 +3,7 @@
 //! a snapshot on every commit that touches them ([`policy`]); the data
 //! tenants govern ([`governed`]); and the PostgreSQL-wire SQL endpoint that
 //! serves it masked, at the next statement after a tag commits
-//! ([`endpoint`]).
+//! ([`endpoint`]); Trino's OPA decisions ([`trino`]).
 
 pub mod caller;
 pub mod endpoint;
@@ -11,8 +11,9 @@ pub mod error;
 pub mod governed;
 pub mod masks;
 pub mod policy;
+pub mod trino;
 
 pub use endpoint::{CredentialError, Credentials, EndpointConfig, Identity, SqlEndpoint};
 pub use error::{EnforcementError, Result};
 pub use governed::Sources;
-pub use policy::{PolicySink, PolicyStore};
+pub use policy::{PolicyEvents, PolicySink, PolicyStore};

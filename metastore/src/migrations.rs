@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "incident_links_by_incident",
         sql: include_str!("../migrations/0012_incident_links_by_incident.sql"),
     },
+    Migration {
+        version: 13,
+        name: "column_policies",
+        sql: include_str!("../migrations/0013_column_policies.sql"),
+    },
 ];
 
 /// A stable checksum (FNV-1a) of the migration text as shipped.

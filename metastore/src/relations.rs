@@ -168,6 +168,23 @@ const TABLES: &[TableSpec] = &[
             ("version", INT8, true),
         ],
     ),
+    (
+        "column_policies",
+        ReplicaIdentity::Full,
+        &[
+            ("tenant_id", TEXT, true),
+            ("qualified_name", TEXT, true),
+            ("table_qualified_name", TEXT, true),
+            ("column_name", TEXT, true),
+            ("tags", TEXT_ARRAY, true),
+            ("mask", TEXT, true),
+            ("policies", JSONB, true),
+            ("origins", JSONB, true),
+            ("cause", TEXT, true),
+            ("policy_version", INT8, true),
+            ("changed_at", TIMESTAMPTZ, true),
+        ],
+    ),
 ];
 
 /// Every replicated metastore table as a Relation message would describe it

@@ -67,7 +67,7 @@ impl Mask {
     /// equality; `MASK` the shape (length, punctuation, kinds of
     /// characters); the year of a date; four characters of the value; a
     /// custom expression, which may give away anything; the raw value last.
-    fn restrictiveness(&self) -> u8 {
+    pub fn restrictiveness(&self) -> u8 {
         match self {
             Mask::Null => 7,
             Mask::Hash => 6,

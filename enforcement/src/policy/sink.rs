@@ -18,6 +18,23 @@ const WATCHED: [&str; 4] = [
     "assets",
 ];
 
+/// Whether `batch` only adds assets: a new asset has no tags yet (its tags
+/// arrive as `classifications` rows, which are watched), so a bulk load of
+/// assets compiles nothing. Renamed, moved or removed assets are watched.
+fn only_new_assets(batch: &ChangeBatch) -> bool {
+    use arrow::array::AsArray;
+    if batch.table.name != "assets" {
+        return false;
+    }
+    let Some(ops) = batch.records.column_by_name(lily_cdc::batch::OP) else {
+        return false;
+    };
+    let Some(ops) = ops.as_string_opt::<i32>() else {
+        return false;
+    };
+    ops.iter().all(|op| matches!(op, Some("c") | Some("r")))
+}
+
 /// Compiles the policy snapshot when a flushed batch touched what it is made of.
 pub struct PolicySink {
     store: Arc<PolicyStore>,
@@ -43,7 +60,7 @@ impl Sink for PolicySink {
     }
 
     async fn write(&mut self, batch: Arc<ChangeBatch>) -> Result<(), SinkError> {
-        if WATCHED.contains(&batch.table.name.as_str()) {
+        if WATCHED.contains(&batch.table.name.as_str()) && !only_new_assets(&batch) {
             // Statements planned from now on wait for the new snapshot
             // rather than read an old one.
             self.store.invalidate();

@@ -63,6 +63,28 @@ pub struct AppliedMask {
     pub policies: Vec<String>,
 }
 
+/// Where one tag of a column comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagOrigin {
+    /// Tagged on the column itself.
+    pub direct: bool,
+    /// Qualified names of the upstream columns it was propagated from.
+    pub propagated_from: BTreeSet<String>,
+}
+
+/// The tags of one column of the catalog.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ColumnTags {
+    /// The column's qualified name.
+    pub qualified_name: String,
+    /// The qualified name of its table.
+    pub table: String,
+    /// Its name.
+    pub name: String,
+    /// Each tag, with where it comes from.
+    pub tags: BTreeMap<String, TagOrigin>,
+}
+
 /// What one tenant's statements are governed by.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TenantPolicies {
@@ -70,21 +92,55 @@ pub struct TenantPolicies {
     pub policies: Vec<MaskingPolicy>,
     /// Governed tables by name.
     pub tables: BTreeMap<String, GovernedTable>,
-    /// Tags of governed columns: (table name, column name) → tags.
-    pub column_tags: HashMap<(String, String), BTreeSet<String>>,
+    /// Every tagged column of the catalog: table's qualified name
+    /// (lower-case) → column name (lower-case) → its tags. Only tagged
+    /// columns are here, so the snapshot grows with tags, not with the estate.
+    pub columns: HashMap<String, BTreeMap<String, ColumnTags>>,
 }
 
 impl TenantPolicies {
-    /// The mask of `column` of `table` for a caller holding `roles`, if any
-    /// policy masks it: the strictest of the masks of every policy whose
-    /// tag the column carries and whose unmasking roles the caller lacks.
+    /// The tagged columns of the table whose qualified name is `table`
+    /// (case-insensitive).
+    pub fn tagged_columns(&self, table: &str) -> Option<&BTreeMap<String, ColumnTags>> {
+        self.columns.get(&table.to_lowercase())
+    }
+
+    /// The tags of column `column` of catalog table `table` (both
+    /// case-insensitive).
+    pub fn column_tags(&self, table: &str, column: &str) -> Option<&ColumnTags> {
+        self.tagged_columns(table)?.get(&column.to_lowercase())
+    }
+
+    /// The mask of `column` of governed table `table` for a caller holding
+    /// `roles`, if any policy masks it: the strictest of the masks of every
+    /// policy whose tag the column carries and whose unmasking roles the
+    /// caller lacks.
     pub fn column_mask(&self, table: &str, column: &str, roles: &[String]) -> Option<AppliedMask> {
-        let tags = self
-            .column_tags
-            .get(&(table.to_owned(), column.to_ascii_lowercase()))?;
+        let asset = &self.tables.get(table)?.asset;
+        self.asset_column_mask(asset, column, roles)
+    }
+
+    /// The mask of `column` of the catalog table whose qualified name is
+    /// `table`, for a caller holding `roles`, as [`TenantPolicies::column_mask`].
+    pub fn asset_column_mask(
+        &self,
+        table: &str,
+        column: &str,
+        roles: &[String],
+    ) -> Option<AppliedMask> {
+        let tags = self.column_tags(table, column)?;
+        self.mask_for_tags(tags.tags.keys(), roles)
+    }
+
+    /// The mask that columns carrying `tags` get for a caller holding `roles`.
+    pub fn mask_for_tags<'a>(
+        &self,
+        tags: impl Iterator<Item = &'a String> + Clone,
+        roles: &[String],
+    ) -> Option<AppliedMask> {
         let mut applied: Option<AppliedMask> = None;
         for p in &self.policies {
-            if !p.tags.iter().any(|t| tags.contains(t)) {
+            if !p.tags.iter().any(|t| tags.clone().any(|c| c == t)) {
                 continue;
             }
             if p.unmasked_roles.iter().any(|r| roles.contains(r)) {
@@ -112,7 +168,9 @@ impl TenantPolicies {
 /// Every tenant's policies at one point of the metastore's history.
 #[derive(Debug, Clone, Default)]
 pub struct PolicySnapshot {
-    /// Grows by one with every compilation: the version statements are audited with.
+    /// The metastore's WAL position when it was read (at least one more
+    /// than the snapshot before): the version statements are audited with,
+    /// pullers compare and policy events carry.
     pub version: u64,
     /// Tenants by id.
     pub tenants: HashMap<String, TenantPolicies>,
@@ -124,8 +182,9 @@ impl PolicySnapshot {
         self.tenants.get(tenant)
     }
 
-    /// Reads every tenant's policies, governed tables and governed columns'
-    /// tags in one repeatable-read transaction.
+    /// Reads every tenant's policies, governed tables and tagged columns in
+    /// one repeatable-read transaction; its version is the WAL position it
+    /// read at, and at least `version`.
     pub async fn compile(client: &mut Client, version: u64) -> Result<PolicySnapshot> {
         let sql = |context: &'static str| {
             move |source: tokio_postgres::Error| EnforcementError::Sql { context, source }
@@ -137,6 +196,15 @@ impl PolicySnapshot {
             .start()
             .await
             .map_err(sql("starting the policy read"))?;
+        // The WAL position the read starts at: it grows across restarts,
+        // so a version a puller or an event consumer saw stays older than
+        // every later one.
+        let lsn: i64 = tx
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+            .await
+            .map_err(sql("reading the WAL position"))?
+            .get(0);
+        let version = version.max(lsn as u64);
         let mut tenants: HashMap<String, TenantPolicies> = HashMap::new();
         for r in tx
             .query(
@@ -197,25 +265,43 @@ impl PolicySnapshot {
                 .tables
                 .insert(table.table_name.clone(), table);
         }
+        // Every tagged column, with the table it belongs to and where each
+        // tag comes from: what the SQL endpoint, Trino, the downstream
+        // databases and the policy API enforce alike.
         for r in tx
             .query(
-                "SELECT g.tenant_id, g.table_name, lower(c.name), array_agg(DISTINCT cl.tag)
-                   FROM metastore.governed_tables g
-                   JOIN metastore.assets t ON t.tenant_id = g.tenant_id AND t.qualified_name = g.asset
-                   JOIN metastore.assets c ON c.tenant_id = t.tenant_id AND c.parent_guid = t.guid
-                   JOIN metastore.classifications cl ON cl.tenant_id = c.tenant_id AND cl.asset_guid = c.guid
-                  GROUP BY 1, 2, 3",
+                "SELECT cl.tenant_id, t.qualified_name, c.name, c.qualified_name, cl.tag, o.qualified_name
+                   FROM metastore.classifications cl
+                   JOIN metastore.assets c ON c.tenant_id = cl.tenant_id AND c.guid = cl.asset_guid
+                   JOIN metastore.assets t ON t.tenant_id = c.tenant_id AND t.guid = c.parent_guid
+                   LEFT JOIN metastore.assets o ON o.tenant_id = cl.tenant_id AND o.guid = cl.propagated_from",
                 &[],
             )
             .await
-            .map_err(sql("reading the tags of governed columns"))?
+            .map_err(sql("reading the tags of columns"))?
         {
-            let tags: Vec<String> = r.get(3);
-            tenants
+            let table: String = r.get(1);
+            let name: String = r.get(2);
+            let column = tenants
                 .entry(r.get(0))
                 .or_default()
-                .column_tags
-                .insert((r.get(1), r.get(2)), tags.into_iter().collect());
+                .columns
+                .entry(table.to_lowercase())
+                .or_default()
+                .entry(name.to_lowercase())
+                .or_insert_with(|| ColumnTags {
+                    qualified_name: r.get(3),
+                    table: table.clone(),
+                    name: name.clone(),
+                    tags: BTreeMap::new(),
+                });
+            let origin = column.tags.entry(r.get(4)).or_default();
+            match r.get::<_, Option<String>>(5) {
+                Some(from) => {
+                    origin.propagated_from.insert(from);
+                }
+                None => origin.direct = true,
+            }
         }
         tx.commit().await.map_err(sql("ending the policy read"))?;
         Ok(PolicySnapshot { version, tenants })
@@ -244,13 +330,45 @@ mod tests {
             ],
             ..Default::default()
         };
-        let tags = |ts: &[&str]| ts.iter().map(|s| s.to_string()).collect();
-        t.column_tags
-            .insert(("customers".into(), "email".into()), tags(&["PII"]));
-        t.column_tags
-            .insert(("customers".into(), "name".into()), tags(&["PII", "GDPR"]));
-        t.column_tags
-            .insert(("payments".into(), "card".into()), tags(&["PCI"]));
+        for (table, asset) in [
+            ("customers", "db.s.Customers"),
+            ("payments", "db.s.payments"),
+        ] {
+            t.tables.insert(
+                table.into(),
+                GovernedTable {
+                    table_name: table.into(),
+                    asset: asset.into(),
+                    source: Source::Delta("file:///x".into()),
+                    version: 1,
+                },
+            );
+        }
+        let mut tag = |table: &str, column: &str, tags: &[&str]| {
+            t.columns.entry(table.to_lowercase()).or_default().insert(
+                column.into(),
+                ColumnTags {
+                    qualified_name: format!("{table}.{column}"),
+                    table: table.into(),
+                    name: column.into(),
+                    tags: tags
+                        .iter()
+                        .map(|s| {
+                            (
+                                s.to_string(),
+                                TagOrigin {
+                                    direct: true,
+                                    ..Default::default()
+                                },
+                            )
+                        })
+                        .collect(),
+                },
+            );
+        };
+        tag("db.s.Customers", "email", &["PII"]);
+        tag("db.s.Customers", "name", &["PII", "GDPR"]);
+        tag("db.s.payments", "card", &["PCI"]);
         t
     }
 
@@ -279,6 +397,12 @@ mod tests {
             .unwrap();
         assert_eq!(a.mask, Mask::Null);
         assert_eq!(a.policies, vec!["pii".to_string(), "gdpr".to_string()]);
+        // The same column, named as the catalog names it (any case).
+        assert_eq!(
+            t.asset_column_mask("DB.S.CUSTOMERS", "Name", &["viewer".to_string()])
+                .map(|a| a.mask),
+            Some(Mask::Null)
+        );
         // Unmasked for PII only: the GDPR mask remains.
         let a = t
             .column_mask("customers", "name", &["pii_reader".to_string()])

@@ -76,6 +76,12 @@ impl PolicyStore {
         Ok(self.snapshot())
     }
 
+    /// Changes with every snapshot compiled (to its version): what pullers
+    /// and the downstream enforcement wait on.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.compiled.subscribe()
+    }
+
     /// The last snapshot compiled, stale or not.
     pub fn snapshot(&self) -> Arc<PolicySnapshot> {
         match self.current.read() {
@@ -117,12 +123,14 @@ impl PolicyStore {
                         context: "connecting to compile policies",
                         source,
                     })?;
-            let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+            let version = self.next_version.load(Ordering::Relaxed);
             PolicySnapshot::compile(&mut client, version).await
         }
         .await;
         match result {
             Ok(snapshot) => {
+                self.next_version
+                    .store(snapshot.version + 1, Ordering::Relaxed);
                 let snapshot = Arc::new(snapshot);
                 match self.current.write() {
                     Ok(mut s) => *s = snapshot.clone(),
