@@ -1,6 +1,6 @@
 //! Where data enters Lily from outside: the HTTP API that `lily run`
 //! serves (Monte Carlo incident webhooks, Okta Event Hooks, JIRA webhooks,
-//! the catalog API), its authentication and authorization, the versioned
+//! the catalog API, the effective policy and Trino's OPA decisions), its authentication and authorization, the versioned
 //! JSON Schemas of what it accepts, and the Kafka source.
 //!
 //! Everything is validated before it is written, written in a transaction
@@ -18,6 +18,7 @@ pub mod schemas;
 pub mod server;
 pub mod signature;
 pub mod sources;
+pub mod trino;
 
 pub use error::{InboundError, Result};
 pub use server::{Inbound, OPENAPI, bind, router, serve};

@@ -68,6 +68,11 @@ pub struct Inbound {
     pub sql: lily_config::SqlConfig,
     /// Where bulk uploads put columns, and the backlog they may leave.
     pub bulk: crate::bulk::LakeLane,
+    /// The policy snapshot the pipeline keeps current (None: no pipeline
+    /// in this process; the policy and Trino routes answer 503).
+    pub policies: Option<Arc<lily_enforcement::PolicyStore>>,
+    /// How Trino's names and identities map onto tenants.
+    pub trino: lily_config::TrinoConfig,
 }
 
 /// Each tenant's webhook signing secrets, by source.
@@ -88,6 +93,7 @@ impl Inbound {
         transforms: &TransformSet,
         state: Arc<CatalogState>,
         search: Option<lily_sinks::elasticsearch::SearchCluster>,
+        policies: Option<Arc<lily_enforcement::PolicyStore>>,
     ) -> Result<Arc<Self>> {
         let pool_wait = Duration::from_millis(config.api.pool_wait_ms);
         let db = Metastore::new(
@@ -138,6 +144,8 @@ impl Inbound {
                 Duration::from_millis(config.api.tenant_queue_ms),
             ),
             sql: config.sql.clone(),
+            policies,
+            trino: config.trino.clone(),
             bulk: crate::bulk::LakeLane {
                 location: if config.bulk.lake_lane {
                     Some(
@@ -323,12 +331,21 @@ pub fn router(inbound: Arc<Inbound>) -> Router {
     Router::new()
         .merge(crate::catalog::routes())
         .merge(crate::sources::routes())
+        .route(
+            "/v1/tenants/{tenant}/trino/{decision}",
+            axum::routing::post(crate::trino::decide_with_header),
+        )
+        .route(
+            "/v1/tenants/{tenant}/trino/{decision}/{key}",
+            axum::routing::post(crate::trino::decide_with_key),
+        )
         .route_layer(middleware::from_fn_with_state(
             inbound.request_timeout,
             deadline,
         ))
         // A bulk upload runs as long as its body keeps coming (each part
-        // within `api.body_timeout_ms`), not within the request deadline.
+        // within `api.body_timeout_ms`), and a policy long poll as long as
+        // its `wait`, not within the request deadline.
         .merge(crate::catalog::upload_routes())
         .route_layer(middleware::from_fn(track))
         .route(

@@ -91,7 +91,7 @@ pub async fn list(config: &LilyConfig, selection: &DlqSelection) -> anyhow::Resu
 pub async fn replay(config: &LilyConfig, selection: &DlqSelection) -> anyhow::Result<()> {
     let pool = pool(config)?;
     let sinks = registry::parse(config)?;
-    let registry = Registry::build(config, &sinks, &pool).await?;
+    let registry = Registry::build(config, &sinks, &pool, None).await?;
     let store = DeadLetters::new(pool);
     let letters = store.list(&selection.filter()).await?;
     let (mut sent, mut failed) = (0, 0);

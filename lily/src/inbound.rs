@@ -24,6 +24,7 @@ pub async fn start(
     transforms: &TransformSet,
     state: &Arc<CatalogState>,
     search: Option<SearchCluster>,
+    policies: &Arc<lily_enforcement::PolicyStore>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let api = !config.api.listen.is_empty();
@@ -31,9 +32,15 @@ pub async fn start(
     if !api && !kafka {
         return Ok(());
     }
-    let inbound = Inbound::new(config, transforms, state.clone(), search)
-        .await
-        .context("starting the inbound API")?;
+    let inbound = Inbound::new(
+        config,
+        transforms,
+        state.clone(),
+        search,
+        Some(policies.clone()),
+    )
+    .await
+    .context("starting the inbound API")?;
     if api {
         let addr: SocketAddr = config.api.listen.parse().context("api.listen")?;
         let listener = bind(addr).await?;

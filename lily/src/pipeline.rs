@@ -123,7 +123,22 @@ fn retryable(e: &CdcError) -> bool {
 pub async fn run(config: &LilyConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let configured = lily_sinks::registry::parse(config)?;
     let pool = crate::dlq::pool(config)?;
-    let registry = Registry::build(config, &configured, &pool).await?;
+    // Every enforcement point (the SQL endpoint, Trino's decisions, the
+    // policy API, downstream masking views) starts from the policies as
+    // they are; from then on the pipeline compiles a new snapshot at every
+    // commit touching them.
+    let policies = lily_enforcement::PolicyStore::new(&config.postgres.url)?;
+    policies
+        .refresh()
+        .await
+        .context("compiling the masking policies")?;
+    let registry = Registry::build(config, &configured, &pool, Some(&policies)).await?;
+    // Each change of a column's effective policy becomes a row of
+    // metastore.column_policies, which streams like any change.
+    tokio::spawn(
+        lily_enforcement::PolicyEvents::new(&config.postgres.url, policies.clone())?
+            .run(shutdown.clone()),
+    );
     {
         let conn = pool.get().await.context("connecting to the metastore")?;
         check_tenant_role(&conn, config).await?;
@@ -138,27 +153,29 @@ pub async fn run(config: &LilyConfig, shutdown: watch::Receiver<bool>) -> anyhow
         shutdown.clone(),
     ));
     let search = lily_sinks::registry::search_cluster(&configured, &config.api)?;
-    crate::inbound::start(config, &transforms, &state, search, shutdown.clone()).await?;
+    crate::inbound::start(
+        config,
+        &transforms,
+        &state,
+        search,
+        &policies,
+        shutdown.clone(),
+    )
+    .await?;
     crate::promote::start(config, shutdown.clone())?;
-    // The SQL endpoint starts from the policies as they are; from then on
-    // the pipeline compiles a new snapshot at every commit touching them.
-    let (policies, endpoint) = if config.sql.listen.is_empty() {
-        (None, None)
+    let endpoint = if config.sql.listen.is_empty() {
+        None
     } else {
-        let store = lily_enforcement::PolicyStore::new(&config.postgres.url)?;
-        store
-            .refresh()
-            .await
-            .context("compiling the masking policies")?;
-        let endpoint = crate::sql::start(config, &store, shutdown.clone()).await?;
-        (Some(store), endpoint.map(|(_, task)| task))
+        crate::sql::start(config, &policies, shutdown.clone())
+            .await?
+            .map(|(_, task)| task)
     };
     let result = run_pipeline(
         config,
         &registry,
         &transforms,
         &state,
-        policies.as_ref(),
+        Some(&policies),
         shutdown.clone(),
     )
     .await;

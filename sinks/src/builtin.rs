@@ -68,18 +68,18 @@ pub(crate) fn entries(
             }),
         ));
     }
-    if !config.sql.listen.is_empty() {
-        out.push((
-            POLICIES,
-            source::POLICIES,
-            // Tag to enforcement: a new snapshot as soon as a change commits.
-            FlushPolicy {
-                max_rows: 100_000,
-                max_wait: Duration::from_millis(5),
-            },
-            Box::new(Policies),
-        ));
-    }
+    // Every enforcement point (the SQL endpoint, Trino's decisions, the
+    // policy API, masking views, policy events) reads its snapshot.
+    out.push((
+        POLICIES,
+        source::POLICIES,
+        // Tag to enforcement: a new snapshot as soon as a change commits.
+        FlushPolicy {
+            max_rows: 100_000,
+            max_wait: Duration::from_millis(5),
+        },
+        Box::new(Policies),
+    ));
     Ok(out)
 }
 

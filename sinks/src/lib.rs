@@ -85,4 +85,6 @@ sink_kinds! {
     console::ConsoleConfig => Console,
     /// NDJSON files, one per tenant and day.
     file::FileConfig => File,
+    /// Masking views a downstream PostgreSQL enforces the policies with.
+    postgres_masking::PostgresMaskingConfig => PostgresMasking,
 }

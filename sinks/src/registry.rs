@@ -72,6 +72,9 @@ pub struct SinkContext<'a> {
     pub pool: &'a Pool,
     /// The dead-letter store.
     pub dead_letters: &'a DeadLetters,
+    /// The policy snapshot (none when the process enforces nothing, as
+    /// when it replays dead letters).
+    pub policies: Option<&'a Arc<lily_enforcement::PolicyStore>>,
 }
 
 impl SinkContext<'_> {
@@ -366,6 +369,7 @@ impl Registry {
         config: &LilyConfig,
         sinks: &[ConfiguredSink],
         pool: &Pool,
+        policies: Option<&Arc<lily_enforcement::PolicyStore>>,
     ) -> Result<Registry, BuildError> {
         let dead_letters = DeadLetters::new(pool.clone());
         let mut entries = builtin::entries(config, &dead_letters)?
@@ -384,6 +388,7 @@ impl Registry {
                 config,
                 pool,
                 dead_letters: &dead_letters,
+                policies,
             };
             let kind = sink.config.kind();
             entries.push(Entry {

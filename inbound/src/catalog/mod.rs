@@ -1,7 +1,7 @@
 //! The catalog API for people and extraction jobs: bulk upserts and
 //! removals of assets, lineage and classifications, bulk uploads and their
 //! lag, reads of assets and incidents, search, tickets linked to incidents, the tenant's API keys,
-//! and what the SQL endpoint masks and serves.
+//! what the SQL endpoint masks and serves, and the effective policy.
 //! Every route checks the caller's role in the tenant of its path, and
 //! writes run in a transaction scoped to that tenant.
 
@@ -12,6 +12,7 @@ mod incidents;
 mod keys;
 mod lineage;
 mod loads;
+mod policy;
 mod search;
 
 use std::collections::HashMap;
@@ -81,12 +82,16 @@ pub fn routes() -> Router<Arc<Inbound>> {
         .route("/v1/tenants/{tenant}/bulk/loads", get(loads::list))
 }
 
-/// The bulk upload route, which has no request deadline (see `router`).
+/// The routes without the request deadline (see `router`): bulk uploads,
+/// which run as long as their body keeps coming, and the policy long poll,
+/// bounded by its own `wait`.
 pub fn upload_routes() -> Router<Arc<Inbound>> {
-    Router::new().route(
-        "/v1/tenants/{tenant}/bulk/loads/{load_id}",
-        get(loads::get_one).post(loads::upload),
-    )
+    Router::new()
+        .route(
+            "/v1/tenants/{tenant}/bulk/loads/{load_id}",
+            get(loads::get_one).post(loads::upload),
+        )
+        .route("/v1/tenants/{tenant}/policy", get(policy::get))
 }
 
 /// The guids of the assets named `names` in the transaction's tenant,

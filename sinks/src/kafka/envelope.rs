@@ -60,6 +60,7 @@ pub fn key_column(stream: &str) -> &'static str {
         "lineage_edges" => "downstream_guid",
         "incidents" | "incident_assets" | "incident_tickets" => "incident_id",
         "tenants" => "tenant_id",
+        "column_policies" => "qualified_name",
         _ => "asset_guid",
     }
 }
