@@ -111,9 +111,10 @@ impl PolicyEvents {
         let mut compiled = self.store.subscribe();
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut announced: Option<Announced> = None;
+        let mut client: Option<tokio_postgres::Client> = None;
         loop {
             compiled.borrow_and_update();
-            let wait = match self.pass(&mut announced).await {
+            let wait = match self.pass(&mut client, &mut announced).await {
                 Ok(()) => {
                     backoff.reset();
                     None
@@ -122,6 +123,7 @@ impl PolicyEvents {
                     // Read what was announced again: the failed write may
                     // or may not have committed.
                     announced = None;
+                    client = None;
                     metrics::counter!("lily_errors_total", "stage" => "policy_events", "kind" => "write")
                         .increment(1);
                     let delay = backoff.next_delay();
@@ -140,17 +142,27 @@ impl PolicyEvents {
         }
     }
 
-    async fn pass(&self, announced: &mut Option<Announced>) -> Result<()> {
+    async fn pass(
+        &self,
+        client: &mut Option<tokio_postgres::Client>,
+        announced: &mut Option<Announced>,
+    ) -> Result<()> {
         let sql = |context: &'static str| {
             move |source: tokio_postgres::Error| EnforcementError::Sql { context, source }
         };
         let snapshot = self.store.current(POLICY_WAIT).await?;
         let started = Instant::now();
-        let mut client = self
-            .connect
-            .connect()
-            .await
-            .map_err(sql("connecting to write policy events"))?;
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            *client = Some(
+                self.connect
+                    .connect()
+                    .await
+                    .map_err(sql("connecting to write policy events"))?,
+            );
+        }
+        let Some(client) = client.as_mut() else {
+            return Ok(());
+        };
         if announced.is_none() {
             let mut read: Announced = HashMap::new();
             for r in client
