@@ -7,6 +7,7 @@ mod cdc_types;
 mod crash;
 mod datahub;
 mod demo;
+mod enforcement_points;
 mod faults;
 mod file_sink;
 mod handoff;
