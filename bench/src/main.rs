@@ -24,6 +24,7 @@ use lily_sinks::NullSink;
 use tokio::sync::{mpsc, watch};
 
 mod bulk;
+mod enforcement;
 mod outbound;
 mod propagation;
 mod sql;
@@ -108,6 +109,12 @@ struct Args {
     /// SQL: assets downstream of the upstream tag.
     #[arg(long, default_value_t = 10_000)]
     sql_closure: i64,
+    /// Run only the enforcement points benchmark: tag to enforced for
+    /// Trino's OPA decisions, a downstream PostgreSQL's masking views and
+    /// policy events on Kafka (--tags each way), and OPA decisions per
+    /// second (--concurrency clients, --seconds each).
+    #[arg(long)]
+    enforcement: bool,
     /// Run only the bulk-load benchmark: `lily ingest` of --assets assets
     /// beside a binary COPY of the same rows.
     #[arg(long)]
@@ -146,6 +153,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     if args.bulk {
         return bulk::run(&cluster, dir.path(), args.assets, args.chunk).await;
+    }
+    if args.enforcement {
+        return enforcement::run(
+            &cluster,
+            dir.path(),
+            args.tags,
+            args.seconds,
+            args.concurrency,
+        )
+        .await;
     }
     if args.sql {
         return sql::run(
