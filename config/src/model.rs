@@ -545,6 +545,10 @@ pub struct TrinoConfig {
     /// is then the asset `analytics.sales.customers`. A catalog not listed
     /// is taken as named.
     pub catalogs: BTreeMap<String, String>,
+    /// `[trino.impersonators]`: per tenant, the Trino users allowed to
+    /// impersonate others, comma-separated (a BI tool's service account).
+    /// Nobody else may: the impersonated user's roles would unmask for them.
+    pub impersonators: BTreeMap<String, String>,
     /// `[trino.roles]`: per tenant, the roles of Trino identities,
     /// comma-separated `user:NAME=ROLE` and `group:NAME=ROLE`
     /// (`acme = "user:ana=pii_reader, group:privacy=pii_reader"`).
@@ -604,6 +608,13 @@ impl TrinoConfig {
                 )),
             })
             .collect()
+    }
+
+    /// Whether `user` may impersonate other users in `tenant`.
+    pub fn may_impersonate(&self, tenant: &str, user: &str) -> bool {
+        self.impersonators
+            .get(tenant)
+            .is_some_and(|list| list.split(',').any(|u| u.trim() == user))
     }
 
     /// The roles in `tenant` of the Trino identity `user` with `groups`.

@@ -32,17 +32,27 @@ impl TenantSlots {
         }
     }
 
+    /// A slot of `tenant` if one is free now, without waiting.
+    pub fn try_enter(&self, tenant: &str) -> Option<TenantSlot> {
+        self.semaphore(tenant)
+            .try_acquire_owned()
+            .ok()
+            .map(|p| TenantSlot(Arc::new(p)))
+    }
+
+    fn semaphore(&self, tenant: &str) -> Arc<Semaphore> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        tenants
+            .entry(tenant.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
+            .clone()
+    }
+
     /// A slot of `tenant`, or 429 `tenant_busy` when none frees up in time.
     /// Only called once the caller has proved a right to the tenant, so
     /// nobody can fill another tenant's slots.
     pub async fn enter(&self, tenant: &str) -> Result<TenantSlot> {
-        let semaphore = {
-            let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-            tenants
-                .entry(tenant.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
-                .clone()
-        };
+        let semaphore = self.semaphore(tenant);
         match tokio::time::timeout(self.wait, semaphore.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(TenantSlot(Arc::new(permit))),
             _ => {

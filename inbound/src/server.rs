@@ -27,6 +27,10 @@ use crate::error::{ErrorCode, InboundError, Result};
 use crate::schemas::{Schemas, parse_json};
 use crate::sources::monte_carlo::IncidentIngest;
 
+/// Policy long polls one tenant may hold open at once; past them, a poll
+/// answers at once instead of waiting.
+pub const POLICY_POLLS: usize = 256;
+
 /// The OpenAPI description of every route, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -60,6 +64,8 @@ pub struct Inbound {
     pub request_timeout: Duration,
     /// Each tenant's request slots.
     pub slots: crate::limits::TenantSlots,
+    /// Each tenant's open policy long polls (`POLICY_POLLS` at once).
+    pub polls: crate::limits::TenantSlots,
     /// Asset fields only a steward or admin may change: `certificate`, and
     /// every attribute lineage propagates (`propagation.attributes`).
     pub governed_asset_fields: Vec<String>,
@@ -143,6 +149,7 @@ impl Inbound {
                 config.api.tenant_concurrency,
                 Duration::from_millis(config.api.tenant_queue_ms),
             ),
+            polls: crate::limits::TenantSlots::new(POLICY_POLLS, Duration::ZERO),
             sql: config.sql.clone(),
             policies,
             trino: config.trino.clone(),

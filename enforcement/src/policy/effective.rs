@@ -28,6 +28,9 @@ pub struct AppliedPolicy {
     pub name: String,
     /// Its mask type (Ranger's name).
     pub mask: String,
+    /// The expression of a `CUSTOM` mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
     /// Roles that see the raw value under this policy.
     pub unmasked_roles: Vec<String>,
 }
@@ -60,6 +63,7 @@ impl ColumnPolicy {
             .map(|p| AppliedPolicy {
                 name: p.name.clone(),
                 mask: p.mask.name().to_owned(),
+                expression: custom_expression(&p.mask),
                 unmasked_roles: p.unmasked_roles.clone(),
             })
             .collect();
@@ -142,10 +146,7 @@ impl EffectivePolicy {
                     name: p.name.clone(),
                     tags: p.tags.clone(),
                     mask: p.mask.name().to_owned(),
-                    expression: match &p.mask {
-                        super::Mask::Custom(e) => Some(e.clone()),
-                        _ => None,
-                    },
+                    expression: custom_expression(&p.mask),
                     unmasked_roles: p.unmasked_roles.clone(),
                 })
                 .collect(),
@@ -159,6 +160,14 @@ impl EffectivePolicy {
         let body = serde_json::to_vec(self).unwrap_or_default();
         let digest = Sha256::digest(&body);
         format!("\"{}\"", hex_prefix(&digest, 16))
+    }
+}
+
+/// The expression of a `CUSTOM` mask: part of what a policy enforces.
+fn custom_expression(mask: &super::Mask) -> Option<String> {
+    match mask {
+        super::Mask::Custom(e) => Some(e.clone()),
+        _ => None,
     }
 }
 

@@ -242,7 +242,9 @@ impl PolicyEvents {
                      column_name = EXCLUDED.column_name, tags = EXCLUDED.tags,
                      mask = EXCLUDED.mask, policies = EXCLUDED.policies, origins = EXCLUDED.origins,
                      cause = EXCLUDED.cause, policy_version = EXCLUDED.policy_version,
-                     changed_at = EXCLUDED.changed_at",
+                     changed_at = EXCLUDED.changed_at
+                 -- A writer behind (an overlapping restart) never overwrites a newer state.
+                 WHERE c.policy_version <= EXCLUDED.policy_version",
             )
             .await
             .map_err(sql("preparing the policy events"))?;
@@ -327,6 +329,7 @@ mod tests {
             policies: vec![AppliedPolicy {
                 name: "pii".into(),
                 mask: mask.unwrap_or("MASK_NONE").into(),
+                expression: None,
                 unmasked_roles: vec![],
             }],
         }

@@ -274,7 +274,8 @@ impl PolicySnapshot {
                    FROM metastore.classifications cl
                    JOIN metastore.assets c ON c.tenant_id = cl.tenant_id AND c.guid = cl.asset_guid
                    JOIN metastore.assets t ON t.tenant_id = c.tenant_id AND t.guid = c.parent_guid
-                   LEFT JOIN metastore.assets o ON o.tenant_id = cl.tenant_id AND o.guid = cl.propagated_from",
+                   LEFT JOIN metastore.assets o ON o.tenant_id = cl.tenant_id AND o.guid = cl.propagated_from
+                  WHERE c.type_name IN ('column', 'bi_field')",
                 &[],
             )
             .await

@@ -63,8 +63,18 @@ pub fn decide(
     let roles = cx
         .config
         .roles_of(cx.tenant, &identity.user, &identity.groups);
-    let allowed = !(cx.config.deny_unmapped && roles.is_empty());
+    let mapped = !(cx.config.deny_unmapped && roles.is_empty());
     let action = &query.input.action;
+    // As Trino's default access control: everything but impersonation
+    // (acting as another user would take that user's unmasking roles) and
+    // writing system information (a graceful shutdown), unless the user is
+    // one of the tenant's configured impersonators.
+    let allowed = mapped
+        && match action.operation.as_str() {
+            "ImpersonateUser" => cx.config.may_impersonate(cx.tenant, &identity.user),
+            "WriteSystemInformation" => false,
+            _ => true,
+        };
     let decision_id = uuid::Uuid::new_v4().to_string();
     Ok(match decision {
         Decision::Allow => (json!({"decision_id": decision_id, "result": allowed}), 1),

@@ -55,9 +55,13 @@ pub async fn get(
             .map_err(|e| InboundError::Unavailable(e.to_string()))?;
         let policy = EffectivePolicy::of(snapshot.tenant(tenant.as_str()), q.table.as_deref());
         let etag = policy.etag();
-        let unchanged = seen
-            .as_deref()
-            .is_some_and(|s| s.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        // Weak comparison (RFC 9110, 13.1.2): a proxy that compresses the
+        // answer may have weakened the tag.
+        let unchanged = seen.as_deref().is_some_and(|s| {
+            s.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+        });
         if !unchanged {
             metrics::counter!("lily_policy_reads_total", "status" => "200").increment(1);
             let mut body = json!({
@@ -78,7 +82,13 @@ pub async fn get(
             )
                 .into_response());
         }
-        // Unchanged: wait for the next snapshot, or answer 304 at the deadline.
+        // Unchanged: wait for the next snapshot, or answer 304 at the
+        // deadline. A tenant holds a bounded number of open polls; past
+        // it, the answer does not wait.
+        let Some(_poll) = inbound.polls.try_enter(tenant.as_str()) else {
+            metrics::counter!("lily_policy_reads_total", "status" => "304").increment(1);
+            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+        };
         if !matches!(
             tokio::time::timeout_at(deadline, compiled.changed()).await,
             Ok(Ok(()))

@@ -24,9 +24,9 @@ pub struct PostgresMaskingConfig {
     ///
     /// Required.
     pub connection: String,
-    /// The schema the views go to (created if missing); `{tenant}` is
-    /// replaced by the tenant, so tenants sharing a database do not share
-    /// views. A view has its governed table's name.
+    /// The schema the views go to (created if missing); it must hold
+    /// `{tenant}`, replaced by the tenant, so tenants sharing a database do
+    /// not share views. A view has its governed table's name.
     ///
     /// Default `"lily_{tenant}"`.
     pub view_schema: String,
@@ -72,11 +72,12 @@ impl SinkKind for PostgresMaskingConfig {
                 "name the [sql.connections] entry of the downstream database",
             ));
         }
-        if self.view_schema.trim().is_empty() {
+        if !self.view_schema.contains("{tenant}") {
+            // Tenants sharing a database would overwrite each other's views.
             return Err(invalid_str(
                 &format!("{key}.view_schema"),
                 &self.view_schema,
-                "name the schema the views go to",
+                "name the schema the views go to with {tenant} in it (e.g. \"lily_{tenant}\"), so tenants do not share views",
             ));
         }
         at_least(

@@ -27,6 +27,21 @@ use super::views::{BaseColumn, ident, view_query};
 /// The comment that marks a view as this sink's: `lily-policy <digest>`.
 const MARK: &str = "lily-policy ";
 
+/// The digest of a view's definition together with the roles granted it.
+fn grants_digest(query_digest: &str, consumers: &[&String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(query_digest.as_bytes());
+    for c in consumers {
+        h.update(b"\0");
+        h.update(c.as_bytes());
+    }
+    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// PostgreSQL's longest identifier, in bytes; longer ones are cut.
+const NAME_MAX: usize = 63;
+
 /// How long a pass waits for a snapshot being compiled.
 const POLICY_WAIT: Duration = Duration::from_secs(10);
 
@@ -152,9 +167,16 @@ impl MaskingViews {
                     warn!(sink = %self.name, tenant, table = %t.table_name, %why, "no masking view");
                     continue;
                 }
+                let schema = self.config.view_schema.replace("{tenant}", tenant);
+                if schema.len() > NAME_MAX {
+                    // PostgreSQL would cut the name, and the view would be
+                    // written and dropped again at every pass.
+                    warn!(sink = %self.name, tenant, %schema, "the view schema's name is longer than 63 bytes; no masking view");
+                    continue;
+                }
                 wanted.push(WantedView {
                     tenant: tenant.clone(),
-                    schema: self.config.view_schema.replace("{tenant}", tenant),
+                    schema,
                     name: t.table_name.clone(),
                     asset: t.asset.clone(),
                     base: table.clone(),
@@ -252,6 +274,9 @@ impl MaskingViews {
                 continue;
             };
             let (query, digest) = view_query(policies, &w.asset, &w.base, cols, &existing_roles);
+            // The grants are part of what is applied: a consumer role added
+            // (or created downstream) later gets them at the next pass.
+            let digest = grants_digest(&digest, &consumers);
             let comment = format!("{mark}digest={digest} version={}", snapshot.version);
             let existing = ours.remove(&(w.schema.clone(), w.name.clone()));
             if existing
@@ -270,8 +295,12 @@ impl MaskingViews {
                     pass.failed += 1;
                     metrics::counter!("lily_errors_total", "stage" => "postgres_masking", "kind" => "view")
                         .increment(1);
+                    // Fail closed: the old view may leave a new tag raw, so
+                    // its consumers are refused until it can be written.
+                    let refused = self.refuse(client, w, &consumers).await;
                     warn!(sink = %self.name, tenant = %w.tenant, view = %format!("{}.{}", w.schema, w.name), error = %e,
-                        "the masking view could not be written");
+                        consumers_refused = refused.is_ok(),
+                        "the masking view could not be written; its consumers are refused until it is");
                 }
             }
         }
@@ -289,6 +318,25 @@ impl MaskingViews {
         metrics::gauge!("lily_masking_views", "sink" => self.name.clone())
             .set((wanted.len() - pass.failed.min(wanted.len())) as f64);
         Ok((snapshot.version, pass))
+    }
+
+    /// Takes the consumers' SELECT on a view that could not be brought in step.
+    async fn refuse(
+        &self,
+        client: &mut Client,
+        w: &WantedView,
+        consumers: &[&String],
+    ) -> Result<(), tokio_postgres::Error> {
+        if consumers.is_empty() {
+            return Ok(());
+        }
+        let to: Vec<String> = consumers.iter().map(|r| ident(r)).collect();
+        let sql = format!(
+            "DO $$ BEGIN IF to_regclass('{view}') IS NOT NULL THEN REVOKE SELECT ON {view} FROM {to}; END IF; END $$",
+            view = format!("{}.{}", ident(&w.schema), ident(&w.name)).replace('\'', "''"),
+            to = to.join(", ")
+        );
+        client.batch_execute(&sql).await
     }
 
     /// Creates or replaces one view, its comment and its grants, in one

@@ -31,18 +31,25 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Character types (arrays of them are not: no mask has a form for them).
 fn is_text(t: &str) -> bool {
-    t == "text"
-        || t.starts_with("character varying")
-        || t.starts_with("character(")
-        || t == "character"
-        || t == "name"
-        || t == "citext"
+    !t.ends_with("[]")
+        && (t == "text"
+            || t.starts_with("character varying")
+            || t.starts_with("character(")
+            || t == "character"
+            || t == "name"
+            || t == "citext")
 }
 
 fn is_date(t: &str) -> bool {
-    t == "date" || t.starts_with("timestamp")
+    !t.ends_with("[]") && (t == "date" || t.starts_with("timestamp"))
 }
+
+/// Every character but spaces and punctuation. PostgreSQL's classes follow
+/// the database's ctype: under the C locale no character outside ASCII is
+/// in `[:punct:]` or `[:space:]`, so those are hidden too (never shown).
+const HIDDEN: &str = "[^[:space:][:punct:]]";
 
 /// The expression that masks column `c` (quoted) of type `t` with `mask`.
 pub fn pg_mask(mask: &Mask, c: &str, t: &str) -> String {
@@ -51,17 +58,22 @@ pub fn pg_mask(mask: &Mask, c: &str, t: &str) -> String {
         Mask::Hash if is_text(t) => {
             format!("encode(sha256(convert_to({c}::text, 'UTF8')), 'hex')")
         }
+        // Upper `X`, lower `x`, digits `n`; then whatever the database's
+        // ctype did not class (any non-ASCII character under the C locale,
+        // uncased letters under any) is `x` too, not shown.
         Mask::Mask if is_text(t) => format!(
-            "regexp_replace(regexp_replace(regexp_replace({c}::text, '[[:upper:]]', 'X', 'g'), '[[:lower:]]', 'x', 'g'), '[[:digit:]]', 'n', 'g')"
+            "regexp_replace(regexp_replace(regexp_replace(regexp_replace({c}::text, '[[:upper:]]', 'X', 'g'), '[[:lower:]]', 'x', 'g'), '[[:digit:]]', 'n', 'g'), '[^\\u0001-\\u007f]', 'x', 'g')"
         ),
         Mask::ShowLast4 if is_text(t) => format!(
-            "regexp_replace(left({c}::text, -4), '[[:alnum:]]', 'x', 'g') || right({c}::text, 4)"
+            "regexp_replace(left({c}::text, -4), '{HIDDEN}', 'x', 'g') || right({c}::text, 4)"
         ),
         Mask::ShowFirst4 if is_text(t) => format!(
-            "left({c}::text, 4) || regexp_replace(substr({c}::text, 5), '[[:alnum:]]', 'x', 'g')"
+            "left({c}::text, 4) || regexp_replace(substr({c}::text, 5), '{HIDDEN}', 'x', 'g')"
         ),
         Mask::DateShowYear if is_date(t) => format!("date_trunc('year', {c})"),
-        Mask::Custom(expr) => format!("({})", expr.replace("{col}", c)),
+        // A custom expression is a steward's SQL: in a view it would run
+        // with the view owner's privileges (it could read any table the
+        // connection can). Downstream it is NULL, the strictest mask.
         _ => "NULL".to_owned(),
     };
     format!("({e})::{t}")
@@ -242,7 +254,12 @@ mod tests {
         assert_eq!(pg_mask(&Mask::Hash, "\"n\"", "bigint"), "(NULL)::bigint");
         assert_eq!(
             pg_mask(&Mask::ShowLast4, "\"c\"", "character varying(19)"),
-            "(regexp_replace(left(\"c\"::text, -4), '[[:alnum:]]', 'x', 'g') || right(\"c\"::text, 4))::character varying(19)"
+            "(regexp_replace(left(\"c\"::text, -4), '[^[:space:][:punct:]]', 'x', 'g') || right(\"c\"::text, 4))::character varying(19)"
+        );
+        assert_eq!(pg_mask(&Mask::Hash, "\"c\"", "text[]"), "(NULL)::text[]");
+        assert_eq!(
+            pg_mask(&Mask::Custom("(SELECT secret FROM t)".into()), "\"c\"", "text"),
+            "(NULL)::text"
         );
     }
 }
