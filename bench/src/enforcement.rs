@@ -26,15 +26,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
 
 use crate::DB;
+use crate::sql::percentile;
 
 const WIDE: usize = 500;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(f64::NAN)
-}
 
 /// p50, p99 and max of `v` but its first sample, which is printed apart:
 /// the first tag also creates the Kafka topic and warms every path.

@@ -41,7 +41,8 @@ async fn session(port: u16, password: &str) -> anyhow::Result<tokio_postgres::Cl
 
 const DB_TENANT: &str = "bench";
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The value at percentile `p` (0 to 1) of `sorted`; NaN when there is none.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted
         .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
         .copied()

@@ -27,6 +27,9 @@ use crate::error::{ErrorCode, InboundError, Result};
 use crate::schemas::{Schemas, parse_json};
 use crate::sources::monte_carlo::IncidentIngest;
 
+/// How long a read of the policy snapshot waits for a change being compiled.
+pub const POLICY_WAIT: Duration = Duration::from_secs(5);
+
 /// Policy long polls one tenant may hold open at once; past them, a poll
 /// answers at once instead of waiting.
 pub const POLICY_POLLS: usize = 256;
@@ -174,6 +177,23 @@ impl Inbound {
                 fields
             },
         }))
+    }
+
+    /// The policy store, or 503 when this process keeps none.
+    pub fn policy_store(&self) -> Result<&Arc<lily_enforcement::PolicyStore>> {
+        self.policies.as_ref().ok_or_else(|| {
+            InboundError::Unavailable("the policy snapshot is not kept by this process".into())
+        })
+    }
+
+    /// The current policy snapshot. While a change is being compiled it
+    /// waits up to `POLICY_WAIT` for it, then 503: a decision is never made
+    /// from a snapshot known to be stale (fail closed).
+    pub async fn policy_snapshot(&self) -> Result<Arc<lily_enforcement::policy::PolicySnapshot>> {
+        self.policy_store()?
+            .current(POLICY_WAIT)
+            .await
+            .map_err(|e| InboundError::Unavailable(e.to_string()))
     }
 
     /// The incident writer, or why there is none.
@@ -340,11 +360,11 @@ pub fn router(inbound: Arc<Inbound>) -> Router {
         .merge(crate::sources::routes())
         .route(
             "/v1/tenants/{tenant}/trino/{decision}",
-            axum::routing::post(crate::trino::decide_with_header),
+            axum::routing::post(crate::trino::decide_route),
         )
         .route(
             "/v1/tenants/{tenant}/trino/{decision}/{key}",
-            axum::routing::post(crate::trino::decide_with_key),
+            axum::routing::post(crate::trino::decide_route),
         )
         .route_layer(middleware::from_fn_with_state(
             inbound.request_timeout,

@@ -6,15 +6,16 @@
 //!
 //! Trino's OPA client sends no credential of its own (it has no setting for
 //! headers, trinodb/trino#27022), so the API key may also be the last
-//! segment of the URI (`.../trino/allow/{key}`); a proxy or client that can
-//! send `Authorization` uses the shorter form.
+//! segment of the URI (`.../trino/allow/{key}`, read by the `Caller`
+//! extractor); a proxy or client that can send `Authorization` uses the
+//! shorter form.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use lily_enforcement::trino::{Decision, DecisionContext, OpaQuery, decide};
 use serde_json::Value;
 use tracing::{Instrument, info_span};
@@ -23,10 +24,6 @@ use crate::auth::{Action, Caller};
 use crate::error::{InboundError, Result};
 use crate::schemas::parse_json;
 use crate::server::{BulkBody, Inbound, Tenant};
-
-/// How long a decision waits for a snapshot being compiled before it
-/// fails (Trino then fails the query: fail closed).
-const POLICY_WAIT: Duration = Duration::from_secs(5);
 
 fn decision(name: &str) -> Result<Decision> {
     Ok(match name {
@@ -43,39 +40,17 @@ fn decision(name: &str) -> Result<Decision> {
     })
 }
 
-/// `POST /trino/{decision}` with the credential in a header.
-pub async fn decide_with_header(
+/// `POST /trino/{decision}[/{key}]`: the key, if in the path, is read by
+/// the [`Caller`] extractor.
+pub async fn decide_route(
     State(inbound): State<Arc<Inbound>>,
     Tenant(tenant): Tenant,
-    Path((_, name)): Path<(String, String)>,
+    Path(params): Path<HashMap<String, String>>,
     caller: Caller,
     BulkBody(body): BulkBody,
 ) -> Result<Json<Value>> {
-    answer(&inbound, tenant.as_str(), &name, caller, &body).await
-}
-
-/// `POST /trino/{decision}/{key}`: the API key in the URI.
-pub async fn decide_with_key(
-    State(inbound): State<Arc<Inbound>>,
-    Tenant(tenant): Tenant,
-    Path((_, name, key)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    BulkBody(body): BulkBody,
-) -> Result<Json<Value>> {
-    let mut caller =
-        if headers.contains_key("authorization") || headers.contains_key("x-api-key") {
-            inbound.auth.authenticate(&headers).await
-        } else {
-            inbound.auth.verify_credential(&key).await
-        }
-        .inspect_err(|e| {
-            metrics::counter!("lily_inbound_auth_failures_total", "reason" => e.code())
-                .increment(1);
-        })?;
-    if caller.grants.iter().any(|g| g.tenant == tenant.as_str()) {
-        caller.slot = Some(inbound.slots.enter(tenant.as_str()).await?);
-    }
-    answer(&inbound, tenant.as_str(), &name, caller, &body).await
+    let name = params.get("decision").map_or("", String::as_str);
+    answer(&inbound, tenant.as_str(), name, caller, &body).await
 }
 
 async fn answer(
@@ -100,13 +75,8 @@ async fn answer(
     );
     async move {
         let started = Instant::now();
-        let store = inbound.policies.as_ref().ok_or_else(|| {
-            InboundError::Unavailable("the policy snapshot is not kept by this process".into())
-        })?;
-        let snapshot = store
-            .current(POLICY_WAIT)
-            .await
-            .map_err(|e| InboundError::Unavailable(e.to_string()))?;
+        // Trino fails the query on the 503 of a stale snapshot.
+        let snapshot = inbound.policy_snapshot().await?;
         let cx = DecisionContext {
             tenant,
             policies: snapshot.tenant(tenant),

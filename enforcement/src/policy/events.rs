@@ -10,11 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lily_cdc::sink::Backoff;
 use lily_cdc::wire::PgConnect;
 use serde_json::json;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::effective::{ColumnPolicy, TagState, column_policies};
 use super::store::PolicyStore;
@@ -107,38 +106,19 @@ impl PolicyEvents {
     }
 
     /// Writes the events of every snapshot until `shutdown`.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut compiled = self.store.subscribe();
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let mut announced: Option<Announced> = None;
         let mut client: Option<tokio_postgres::Client> = None;
-        loop {
-            compiled.borrow_and_update();
-            let wait = match self.pass(&mut client, &mut announced).await {
-                Ok(()) => {
-                    backoff.reset();
-                    None
-                }
-                Err(e) => {
-                    // Read what was announced again: the failed write may
-                    // or may not have committed.
-                    announced = None;
-                    client = None;
-                    metrics::counter!("lily_errors_total", "stage" => "policy_events", "kind" => "write")
-                        .increment(1);
-                    let delay = backoff.next_delay();
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "policy events could not be written; retrying");
-                    Some(delay)
-                }
-            };
-            tokio::select! {
-                changed = compiled.changed(), if wait.is_none() => if changed.is_err() { return },
-                _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
-                _ = shutdown.changed() => return,
-            }
-            if *shutdown.borrow() {
-                return;
-            }
+        let mut follower = self.store.follower("policy_events", None, shutdown);
+        while follower.next().await {
+            let result = self.pass(&mut client, &mut announced).await.map_err(|e| {
+                // Read what was announced again: the failed write may or
+                // may not have committed.
+                announced = None;
+                client = None;
+                format!("policy events could not be written: {e}")
+            });
+            follower.done(result);
         }
     }
 
@@ -230,13 +210,16 @@ impl PolicyEvents {
                 "INSERT INTO metastore.column_policies AS c
                      (tenant_id, qualified_name, table_qualified_name, column_name, tags, mask,
                       policies, origins, cause, policy_version, changed_at)
+                 -- The tags are those of the origins, in their order.
                  SELECT u.tenant_id, u.qualified_name, u.table_qualified_name, u.column_name,
-                        u.tags::text[], u.mask, u.policies::jsonb, u.origins::jsonb, u.cause,
-                        u.policy_version, now()
+                        ARRAY(SELECT o.value->>'tag'
+                                FROM jsonb_array_elements(u.origins::jsonb) WITH ORDINALITY o
+                               ORDER BY o.ordinality),
+                        u.mask, u.policies::jsonb, u.origins::jsonb, u.cause, $9::int8, now()
                    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                               $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[])
-                     AS u(tenant_id, qualified_name, table_qualified_name, column_name, tags,
-                          mask, policies, origins, cause, policy_version)
+                               $6::text[], $7::text[], $8::text[])
+                     AS u(tenant_id, qualified_name, table_qualified_name, column_name, mask,
+                          policies, origins, cause)
                  ON CONFLICT (tenant_id, qualified_name) DO UPDATE SET
                      table_qualified_name = EXCLUDED.table_qualified_name,
                      column_name = EXCLUDED.column_name, tags = EXCLUDED.tags,
@@ -248,24 +231,13 @@ impl PolicyEvents {
             )
             .await
             .map_err(sql("preparing the policy events"))?;
-        let mut cols: [Vec<Option<String>>; 9] = Default::default();
-        let mut versions: Vec<i64> = Vec::with_capacity(changes.len());
+        let mut cols: [Vec<Option<String>>; 8] = Default::default();
         for (tenant, p, why) in &changes {
-            let tags: Vec<&str> = p.tags.iter().map(|t| t.tag.as_str()).collect();
-            // A text[] literal of the tags, as unnest cannot take an array of arrays.
-            let tags_literal = format!(
-                "{{{}}}",
-                tags.iter()
-                    .map(|t| format!("\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\"")))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
             let values = [
                 Some(tenant.clone()),
                 Some(p.qualified_name.clone()),
                 Some(p.table.clone()),
                 Some(p.column.clone()),
-                Some(tags_literal),
                 p.mask.clone(),
                 Some(json!(p.policies).to_string()),
                 Some(json!(p.tags).to_string()),
@@ -274,13 +246,13 @@ impl PolicyEvents {
             for (col, v) in cols.iter_mut().zip(values) {
                 col.push(v);
             }
-            versions.push(snapshot.version as i64);
         }
+        let version = snapshot.version as i64;
         tx.execute(
             &statement,
             &[
                 &cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5], &cols[6], &cols[7],
-                &cols[8], &versions,
+                &version,
             ],
         )
         .await

@@ -18,4 +18,4 @@ pub use snapshot::{
     AppliedMask, ColumnTags, GovernedTable, MaskingPolicy, PolicySnapshot, Source, TagOrigin,
     TenantPolicies,
 };
-pub use store::PolicyStore;
+pub use store::{PolicyStore, SnapshotFollower};

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use lily_cdc::sink::Backoff;
 use lily_cdc::wire::PgConnect;
 use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
@@ -80,6 +81,28 @@ impl PolicyStore {
     /// and the downstream enforcement wait on.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.compiled.subscribe()
+    }
+
+    /// What an enforcement point beside the pipeline follows the snapshot
+    /// with: a pass now, after every snapshot compiled from then on and,
+    /// with `recheck`, at least that often, until `shutdown`; a failed pass
+    /// is counted (`lily_errors_total{stage}`), logged and retried with
+    /// backoff.
+    pub fn follower(
+        &self,
+        stage: &'static str,
+        recheck: Option<Duration>,
+        shutdown: watch::Receiver<bool>,
+    ) -> SnapshotFollower {
+        SnapshotFollower {
+            stage,
+            recheck,
+            shutdown,
+            compiled: self.subscribe(),
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+            retry: None,
+            started: false,
+        }
     }
 
     /// The last snapshot compiled, stale or not.
@@ -162,5 +185,56 @@ impl PolicyStore {
                 Err(e)
             }
         }
+    }
+}
+
+/// The passes of one follower of the snapshot ([`PolicyStore::follower`]):
+/// `while f.next().await { f.done(pass().await) }`.
+pub struct SnapshotFollower {
+    stage: &'static str,
+    recheck: Option<Duration>,
+    shutdown: watch::Receiver<bool>,
+    compiled: watch::Receiver<u64>,
+    backoff: Backoff,
+    retry: Option<Duration>,
+    started: bool,
+}
+
+impl SnapshotFollower {
+    /// Waits until the next pass is due; false once it is time to stop.
+    pub async fn next(&mut self) -> bool {
+        if self.started {
+            // The next snapshot, or the retry after a failure, or the recheck.
+            let wait = self.retry.or(self.recheck);
+            tokio::select! {
+                changed = self.compiled.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                }
+                _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+                _ = self.shutdown.changed() => return false,
+            }
+        }
+        self.started = true;
+        self.compiled.borrow_and_update();
+        !*self.shutdown.borrow()
+    }
+
+    /// Records how a pass went.
+    pub fn done(&mut self, result: std::result::Result<(), String>) {
+        self.retry = match result {
+            Ok(()) => {
+                self.backoff.reset();
+                None
+            }
+            Err(e) => {
+                metrics::counter!("lily_errors_total", "stage" => self.stage, "kind" => "pass")
+                    .increment(1);
+                let delay = self.backoff.next_delay();
+                warn!(stage = self.stage, error = %e, retry_in_ms = delay.as_millis() as u64, "retrying");
+                Some(delay)
+            }
+        };
     }
 }

@@ -245,7 +245,26 @@ impl FromRequestParts<Arc<Inbound>> for Caller {
     type Rejection = InboundError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<Inbound>) -> Result<Self> {
-        let caller = state.auth.authenticate(&parts.headers).await;
+        let params = RawPathParams::from_request_parts(parts, state).await.ok();
+        let param = |name: &str| {
+            params.as_ref().and_then(|p| {
+                p.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_owned())
+            })
+        };
+        // A route with a `{key}` segment is called by a client that cannot
+        // send headers (Trino's OPA client): the API key is in its path. A
+        // credential header, when there is one, still wins.
+        let caller = match param("key") {
+            Some(key)
+                if !parts.headers.contains_key("authorization")
+                    && !parts.headers.contains_key("x-api-key") =>
+            {
+                state.auth.verify_credential(&key).await
+            }
+            _ => state.auth.authenticate(&parts.headers).await,
+        };
         if let Err(e) = &caller {
             metrics::counter!("lily_inbound_auth_failures_total", "reason" => e.code())
                 .increment(1);
@@ -253,14 +272,7 @@ impl FromRequestParts<Arc<Inbound>> for Caller {
         let mut caller = caller?;
         // A caller with a role in the path's tenant takes one of its slots;
         // one without is refused by the handler at once and takes none.
-        let tenant = RawPathParams::from_request_parts(parts, state)
-            .await
-            .ok()
-            .and_then(|p| {
-                p.iter()
-                    .find(|(n, _)| *n == "tenant")
-                    .map(|(_, v)| v.to_owned())
-            });
+        let tenant = param("tenant");
         if let Some(tenant) = tenant
             && caller.grants.iter().any(|g| g.tenant == tenant)
         {

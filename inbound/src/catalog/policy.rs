@@ -15,11 +15,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{Action, Caller};
-use crate::error::{InboundError, Result};
+use crate::error::Result;
 use crate::server::{Inbound, Query, Tenant, header_text, in_range};
-
-/// How long a read waits for a snapshot being compiled.
-const POLICY_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Deserialize)]
 pub struct PolicyQuery {
@@ -41,18 +38,13 @@ pub async fn get(
     // A long poll must not hold one of the tenant's request slots.
     caller.slot = None;
     let wait = Duration::from_secs(in_range("wait", q.wait, 0, 0..=60)? as u64);
-    let store = inbound.policies.as_ref().ok_or_else(|| {
-        InboundError::Unavailable("the policy snapshot is not kept by this process".into())
-    })?;
+    let store = inbound.policy_store()?;
     let seen = header_text(&headers, "if-none-match").map(str::to_owned);
     let deadline = tokio::time::Instant::now() + wait;
     let mut compiled = store.subscribe();
     loop {
         compiled.borrow_and_update();
-        let snapshot = store
-            .current(POLICY_WAIT)
-            .await
-            .map_err(|e| InboundError::Unavailable(e.to_string()))?;
+        let snapshot = inbound.policy_snapshot().await?;
         let policy = EffectivePolicy::of(snapshot.tenant(tenant.as_str()), q.table.as_deref());
         let etag = policy.etag();
         // Weak comparison (RFC 9110, 13.1.2): a proxy that compresses the

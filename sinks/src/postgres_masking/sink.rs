@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lily_cdc::sink::Backoff;
 use lily_cdc::wire::PgConnect;
 use lily_config::SqlConfig;
 use lily_enforcement::PolicyStore;
@@ -95,60 +94,51 @@ impl MaskingViews {
     }
 
     /// Follows the snapshot until `shutdown`.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut compiled = self.store.subscribe();
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         let mut client: Option<Client> = None;
         let recheck = Duration::from_millis(self.config.recheck_interval_ms);
-        loop {
-            compiled.borrow_and_update();
-            let span = info_span!("masking_views", sink = %self.name);
-            let started = Instant::now();
-            let wait = match self.pass(&mut client).instrument(span).await {
-                Ok((version, pass)) => {
-                    backoff.reset();
-                    let sink = self.name.clone();
-                    metrics::histogram!("lily_masking_pass_seconds", "sink" => sink.clone())
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::gauge!("lily_masking_policy_version", "sink" => sink.clone())
-                        .set(version as f64);
-                    metrics::counter!("lily_masking_views_written_total", "sink" => sink.clone())
-                        .increment(pass.written as u64);
-                    metrics::counter!("lily_masking_views_dropped_total", "sink" => sink)
-                        .increment(pass.dropped as u64);
-                    if pass.written + pass.dropped + pass.failed > 0 {
-                        info!(
-                            sink = %self.name,
-                            version,
-                            written = pass.written,
-                            dropped = pass.dropped,
-                            unchanged = pass.unchanged,
-                            failed = pass.failed,
-                            ms = started.elapsed().as_millis() as u64,
-                            "masking views brought in step with the policies"
-                        );
-                    }
-                    recheck
-                }
-                Err(e) => {
-                    client = None;
-                    metrics::counter!("lily_errors_total", "stage" => "postgres_masking", "kind" => "pass")
-                        .increment(1);
-                    let delay = backoff.next_delay();
-                    warn!(sink = %self.name, error = %e, retry_in_ms = delay.as_millis() as u64,
-                        "the masking views could not be checked; the downstream keeps its last policy until they are");
-                    delay
-                }
-            };
-            tokio::select! {
-                changed = compiled.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return,
-            }
-            if *shutdown.borrow() {
-                return;
-            }
+        let mut follower = self
+            .store
+            .follower("postgres_masking", Some(recheck), shutdown);
+        while follower.next().await {
+            let result = self.checked(&mut client).await;
+            follower.done(result);
         }
+    }
+
+    /// One pass, with its metrics and its log line.
+    async fn checked(&self, client: &mut Option<Client>) -> Result<(), String> {
+        let span = info_span!("masking_views", sink = %self.name);
+        let started = Instant::now();
+        let (version, pass) = self.pass(client).instrument(span).await.map_err(|e| {
+            *client = None;
+            format!(
+                "the masking views of sink {} could not be checked ({e}); the downstream keeps its last policy until they are",
+                self.name
+            )
+        })?;
+        let sink = self.name.clone();
+        metrics::histogram!("lily_masking_pass_seconds", "sink" => sink.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::gauge!("lily_masking_policy_version", "sink" => sink.clone())
+            .set(version as f64);
+        metrics::counter!("lily_masking_views_written_total", "sink" => sink.clone())
+            .increment(pass.written as u64);
+        metrics::counter!("lily_masking_views_dropped_total", "sink" => sink)
+            .increment(pass.dropped as u64);
+        if pass.written + pass.dropped + pass.failed > 0 {
+            info!(
+                sink = %self.name,
+                version,
+                written = pass.written,
+                dropped = pass.dropped,
+                unchanged = pass.unchanged,
+                failed = pass.failed,
+                ms = started.elapsed().as_millis() as u64,
+                "masking views brought in step with the policies"
+            );
+        }
+        Ok(())
     }
 
     /// The views the snapshot asks for in this database.
